@@ -1,0 +1,36 @@
+"""incop: iterative magnitude pruning, fast.
+
+Public API::
+
+    incop.prune(model, train_data, val_data, method="sap", ...) -> Result
+    incop.pq_index(w, p, q) -> float
+    incop.sap_prune_count(d, pqi, p, q, eta_r=0.0, gamma=1.0, beta=0.9) -> int
+    incop.information_flow(model, batches, layers=None) -> Flow
+    incop.gradient_flow(model, batches, loss_fn=None, masks=None, normalize=False) -> Tensor
+    incop.sparsity_report(model, masks, example_input) -> SparsityReport
+"""
+
+from incop.config import Config
+from incop.errors import DataError, UserError
+from incop.flows import Flow, gradient_flow, information_flow
+from incop.imp import LevelResult, Result, prune
+from incop.masks import prunable_parameters, sparsity_report
+from incop.pruning import pq_index, sap_prune_count
+
+__all__ = [
+    "Config",
+    "DataError",
+    "Flow",
+    "LevelResult",
+    "Result",
+    "UserError",
+    "gradient_flow",
+    "information_flow",
+    "pq_index",
+    "prunable_parameters",
+    "prune",
+    "sap_prune_count",
+    "sparsity_report",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,294 @@
+"""The one configuration object of a run: defaults, named methods, YAML, validation, parts.
+
+Precedence, lowest first: the field defaults below, the chosen method's preset
+(:data:`METHODS`), the YAML file, command-line flags (or ``incop.prune`` keyword
+arguments). The resolved config is saved with every run as ``config.yaml`` and
+reproduces it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from incop.errors import UserError
+from incop.flows import DISTANCES, FLOW_SUMMARIES
+from incop.pruning import PRUNERS, SCOPES_FIXED, SCOPES_SAP
+from incop.registry import Registry, closest
+from incop.rewind import Rewind
+from incop.stopping import STOPPING_RULES, StoppingRule
+from incop.training import OPTIMIZERS, SCHEDULES
+
+
+@dataclass
+class Config:
+    """Every setting of a run. Units: epochs are passes over the training data;
+    accuracies and ``delta`` are fractions in [0, 1]; ``eps`` is in the units of
+    the chosen ``distance``."""
+
+    # What to run
+    method: str = "sap"
+    model: str = "mlp"
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = False
+    seed: int = 0
+    device: str = "auto"
+    out: str | None = None
+    # The IMP schedule (METHOD.md section 1)
+    levels: int = 5
+    warmup_epochs: int = 10
+    max_epochs: int = 10
+    min_epochs: int = 1
+    final_epochs: int = 0
+    # Training
+    batch_size: int = 64
+    eval_batch_size: int = 1000
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "none"
+    # Pruning (METHOD.md sections 2, 3, 5)
+    pruner: str = "sap"
+    scope: str = "global"
+    rate: float = 0.2
+    p: float = 0.5
+    q: float = 1.0
+    eta_r: float = 0.0
+    gamma: float = 1.0
+    beta: float = 0.9
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    rewind: str = "dense"
+    # Stopping rule (METHOD.md section 6) and flows (section 4)
+    stop: str = "fixed"
+    delta: float = 0.0
+    eps: float = 0.1
+    distance: str = "l2"
+    probe_size: int = 2048
+    if_summary: str = "mean"
+    if_skip: list[str] = field(default_factory=lambda: ["*downsample*", "*shortcut*"])
+    gf_normalize: bool = False
+
+    # --- parts ----------------------------------------------------------------------------
+
+    def build_pruner(self):
+        """The pruner callable ``(weights, masks, generator) -> masks``."""
+        if self.pruner == "sap":
+            return PRUNERS.get("sap")(self.p, self.q, self.eta_r, self.gamma, self.beta, self.scope)
+        return PRUNERS.get(self.pruner)(rate=self.rate, scope=self.scope)
+
+    def build_stopping_rule(self) -> StoppingRule:
+        cls = STOPPING_RULES.get(self.stop)
+        options = {
+            "max_epochs": self.max_epochs,
+            "min_epochs": self.min_epochs,
+            "delta": self.delta,
+            "eps": self.eps,
+            "distance": self.distance,
+            "summary": self.if_summary,
+            "skip": tuple(self.if_skip),
+            "normalize": self.gf_normalize,
+        }
+        accepted = {f.name for f in fields(cls) if f.init}
+        return cls(**{k: v for k, v in options.items() if k in accepted})
+
+    def build_rewind(self) -> Rewind:
+        return Rewind.parse(self.rewind)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- named methods ------------------------------------------------------------------------------
+
+#: Method name -> the config values it sets. Everything stays overridable.
+METHODS: Registry[dict[str, Any]] = Registry("method")
+METHODS.register("lth")({"pruner": "lth", "rate": 0.2, "stop": "fixed"})
+METHODS.register("random")({"pruner": "random", "rate": 0.2, "stop": "fixed"})
+METHODS.register("sap")({"pruner": "sap", "stop": "fixed"})
+METHODS.register("sap-acc")({"pruner": "sap", "stop": "accuracy", "delta": 0.0})
+METHODS.register("incop-if")({"pruner": "sap", "stop": "if", "eps": 0.11, "distance": "l2"})
+METHODS.register("incop-gf")({"pruner": "sap", "stop": "gf", "eps": 0.5, "distance": "l2"})
+
+
+# --- building and checking ----------------------------------------------------------------------
+
+FIELD_NAMES = [f.name for f in fields(Config)]
+
+
+def field_type(name: str) -> type:
+    """The plain type of a config field: int, float, bool, str or list (Optional unwrapped)."""
+    hint = typing.get_type_hints(Config)[name]
+    if isinstance(hint, types.UnionType):
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    return typing.get_origin(hint) or hint
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = field_type(name)
+    if value is None:
+        return None
+    if kind is list:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list | tuple):
+            return [str(v) for v in value]
+    elif kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif kind is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif kind is str:
+        if isinstance(value, str | int | float | os.PathLike) and not isinstance(value, bool):
+            return str(value)
+    raise UserError(f"{name}: {value!r} is not a valid {kind.__name__}")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML config file (an empty file is an empty mapping)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"config: file {str(path)!r} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"config: {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(
+            f"config: {path} must hold a mapping of settings, got {type(data).__name__}"
+        )
+    return data
+
+
+def resolve(*layers: dict[str, Any]) -> Config:
+    """A validated :class:`Config` from override mappings, later ones winning.
+
+    The method preset is applied under the overrides, whichever layer names the method.
+    Raises :class:`UserError` listing every problem found.
+    """
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update({k.replace("-", "_"): v for k, v in layer.items() if v is not None})
+    problems = [
+        f"unknown setting {key!r}{closest(key, FIELD_NAMES)}"
+        for key in merged
+        if key not in FIELD_NAMES
+    ]
+    if problems:
+        raise UserError("\n".join(problems))
+    values: dict[str, Any] = {}
+    for key, value in merged.items():
+        try:
+            values[key] = _coerce(key, value)
+        except UserError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise UserError("\n".join(problems))
+    method = values.get("method", Config.method)
+    preset = METHODS.get(method) if method in METHODS else {}
+    config = Config(**{**preset, **values})
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Raise :class:`UserError` with one line per bad value: field, value, what is allowed."""
+    c = config
+    problems: list[str] = []
+
+    def bad(name: str, allowed: str) -> None:
+        problems.append(f"{name}: {getattr(c, name)!r} is not allowed; {allowed}")
+
+    def name_in(name: str, valid: list[str] | tuple[str, ...]) -> None:
+        value = getattr(c, name)
+        if value not in valid:
+            problems.append(
+                f"{name}: unknown value {value!r}{closest(str(value), list(valid))};"
+                f" allowed: {', '.join(valid)}"
+            )
+
+    name_in("method", METHODS.names())
+    name_in("pruner", PRUNERS.names())
+    name_in("stop", STOPPING_RULES.names())
+    name_in("optimizer", OPTIMIZERS)
+    name_in("schedule", SCHEDULES)
+    name_in("distance", DISTANCES)
+    name_in("if_summary", FLOW_SUMMARIES)
+    name_in("scope", SCOPES_SAP if c.pruner == "sap" else SCOPES_FIXED)
+    for name in ("levels", "warmup_epochs", "max_epochs", "min_epochs", "final_epochs", "seed"):
+        if getattr(c, name) < 0:
+            bad(name, "must be >= 0")
+    for name in ("batch_size", "eval_batch_size", "probe_size"):
+        if getattr(c, name) < 1:
+            bad(name, "must be >= 1")
+    if c.min_epochs > c.max_epochs:
+        problems.append(f"min_epochs: {c.min_epochs} exceeds max_epochs {c.max_epochs}")
+    if c.p <= 0:
+        bad("p", "must be > 0")
+    if c.p >= c.q:
+        problems.append(f"p: {c.p} must be smaller than q ({c.q}): SAP needs 0 < p < q")
+    if not 0 < c.beta < 1:
+        bad("beta", "must be in (0, 1)")
+    for name in ("gamma", "eps", "lr"):
+        if getattr(c, name) <= 0:
+            bad(name, "must be > 0")
+    for name in ("eta_r", "weight_decay", "momentum", "delta"):
+        if getattr(c, name) < 0:
+            bad(name, "must be >= 0")
+    if not 0 <= c.rate < 1:
+        bad("rate", "must be in [0, 1)")
+    if c.device != "auto" and not (c.device == "cpu" or c.device.startswith(("cuda", "mps"))):
+        bad("device", "allowed: auto, cpu, cuda, cuda:N, mps")
+    try:
+        rewind = c.build_rewind()
+    except UserError as exc:
+        problems.append(str(exc))
+    else:
+        if rewind.mode == "epoch" and rewind.epoch > c.warmup_epochs:
+            problems.append(
+                f"rewind: {c.rewind!r} rewinds to dense epoch {rewind.epoch}, but warmup_epochs"
+                f" is {c.warmup_epochs}; K must be <= warmup_epochs"
+            )
+    if problems:
+        raise UserError("\n".join(problems))
+
+
+def to_yaml(config: Config) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+def replace(config: Config, **changes: Any) -> Config:
+    """A validated copy of ``config`` with ``changes``."""
+    new = dataclasses.replace(config, **changes)
+    validate(new)
+    return new

@@ -1,0 +1,398 @@
+"""The IMP loop (METHOD.md section 1): dense warm-up, then prune / rewind / retrain per level.
+
+The loop knows nothing of particular pruners, rewinding modes or stopping
+rules beyond their small interfaces; the config builds them and the loop
+drives them. It holds no global state besides seeding torch's RNG (dropout
+draws from it), and writes only through the writer it is given.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from incop.config import Config, resolve, to_yaml
+from incop.errors import UserError
+from incop.masks import (
+    MaskEnforcer,
+    Masks,
+    full_masks,
+    prunable_parameters,
+    remaining_fraction,
+    sparsity_report,
+)
+from incop.outputs import NullWriter, RunWriter
+from incop.rewind import snapshot
+from incop.stopping import Reference
+from incop.training import LossFn, evaluate, make_optimizer, make_scheduler, train_epoch
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class LevelResult:
+    """One level (0 = the dense network). Seconds are wall-clock; accuracy a fraction in [0, 1].
+
+    Fields are readable as attributes or keys (``level.val_accuracy`` or ``level["val_accuracy"]``).
+    """
+
+    level: int
+    remaining_fraction: float
+    epochs: int
+    val_accuracy: float
+    val_loss: float
+    train_seconds: float
+    eval_seconds: float
+    flow_seconds: float
+    stop_reason: str
+    macs_fraction: float
+    distance: float | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Result:
+    """What :func:`prune` returns. ``masks``: the final ticket's masks, parameter name -> bool
+    tensor; ``level_masks[k]``: level k's masks."""
+
+    levels: list[LevelResult]
+    masks: Masks
+    dense_accuracy: float
+    config: Config
+    level_masks: list[Masks] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """The content of ``summary.json``."""
+        return {
+            "levels": [level.to_dict() for level in self.levels],
+            "dense_accuracy": self.dense_accuracy,
+            "config": self.config.to_dict(),
+        }
+
+    def table(self) -> str:
+        """The level table printed at the end of a run."""
+        head = (
+            f"{'level':>5} {'remaining':>9} {'MACs':>7} {'epochs':>6} {'val acc':>8}"
+            f" {'train s':>8} {'eval s':>7} {'flow s':>7}  stop"
+        )
+        rows = [head, "-" * len(head)]
+        for r in self.levels:
+            rows.append(
+                f"{r.level:>5} {r.remaining_fraction:>9.2%} {r.macs_fraction:>7.1%} {r.epochs:>6}"
+                f" {r.val_accuracy:>8.2%} {r.train_seconds:>8.1f} {r.eval_seconds:>7.1f}"
+                f" {r.flow_seconds:>7.1f}  {r.stop_reason}"
+            )
+        return "\n".join(rows)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def make_probe(
+    data: Batches, size: int, seed: int, batch_size: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The fixed probe set (METHOD.md section 4): ``size`` training examples drawn once with
+    ``seed``, as a list of batches. Data with a ``sample(n, seed, batch_size)`` method (the
+    built-in datasets) is sampled at random; any other iterable gives its first ``size``
+    examples in iteration order."""
+    if hasattr(data, "sample"):
+        return list(data.sample(size, seed, batch_size))
+    xs, ys, count = [], [], 0
+    for x, y in data:
+        xs.append(x)
+        ys.append(y)
+        count += y.shape[0]
+        if count >= size:
+            break
+    x, y = torch.cat(xs)[:size], torch.cat(ys)[:size]
+    return list(zip(x.split(batch_size), y.split(batch_size), strict=True))
+
+
+class _Clock:
+    """Wall-clock seconds per category; synchronises CUDA so GPU time is not misattributed."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.seconds: dict[str, float] = {"train": 0.0, "eval": 0.0, "flow": 0.0}
+
+    @contextmanager
+    def __call__(self, category: str) -> Iterator[None]:
+        if self.cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.cuda:
+                torch.cuda.synchronize()
+            self.seconds[category] += time.perf_counter() - start
+
+
+class IMP:
+    """Iterative magnitude pruning of ``model`` in place, as ``config`` says.
+
+    ``train_data`` and ``val_data`` are iterables of ``(inputs, targets)`` batches,
+    re-iterable once per epoch; if ``train_data`` has ``set_epoch(int)`` it is
+    called before every epoch (reshuffling, as with a DistributedSampler).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        model: nn.Module,
+        train_data: Batches,
+        val_data: Batches,
+        *,
+        loss_fn: LossFn = F.cross_entropy,
+        writer: NullWriter | None = None,
+        progress: bool = False,
+    ) -> None:
+        self.config = config
+        self.model = model
+        self.train_data = train_data
+        self.val_data = val_data
+        self.loss_fn = loss_fn
+        self.writer = writer or NullWriter()
+        self.progress = progress
+        self.device = resolve_device(config.device)
+        self.epoch_counter = 0
+
+    # --- pieces -------------------------------------------------------------------------------
+
+    def _fresh_optimizer(self) -> None:
+        c = self.config
+        self.optimizer = make_optimizer(
+            self.model.parameters(),
+            c.optimizer,
+            lr=c.lr,
+            momentum=c.momentum,
+            nesterov=c.nesterov,
+            weight_decay=c.weight_decay,
+        )
+
+    def _train_one_epoch(self, clock: _Clock) -> dict[str, float]:
+        if hasattr(self.train_data, "set_epoch"):
+            self.train_data.set_epoch(self.epoch_counter)
+        self.epoch_counter += 1
+        with clock("train"):
+            stats = train_epoch(
+                self.model,
+                self.train_data,
+                self.optimizer,
+                enforcer=self.enforcer,
+                loss_fn=self.loss_fn,
+                device=self.device,
+                scheduler=self.scheduler,
+            )
+        return {"train_loss": stats.loss, "train_accuracy": stats.accuracy}
+
+    def _evaluate(self, clock: _Clock) -> dict[str, float]:
+        with clock("eval"):
+            stats = evaluate(self.model, self.val_data, loss_fn=self.loss_fn, device=self.device)
+        return {"val_loss": stats.loss, "val_accuracy": stats.accuracy}
+
+    def _log(self, level: int, epoch: int, clock: _Clock, record: dict[str, Any]) -> None:
+        full = {
+            "level": level,
+            "epoch": epoch,
+            "remaining_fraction": remaining_fraction(self.masks),
+            **record,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            **{f"{k}_seconds": v for k, v in clock.seconds.items()},
+        }
+        self.writer.epoch(full)
+        if self.bar is not None:
+            self.bar.set_postfix(level=level, acc=f"{full.get('val_accuracy', 0):.3f}")
+
+    def _finish_level(
+        self, level: int, epochs: int, clock: _Clock, last: dict[str, Any], reason: str
+    ) -> LevelResult:
+        report = sparsity_report(self.model, self.masks, self.example_input)
+        result = LevelResult(
+            level=level,
+            remaining_fraction=report.remaining_fraction,
+            epochs=epochs,
+            val_accuracy=last["val_accuracy"],
+            val_loss=last["val_loss"],
+            train_seconds=clock.seconds["train"],
+            eval_seconds=clock.seconds["eval"],
+            flow_seconds=clock.seconds["flow"],
+            stop_reason=reason,
+            macs_fraction=report.macs_fraction,
+            distance=last.get("distance"),
+        )
+        self.writer.level(level, self.model.state_dict(), self.masks)
+        self.level_masks.append({k: v.clone() for k, v in self.masks.items()})
+        return result
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def warm_up(self) -> LevelResult:
+        """Train densely for ``warmup_epochs``; keep the best-validation weights as theta*."""
+        c = self.config
+        clock = _Clock(self.device)
+        self._fresh_optimizer()
+        self.scheduler = make_scheduler(self.optimizer, c.schedule, c.warmup_epochs)
+        self.snapshots["init"] = snapshot(self.model)
+        if self.rewind.mode == "epoch" and self.rewind.epoch == 0:
+            self.snapshots["epoch"] = self.snapshots["init"]
+        best = self._evaluate(clock) if c.warmup_epochs == 0 else None
+        if best is not None:
+            self._log(0, 0, clock, best)
+        self.snapshots["dense"] = self.snapshots["init"]
+        for epoch in range(1, c.warmup_epochs + 1):
+            record = self._train_one_epoch(clock)
+            record.update(self._evaluate(clock))
+            self._log(0, epoch, clock, record)
+            self._tick()
+            if best is None or record["val_accuracy"] > best["val_accuracy"]:
+                best = record
+                self.snapshots["dense"] = snapshot(self.model)
+            if self.rewind.mode == "epoch" and epoch == self.rewind.epoch:
+                self.snapshots["epoch"] = snapshot(self.model)
+        self.model.load_state_dict(self.snapshots["dense"])
+        self.dense_accuracy = best["val_accuracy"]
+        with clock("flow"):
+            reference = Reference(self.model, self.masks, self.dense_accuracy, self.probe)
+            self.rule.prepare(reference)
+        return self._finish_level(0, c.warmup_epochs, clock, best, "warmup")
+
+    def retrain_level(self, level: int) -> LevelResult:
+        """Prune, rewind, then retrain until the stopping rule fires."""
+        c = self.config
+        clock = _Clock(self.device)
+        weights = {name: p.detach() for name, p in self.params.items()}
+        self.masks.update(self.pruner(weights, self.masks, self.generator))
+        if self.rewind.snapshot is not None:
+            self.model.load_state_dict(self.snapshots[self.rewind.snapshot])
+        if self.rewind.restart_optimizer:
+            self._fresh_optimizer()
+            self.scheduler = make_scheduler(self.optimizer, c.schedule, c.max_epochs)
+        self.enforcer.after_step(self.optimizer)
+        epoch = 0
+        record: dict[str, Any] = {}
+        while True:
+            if epoch > 0:
+                record = self._train_one_epoch(clock)
+                self._tick()
+            record.update(self._evaluate(clock))
+            with clock("flow"):
+                distance = self.rule.measure(self.model, self.masks)
+            if distance is not None:
+                record["distance"] = distance
+            reason = self.rule.decide(epoch, record["val_accuracy"], distance)
+            self._log(level, epoch, clock, record)
+            if reason is not None:
+                return self._finish_level(level, epoch, clock, record, reason)
+            epoch += 1
+
+    def _tick(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def run(self) -> Result:
+        c = self.config
+        torch.manual_seed(c.seed)
+        self.generator = torch.Generator().manual_seed(c.seed)
+        self.model.to(self.device)
+        self.params = prunable_parameters(self.model, c.include, c.exclude)
+        if not self.params:
+            raise UserError(
+                "no prunable weights: the model has no Conv/Linear weight left after"
+                f" include={c.include} exclude={c.exclude}"
+            )
+        self.masks = full_masks(self.params)
+        self.enforcer = MaskEnforcer(self.params, self.masks)
+        self.pruner = c.build_pruner()
+        self.rule = c.build_stopping_rule()
+        self.rewind = c.build_rewind()
+        self.snapshots: dict[str, dict[str, torch.Tensor]] = {}
+        self.level_masks: list[Masks] = []
+        self.scheduler = None
+        self.example_input = next(iter(self.val_data))[0][:1].to(self.device)
+        self.probe = None
+        if self.rule.needs_probe:
+            self.probe = [
+                (x.to(self.device), y.to(self.device))
+                for x, y in make_probe(self.train_data, c.probe_size, c.seed, c.eval_batch_size)
+            ]
+        self.writer.config(to_yaml(c))
+        total = c.warmup_epochs + c.levels * c.max_epochs
+        self.bar = (
+            tqdm(total=total, unit="epoch", desc="IMP", leave=False) if self.progress else None
+        )
+        try:
+            levels = [self.warm_up()]
+            for level in range(1, c.levels + 1):
+                levels.append(self.retrain_level(level))
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+        result = Result(
+            levels=levels,
+            masks={k: v.clone() for k, v in self.masks.items()},
+            dense_accuracy=self.dense_accuracy,
+            config=c,
+            level_masks=self.level_masks,
+        )
+        self.writer.summary(result.summary())
+        return result
+
+
+def prune(
+    model: nn.Module,
+    train_data: Batches,
+    val_data: Batches,
+    *,
+    method: str = "sap",
+    levels: int | None = None,
+    max_epochs: int | None = None,
+    warmup_epochs: int | None = None,
+    seed: int = 0,
+    out: str | None = None,
+    loss_fn: LossFn = F.cross_entropy,
+    progress: bool = False,
+    **options: Any,
+) -> Result:
+    """Find sparse networks in ``model`` by IMP; ``model`` is pruned in place.
+
+    ``train_data`` / ``val_data``: iterables of ``(inputs, targets)`` batches
+    (e.g. a ``torch.utils.data.DataLoader`` or :class:`incop.data.Batches`).
+    ``method``: ``lth``, ``random``, ``sap``, ``sap-acc``, ``incop-if`` or
+    ``incop-gf``; ``levels`` pruning rounds after the dense warm-up of
+    ``warmup_epochs``, each retraining at most ``max_epochs``. ``options``: any
+    other :class:`incop.config.Config` field (``p=1, q=2, rewind="init", eps=0.2``...).
+    ``out``: a folder to write the run to (config, metrics, summary, checkpoints).
+    Unset arguments take the method's and the config's defaults.
+    """
+    overrides = {
+        "method": method,
+        "levels": levels,
+        "max_epochs": max_epochs,
+        "warmup_epochs": warmup_epochs,
+        "seed": seed,
+        "out": out,
+        **options,
+    }
+    config = resolve(overrides)
+    writer = RunWriter(out) if out is not None else None
+    imp = IMP(
+        config, model, train_data, val_data, loss_fn=loss_fn, writer=writer, progress=progress
+    )
+    return imp.run()

@@ -1,0 +1,235 @@
+"""Masks over a model's prunable tensors (METHOD.md section 1, "Prunable tensors").
+
+A mask set is a plain ``dict[str, torch.BoolTensor]`` keyed by parameter name
+(as in ``model.named_parameters()``), each mask the shape of its parameter,
+``True`` where the weight is alive. Order is registry order: the order of
+``named_parameters()``, which every per-layer vector in the project follows.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+Masks = dict[str, torch.Tensor]
+
+#: Layers whose ``weight`` is prunable by default.
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _matches(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def prunable_modules(
+    model: nn.Module,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+) -> dict[str, nn.Module]:
+    """Modules whose ``weight`` is pruned, keyed by parameter name (``"<module>.weight"``).
+
+    By default every Conv/Linear weight. ``include`` (shell-style patterns on the
+    parameter name, e.g. ``"features.*"``) replaces the default choice with every
+    module weight of dimension > 1 that matches, so layers of any type can be
+    pruned; ``exclude`` patterns then remove names (e.g. ``"fc3.weight"``).
+    Order: ``model.named_modules()`` order.
+    """
+    found: dict[str, nn.Module] = {}
+    for module_name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, nn.Parameter) or weight.dim() <= 1:
+            continue
+        name = f"{module_name}.weight" if module_name else "weight"
+        chosen = _matches(name, include) if include else isinstance(module, PRUNABLE_TYPES)
+        if chosen and not (exclude and _matches(name, exclude)):
+            found[name] = module
+    return found
+
+
+def prunable_parameters(
+    model: nn.Module,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+) -> dict[str, nn.Parameter]:
+    """The prunable weights themselves, same keys and order as :func:`prunable_modules`."""
+    return {
+        name: module.weight for name, module in prunable_modules(model, include, exclude).items()
+    }
+
+
+def full_masks(params: dict[str, nn.Parameter]) -> Masks:
+    """All-ones masks (nothing pruned) for ``params``."""
+    return {name: torch.ones_like(p, dtype=torch.bool) for name, p in params.items()}
+
+
+def count_alive(masks: Masks) -> int:
+    return int(sum(int(m.sum()) for m in masks.values()))
+
+
+def count_total(masks: Masks) -> int:
+    return int(sum(m.numel() for m in masks.values()))
+
+
+def remaining_fraction(masks: Masks) -> float:
+    """Alive / prunable weights, in [0, 1]."""
+    total = count_total(masks)
+    return count_alive(masks) / total if total else 1.0
+
+
+class MaskEnforcer:
+    """Keeps pruned weights exactly zero through training.
+
+    Call :meth:`mask_gradients` after ``backward()`` and :meth:`after_step` after
+    ``optimizer.step()``: the gradient, the weight and every optimiser state
+    tensor of the weight's shape (momentum, Adam moments) are multiplied by the
+    mask, so neither weight decay nor momentum can revive a pruned weight.
+    """
+
+    def __init__(self, params: dict[str, nn.Parameter], masks: Masks) -> None:
+        self.params = params
+        self.masks = masks
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        """Zero the pruned weights."""
+        for name, p in self.params.items():
+            p.mul_(self.masks[name])
+
+    @torch.no_grad()
+    def mask_gradients(self) -> None:
+        for name, p in self.params.items():
+            if p.grad is not None:
+                p.grad.mul_(self.masks[name])
+
+    @torch.no_grad()
+    def after_step(self, optimizer: torch.optim.Optimizer) -> None:
+        for name, p in self.params.items():
+            mask = self.masks[name]
+            p.mul_(mask)
+            for value in optimizer.state.get(p, {}).values():
+                if torch.is_tensor(value) and value.shape == p.shape:
+                    value.mul_(mask)
+
+
+@dataclass(frozen=True)
+class LayerSparsity:
+    """One prunable tensor: sizes in weights, cost in multiply-accumulates per example."""
+
+    name: str
+    shape: tuple[int, ...]
+    total: int
+    alive: int
+    macs_dense: int
+    macs_pruned: int
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.alive / self.total if self.total else 0.0
+
+
+@dataclass(frozen=True)
+class SparsityReport:
+    """Per-layer sparsity and what pruning buys.
+
+    ``compression`` is prunable weights / alive weights (e.g. 10.0 = 10x fewer);
+    ``macs_fraction`` is the pruned network's multiply-accumulates over the dense
+    one's, counted over the prunable layers from the nonzero weights (a pruned
+    weight saves its MAC at every output position it is applied at).
+    """
+
+    layers: list[LayerSparsity]
+
+    @property
+    def total(self) -> int:
+        return sum(layer.total for layer in self.layers)
+
+    @property
+    def alive(self) -> int:
+        return sum(layer.alive for layer in self.layers)
+
+    @property
+    def remaining_fraction(self) -> float:
+        return self.alive / self.total if self.total else 1.0
+
+    @property
+    def compression(self) -> float:
+        return self.total / self.alive if self.alive else float("inf")
+
+    @property
+    def macs_dense(self) -> int:
+        return sum(layer.macs_dense for layer in self.layers)
+
+    @property
+    def macs_pruned(self) -> int:
+        return sum(layer.macs_pruned for layer in self.layers)
+
+    @property
+    def macs_fraction(self) -> float:
+        return self.macs_pruned / self.macs_dense if self.macs_dense else 1.0
+
+    def format(self) -> str:
+        """A plain-text table, one row per layer and a total row."""
+        rows = [f"{'layer':<32} {'shape':<18} {'alive':>10} {'total':>10} {'sparsity':>9}"]
+        for layer in self.layers:
+            shape = "x".join(map(str, layer.shape))
+            rows.append(
+                f"{layer.name:<32} {shape:<18} {layer.alive:>10} {layer.total:>10}"
+                f" {layer.sparsity:>8.1%}"
+            )
+        rows.append(
+            f"{'total':<32} {'':<18} {self.alive:>10} {self.total:>10}"
+            f" {1 - self.remaining_fraction:>8.1%}"
+        )
+        rows.append(
+            f"compression {self.compression:.2f}x, MACs {self.macs_fraction:.1%} of dense"
+            f" ({self.macs_pruned:,} / {self.macs_dense:,} per example)"
+        )
+        return "\n".join(rows)
+
+
+@torch.no_grad()
+def sparsity_report(model: nn.Module, masks: Masks, example_input: torch.Tensor) -> SparsityReport:
+    """Sparsity and MACs of ``model`` under ``masks``.
+
+    ``example_input`` is one batch (any batch size, shape ``(B, ...)``) used only
+    to learn each layer's number of output positions; MACs are per example.
+    """
+    modules = {name: module for name, module in model.named_modules()}
+    owners = {name: modules[name.rsplit(".", 1)[0]] if "." in name else model for name in masks}
+    positions: dict[str, int] = {}
+    handles = []
+    for name, module in owners.items():
+        weight = module.weight
+
+        def record(_module, _inputs, output, name=name, out_features=weight.shape[0]):
+            per_example = output[0].numel() if output.dim() > 0 else 1
+            positions[name] = max(per_example // out_features, 1)
+
+        handles.append(module.register_forward_hook(record))
+    was_training = model.training
+    model.eval()
+    try:
+        model(example_input)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    layers = []
+    for name, mask in masks.items():
+        pos = positions.get(name, 1)
+        alive = int(mask.sum())
+        layers.append(
+            LayerSparsity(
+                name=name,
+                shape=tuple(mask.shape),
+                total=mask.numel(),
+                alive=alive,
+                macs_dense=mask.numel() * pos,
+                macs_pruned=alive * pos,
+            )
+        )
+    return SparsityReport(layers)

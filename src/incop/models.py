@@ -1,0 +1,315 @@
+"""Model zoo: every model maps images ``(B, C, H, H)`` to logits ``(B, num_classes)``.
+
+Builders are registered in :data:`MODELS` as ``builder(channels, image_size, num_classes)``;
+:func:`build_model` is the checked entry point. Every weight layer is a plain ``nn.Conv2d`` or
+``nn.Linear`` (pruning finds them by type) and ReLUs are never in-place, so forward hooks see
+each layer's real output. ResNet projection shortcuts live in submodules named ``downsample``
+(torchvision's name), which information-flow measurement relies on to skip them.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from incop.errors import UserError
+from incop.registry import Registry
+
+ModelBuilder = Callable[[int, int, int], nn.Module]
+
+#: Model name -> ``builder(channels, image_size, num_classes)``.
+MODELS: Registry[ModelBuilder] = Registry("model")
+
+_TORCHVISION_PREFIX = "torchvision:"
+
+
+def _seq(**layers: nn.Module) -> nn.Sequential:
+    """A Sequential whose children get readable names (``fc1``, ``features``...)."""
+    return nn.Sequential(OrderedDict(layers))
+
+
+def _kaiming(model: nn.Module) -> nn.Module:
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    return model
+
+
+def _fc_stack(in_features: int, widths: Sequence[int]) -> nn.Sequential:
+    """Flatten ``(B, ...)`` -> ``fc1`` -> ReLU -> ... -> ``fcN`` (no ReLU after the last)."""
+    layers: dict[str, nn.Module] = {"flatten": nn.Flatten()}
+    for i, width in enumerate(widths, start=1):
+        if i > 1:
+            layers[f"relu{i - 1}"] = nn.ReLU()
+        layers[f"fc{i}"] = nn.Linear(in_features, width)
+        in_features = width
+    return _seq(**layers)
+
+
+def _conv_stack(
+    channels: int, image_size: int, config: Sequence[int | str], batch_norm: bool
+) -> tuple[nn.Sequential, int, int]:
+    """3x3 convs (padding 1) of the widths in ``config``, ``"M"`` for a 2x2 max-pool.
+
+    Returns the stack, its output channels and its output spatial size.
+    """
+    layers: list[nn.Module] = []
+    size = image_size
+    for entry in config:
+        if entry == "M":
+            # Pooling a 1x1 map fails; skipping it lets deep stacks run on 8x8 and 28x28 images.
+            if size > 1:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+            continue
+        width = int(entry)
+        layers.append(nn.Conv2d(channels, width, 3, padding=1, bias=not batch_norm))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(width))
+        layers.append(nn.ReLU())
+        channels = width
+    return nn.Sequential(*layers), channels, size
+
+
+def _conv_net(
+    config: Sequence[int | str], channels: int, image_size: int, num_classes: int
+) -> nn.Module:
+    """Frankle & Carbin's Conv-N: ``features`` conv stack -> ``classifier`` fc 256-256-classes."""
+    features, width, size = _conv_stack(channels, image_size, config, batch_norm=False)
+    return _kaiming(
+        _seq(features=features, classifier=_fc_stack(width * size * size, [256, 256, num_classes]))
+    )
+
+
+def _vgg(
+    config: Sequence[int | str], channels: int, image_size: int, num_classes: int
+) -> nn.Module:
+    """CIFAR-style VGG with BatchNorm: ``features`` -> global average pool -> ``classifier``."""
+    features, width, _ = _conv_stack(channels, image_size, config, batch_norm=True)
+    return _kaiming(
+        _seq(
+            features=features,
+            avgpool=nn.AdaptiveAvgPool2d(1),
+            flatten=nn.Flatten(),
+            classifier=nn.Linear(width, num_classes),
+        )
+    )
+
+
+class _Block(nn.Module):
+    """A residual block: ``relu(residual(x) + shortcut(x))``; subclasses build ``residual``."""
+
+    expansion = 1
+    downsample: nn.Module | None
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        return F.relu(self.residual(x) + identity)
+
+
+def _projection(in_planes: int, out_planes: int, stride: int) -> nn.Module | None:
+    """1x1 conv + BN shortcut where the shape changes (option B), else ``None`` (identity)."""
+    if stride == 1 and in_planes == out_planes:
+        return None
+    return nn.Sequential(
+        nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False), nn.BatchNorm2d(out_planes)
+    )
+
+
+class BasicBlock(_Block):
+    """Two 3x3 convs; ``(B, in_planes, H, W) -> (B, planes, H/stride, W/stride)``."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = _projection(in_planes, planes, stride)
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+
+
+class Bottleneck(_Block):
+    """1x1 reduce, strided 3x3, 1x1 expand; ``(B, in, H, W) -> (B, 4 * planes, H/s, W/s)``."""
+
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        out_planes = planes * self.expansion
+        self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out_planes, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_planes)
+        self.downsample = _projection(in_planes, out_planes, stride)
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        return self.bn3(self.conv3(out))
+
+
+def _resnet(
+    block: type[_Block],
+    widths: Sequence[int],
+    depths: Sequence[int],
+    channels: int,
+    num_classes: int,
+) -> nn.Module:
+    """CIFAR-style ResNet: 3x3 stride-1 stem (no max-pool), stages ``layer1..layerN`` of
+    ``depths[i]`` blocks of width ``widths[i]`` (stride 2 from the second stage on), global
+    average pool, ``fc``. Parameter names match torchvision's (``layer2.0.downsample.0``...)."""
+    stages: dict[str, nn.Module] = {}
+    in_planes = widths[0]
+    for i, (width, depth) in enumerate(zip(widths, depths, strict=True)):
+        blocks = []
+        for j in range(depth):
+            blocks.append(block(in_planes, width, 2 if i > 0 and j == 0 else 1))
+            in_planes = width * block.expansion
+        stages[f"layer{i + 1}"] = nn.Sequential(*blocks)
+    return _kaiming(
+        _seq(
+            conv1=nn.Conv2d(channels, widths[0], 3, padding=1, bias=False),
+            bn1=nn.BatchNorm2d(widths[0]),
+            relu=nn.ReLU(),
+            **stages,
+            avgpool=nn.AdaptiveAvgPool2d(1),
+            flatten=nn.Flatten(),
+            fc=nn.Linear(in_planes, num_classes),
+        )
+    )
+
+
+@MODELS.register("mlp")
+def mlp(channels: int, image_size: int, num_classes: int) -> nn.Module:
+    """LeNet-300-100: flatten -> ``fc1`` 300 -> ``fc2`` 100 -> ``fc3`` classes."""
+    return _fc_stack(channels * image_size * image_size, [300, 100, num_classes])
+
+
+@MODELS.register("lenet5")
+def lenet5(channels: int, image_size: int, num_classes: int) -> nn.Module:
+    """LeNet-5: ``features`` conv 6 (5x5, pad 2), pool, conv 16 (5x5), pool ->
+    ``classifier`` fc 120-84-classes."""
+    # The unpadded 5x5 conv needs a 5x5 map; smaller ones (8x8 digits -> 4x4) are padded instead.
+    pad = 0 if image_size // 2 >= 5 else 2
+    features = nn.Sequential(
+        nn.Conv2d(channels, 6, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5, padding=pad),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+    )
+    # A too-small image raises RuntimeError here, which build_model reports as a UserError.
+    with torch.no_grad():
+        flat = features(torch.zeros(1, channels, image_size, image_size)).numel()
+    return _kaiming(_seq(features=features, classifier=_fc_stack(flat, [120, 84, num_classes])))
+
+
+@MODELS.register("conv4")
+def conv4(channels: int, image_size: int, num_classes: int) -> nn.Module:
+    """Conv-4: convs [64, 64], pool, [128, 128], pool -> fc 256-256-classes."""
+    return _conv_net([64, 64, "M", 128, 128, "M"], channels, image_size, num_classes)
+
+
+@MODELS.register("conv6")
+def conv6(channels: int, image_size: int, num_classes: int) -> nn.Module:
+    """Conv-6: convs [64, 64], pool, [128, 128], pool, [256, 256], pool -> fc 256-256-classes."""
+    config = [64, 64, "M", 128, 128, "M", 256, 256, "M"]
+    return _conv_net(config, channels, image_size, num_classes)
+
+
+@MODELS.register("vgg11")
+def vgg11(channels: int, image_size: int, num_classes: int) -> nn.Module:
+    """VGG-11 (config A) with BatchNorm."""
+    config = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
+    return _vgg(config, channels, image_size, num_classes)
+
+
+@MODELS.register("vgg16")
+def vgg16(channels: int, image_size: int, num_classes: int) -> nn.Module:
+    """VGG-16 (config D) with BatchNorm."""
+    config = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M"]
+    config += [512, 512, 512, "M", 512, 512, 512, "M"]
+    return _vgg(config, channels, image_size, num_classes)
+
+
+@MODELS.register("resnet18")
+def resnet18(channels: int, image_size: int, num_classes: int) -> nn.Module:
+    """ResNet-18: BasicBlocks [2, 2, 2, 2], widths 64-512."""
+    return _resnet(BasicBlock, [64, 128, 256, 512], [2, 2, 2, 2], channels, num_classes)
+
+
+@MODELS.register("resnet50")
+def resnet50(channels: int, image_size: int, num_classes: int) -> nn.Module:
+    """ResNet-50: Bottlenecks [3, 4, 6, 3], widths 64-512 (outputs x4)."""
+    return _resnet(Bottleneck, [64, 128, 256, 512], [3, 4, 6, 3], channels, num_classes)
+
+
+@MODELS.register("resnet20")
+def resnet20(channels: int, image_size: int, num_classes: int) -> nn.Module:
+    """ResNet-20 (He et al. 2016, CIFAR): BasicBlocks [3, 3, 3], widths 16-64."""
+    return _resnet(BasicBlock, [16, 32, 64], [3, 3, 3], channels, num_classes)
+
+
+def _torchvision(name: str) -> ModelBuilder:
+    try:
+        import torchvision
+    # A torchvision built for another torch version fails to import with RuntimeError.
+    except (ImportError, RuntimeError) as err:
+        raise UserError(
+            f"model {_TORCHVISION_PREFIX + name!r} needs torchvision, which cannot be imported "
+            f"({err}); install a torchvision matching torch {torch.__version__}"
+        ) from None
+    valid = torchvision.models.list_models()
+    if name not in valid:
+        raise UserError(f"unknown torchvision model {name!r}; valid: {', '.join(valid)}")
+
+    def build(channels: int, image_size: int, num_classes: int) -> nn.Module:
+        return torchvision.models.get_model(name, num_classes=num_classes)
+
+    return build
+
+
+def build_model(name: str, channels: int, image_size: int, num_classes: int) -> nn.Module:
+    """Build model ``name`` for images ``(B, channels, image_size, image_size)``.
+
+    The model maps that input to logits ``(B, num_classes)`` and is returned in train mode.
+    ``name`` is a key of :data:`MODELS` or ``"torchvision:<name>"`` (needs torchvision).
+    A dummy forward runs at build time so a model that cannot take the input (e.g. an image
+    too small for its convs and pools) raises :class:`UserError` here, before any training.
+    """
+    sizes = {"channels": channels, "image_size": image_size, "num_classes": num_classes}
+    for what, value in sizes.items():
+        if value < 1:
+            raise UserError(f"{what} must be >= 1, got {value}")
+    if name.startswith(_TORCHVISION_PREFIX):
+        builder = _torchvision(name.removeprefix(_TORCHVISION_PREFIX))
+    else:
+        builder = MODELS.get(name)
+    shape = (2, channels, image_size, image_size)
+    try:
+        model = builder(channels, image_size, num_classes)
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(shape))
+    except RuntimeError as err:
+        reason = str(err).strip().split("\n")[0]
+        raise UserError(
+            f"model {name!r} cannot take input of shape {shape} (batch, channels, height, "
+            f"width): {reason}; use larger images or another model"
+        ) from None
+    return model.train()

@@ -1,0 +1,115 @@
+"""The run folder: the one place that decides what is written, and writes it atomically.
+
+Layout (documented in the README)::
+
+    config.yaml                 the full resolved config
+    metrics.jsonl               one JSON object per epoch, appended as they finish
+    summary.json                {"levels": [...], "dense_accuracy": a*, "config": {...}}
+    levels/<k>/checkpoint.pt    {"state_dict": ..., "masks": {name: bool tensor}}
+
+Only one process writes: in data-parallel training every rank but 0 gets a
+:class:`NullWriter`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from incop.masks import Masks
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; renamed onto ``path`` only if the block
+    succeeds, so ``path`` is never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def atomic_torch_save(path: Path, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, allow_nan=True, default=str)
+
+
+class NullWriter:
+    """Writes nothing: for library use without ``out`` and for non-zero ranks."""
+
+    def config(self, text: str) -> None:
+        pass
+
+    def epoch(self, record: dict[str, Any]) -> None:
+        pass
+
+    def level(self, level: int, state_dict: dict[str, torch.Tensor], masks: Masks) -> None:
+        pass
+
+    def summary(self, summary: dict[str, Any]) -> None:
+        pass
+
+
+class RunWriter(NullWriter):
+    """Writes a run folder at ``root`` (created if needed)."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def config(self, text: str) -> None:
+        atomic_write_text(self.root / "config.yaml", text)
+
+    def epoch(self, record: dict[str, Any]) -> None:
+        # One write call per line, flushed: a crash leaves at most a torn last line.
+        with open(self.root / "metrics.jsonl", "a") as handle:
+            handle.write(_json(record) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def level(self, level: int, state_dict: dict[str, torch.Tensor], masks: Masks) -> None:
+        atomic_torch_save(
+            self.root / "levels" / str(level) / "checkpoint.pt",
+            {
+                "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+                "masks": {k: v.cpu() for k, v in masks.items()},
+            },
+        )
+
+    def summary(self, summary: dict[str, Any]) -> None:
+        atomic_write_text(self.root / "summary.json", json.dumps(summary, indent=2, default=str))
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl``, ignoring a torn (unparseable) last line."""
+    records = []
+    lines = Path(path).read_text().splitlines()
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise
+    return records

@@ -1,0 +1,196 @@
+"""Pruning criteria: which alive weights to remove and how many (METHOD.md sections 2 and 3).
+
+A pruner maps ``(weights, masks) -> new masks``; it only ever removes weights
+(new mask <= old mask). Ranking is by |w| among alive weights, ties broken by
+position (a stable sort), so results are reproducible; ``random`` draws from
+the generator it is given.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from incop.masks import Masks
+from incop.registry import Registry
+
+SCOPES_FIXED = ("global", "layer")
+SCOPES_SAP = ("global", "layer", "neuron")
+
+Weights = dict[str, torch.Tensor]
+Pruner = Callable[[Weights, Masks, torch.Generator], Masks]
+
+
+# --- SAP's formulas (METHOD.md section 3) -----------------------------------------------------
+
+
+def pq_index(w: torch.Tensor, p: float, q: float) -> float:
+    """PQ Index ``PQI_{p,q}(w) = 1 - d^(1/q - 1/p) * ||w||_p / ||w||_q`` of all entries of ``w``.
+
+    Equivalently ``1 - M_p(|w|) / M_q(|w|)`` with ``M_s`` the power mean; in
+    [0, 1), larger = sparser. Pass only the alive weights. Defined answers for
+    the degenerate cases: an empty ``w`` (d = 0) or an all-zero ``w`` has PQI 0
+    (nothing to tell apart, so SAP prunes nothing). Requires 0 < p < q.
+    """
+    if not 0 < p < q:
+        raise ValueError(f"pq_index needs 0 < p < q, got p={p}, q={q}")
+    a = w.detach().abs().flatten().double()
+    if a.numel() == 0:
+        return 0.0
+    top = a.max()
+    if top == 0:
+        return 0.0
+    # Power means of |w| / max(|w|): scale-free, so no overflow/underflow for tiny or huge weights.
+    a = a / top
+    mean_p = a.pow(p).mean().pow(1.0 / p)
+    mean_q = a.pow(q).mean().pow(1.0 / q)
+    return float(min(max(1.0 - mean_p / mean_q, 0.0), 1.0))
+
+
+def sap_prune_count(
+    d: int,
+    pqi: float,
+    p: float,
+    q: float,
+    eta_r: float = 0.0,
+    gamma: float = 1.0,
+    beta: float = 0.9,
+) -> int:
+    """How many of ``d`` alive weights SAP prunes (the ``c`` of METHOD.md section 3).
+
+    ``r = d (1 + eta_r)^(-q/(q-p)) (1 - pqi)^(qp/(q-p))`` is the lower bound on
+    weights to retain; ``c = floor(d * min(gamma * (1 - r/d), beta))``, at least 0.
+    """
+    if d <= 0:
+        return 0
+    if not 0 < p < q:
+        raise ValueError(f"sap_prune_count needs 0 < p < q, got p={p}, q={q}")
+    retain_fraction = (1.0 + eta_r) ** (-q / (q - p)) * (1.0 - pqi) ** (q * p / (q - p))
+    fraction = min(gamma * (1.0 - retain_fraction), beta)
+    # A hair of tolerance so that an exact product like 0.3 * 10 is not floored to 2.
+    return max(0, math.floor(d * fraction + 1e-9))
+
+
+# --- ranking ----------------------------------------------------------------------------------
+
+
+def _remove_smallest(scores: torch.Tensor, alive: torch.Tensor, count: int) -> torch.Tensor:
+    """Mask with the ``count`` alive entries of smallest score removed (flattened, stable ties)."""
+    flat_alive = alive.flatten()
+    idx = flat_alive.nonzero().squeeze(1)
+    count = min(count, idx.numel())
+    if count <= 0:
+        return alive.clone()
+    order = torch.sort(scores.flatten()[idx], stable=True).indices[:count]
+    new = flat_alive.clone()
+    new[idx[order]] = False
+    return new.view_as(alive)
+
+
+def _keep_one_per_tensor(weights: Weights, old: Masks, new: Masks) -> Masks:
+    """A tensor that had alive weights keeps at least its largest one (METHOD.md edge case)."""
+    for name, mask in new.items():
+        if not mask.any() and old[name].any():
+            scores = weights[name].detach().abs().masked_fill(~old[name], -1.0)
+            mask.view(-1)[int(scores.flatten().argmax())] = True
+    return new
+
+
+def _prune_global(scores: Weights, masks: Masks, count_for: Callable[[torch.Tensor], int]) -> Masks:
+    names = list(masks)
+    flat_scores = torch.cat([scores[n].flatten() for n in names])
+    flat_alive = torch.cat([masks[n].flatten() for n in names])
+    flat_new = _remove_smallest(flat_scores, flat_alive, count_for(flat_scores[flat_alive]))
+    parts = torch.split(flat_new, [masks[n].numel() for n in names])
+    return {n: part.view_as(masks[n]) for n, part in zip(names, parts, strict=True)}
+
+
+def _prune_each(
+    scores: Weights, masks: Masks, count_for: Callable[[torch.Tensor], int], rows: bool
+) -> Masks:
+    new: Masks = {}
+    for name, mask in masks.items():
+        score = scores[name]
+        if not rows:
+            new[name] = _remove_smallest(score, mask, count_for(score[mask]))
+            continue
+        # Neuron scope: one output unit = one row of a Linear weight, one filter of a Conv weight.
+        rows_new = [
+            _remove_smallest(s, m, count_for(s[m]))
+            for s, m in zip(score.flatten(1), mask.flatten(1), strict=True)
+        ]
+        new[name] = torch.stack(rows_new).view_as(mask)
+    return new
+
+
+def _prune(
+    scores: Weights, weights: Weights, masks: Masks, scope: str, count_for: Callable
+) -> Masks:
+    if scope == "global":
+        new = _prune_global(scores, masks, count_for)
+    else:
+        new = _prune_each(scores, masks, count_for, rows=scope == "neuron")
+    return _keep_one_per_tensor(weights, masks, new)
+
+
+# --- pruners ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MagnitudePruner:
+    """LTH pruning: remove a fraction ``rate`` of the alive weights, smallest |w| first."""
+
+    rate: float = 0.2
+    scope: str = "global"
+
+    def scores(self, weights: Weights, generator: torch.Generator) -> Weights:
+        return {n: w.detach().abs() for n, w in weights.items()}
+
+    def __call__(self, weights: Weights, masks: Masks, generator: torch.Generator) -> Masks:
+        def count(alive: torch.Tensor) -> int:
+            return round(self.rate * alive.numel())
+
+        return _prune(self.scores(weights, generator), weights, masks, self.scope, count)
+
+
+@dataclass(frozen=True)
+class RandomPruner(MagnitudePruner):
+    """Sanity baseline: remove a fraction ``rate`` of the alive weights, uniformly at random."""
+
+    def scores(self, weights: Weights, generator: torch.Generator) -> Weights:
+        return {
+            n: torch.rand(w.shape, generator=generator).to(w.device) for n, w in weights.items()
+        }
+
+
+@dataclass(frozen=True)
+class SAPPruner:
+    """SAP: in each scope prune ``sap_prune_count(d, pq_index(alive), ...)`` smallest weights."""
+
+    p: float = 0.5
+    q: float = 1.0
+    eta_r: float = 0.0
+    gamma: float = 1.0
+    beta: float = 0.9
+    scope: str = "global"
+
+    def count(self, alive: torch.Tensor) -> int:
+        """c for a scope whose alive weights are ``alive`` (any shape)."""
+        pqi = pq_index(alive, self.p, self.q)
+        return sap_prune_count(
+            alive.numel(), pqi, self.p, self.q, self.eta_r, self.gamma, self.beta
+        )
+
+    def __call__(self, weights: Weights, masks: Masks, generator: torch.Generator) -> Masks:
+        scores = {n: w.detach().abs() for n, w in weights.items()}
+        # count() sees scores[mask]: the alive |w| of the scope, which is what PQI measures.
+        return _prune(scores, weights, masks, self.scope, self.count)
+
+
+PRUNERS: Registry[type] = Registry("pruner")
+PRUNERS.register("lth")(MagnitudePruner)
+PRUNERS.register("random")(RandomPruner)
+PRUNERS.register("sap")(SAPPruner)

@@ -1,0 +1,49 @@
+"""Name -> factory tables, so adding a model, dataset, pruner or stopping rule is one entry."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from incop.errors import UserError
+
+T = TypeVar("T")
+
+
+def closest(name: str, valid: list[str]) -> str:
+    """' (did you mean X?)' for the nearest valid name, or '' when none is close."""
+    match = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+class Registry(Generic[T]):
+    """A table of named entries of one kind (``kind`` is used in error messages)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def add(entry: T) -> T:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            self._entries[name] = entry
+            return entry
+
+        return add
+
+    def get(self, name: str) -> T:
+        try:
+            return self._entries[name]
+        except KeyError:
+            valid = self.names()
+            hint = closest(str(name), valid)
+            message = f"unknown {self.kind} {name!r}{hint}; valid: {', '.join(valid)}"
+            raise UserError(message) from None
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries

@@ -1,0 +1,146 @@
+"""Stopping rules for a retraining phase (METHOD.md section 6).
+
+The IMP loop asks a rule two things after every epoch (and once before the
+first, "epoch 0"): :meth:`StoppingRule.measure` — a flow distance, or None for
+rules that need none (the loop times this as flow time) — and
+:meth:`StoppingRule.decide` — the reason to stop, or None to go on. ``decide``
+is a pure function of the epoch, the validation accuracy and the distance, so
+rules can be checked on scripted sequences.
+
+Every rule stops at the cap ``max_epochs`` (E) and never before ``min_epochs``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from incop.flows import flow_distance, gradient_flow, information_flow
+from incop.masks import Masks
+from incop.registry import Registry
+
+
+@dataclass
+class Reference:
+    """What retraining aims back at: the trained dense network theta* and its accuracy a*.
+
+    ``probe`` is the fixed probe set (batches of ``(inputs, targets)``) that every
+    flow measurement of the run uses; ``masks`` are the dense (all-ones) masks.
+    """
+
+    model: nn.Module
+    masks: Masks
+    accuracy: float
+    probe: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+
+@dataclass
+class StoppingRule:
+    """``fixed(E)``: always E epochs (LTH and SAP as published)."""
+
+    max_epochs: int
+    min_epochs: int = 1
+    name: str = field(default="fixed", init=False)
+
+    #: Whether :meth:`prepare` needs ``Reference.probe``.
+    needs_probe = False
+
+    def prepare(self, reference: Reference) -> None:
+        """Called once, after the dense warm-up, before the first prune."""
+        self.dense_accuracy = reference.accuracy
+
+    def measure(self, model: nn.Module, masks: Masks) -> float | None:
+        return None
+
+    def met(self, accuracy: float, distance: float | None) -> str | None:
+        """The rule's own criterion, without cap or minimum."""
+        return None
+
+    def decide(self, epoch: int, accuracy: float, distance: float | None) -> str | None:
+        """Reason to stop after ``epoch`` epochs (0 = before training), or None."""
+        if epoch >= self.max_epochs:
+            return "cap"
+        if epoch >= self.min_epochs:
+            return self.met(accuracy, distance)
+        return None
+
+
+@dataclass
+class AccuracyRule(StoppingRule):
+    """``accuracy(delta)``: stop once validation accuracy >= a* - delta (accuracy as a fraction)."""
+
+    delta: float = 0.0
+    name: str = field(default="accuracy", init=False)
+
+    def met(self, accuracy: float, distance: float | None) -> str | None:
+        return "accuracy" if accuracy >= self.dense_accuracy - self.delta else None
+
+
+@dataclass
+class FlowRule(StoppingRule):
+    """Stop once the flow distance to the dense flow is below ``eps``, or once validation
+    accuracy reaches a* (as the original code does).
+
+    ``distance`` is ``l2``, ``relative`` or ``cosine`` (see :func:`incop.flows.flow_distance`).
+    """
+
+    eps: float = 0.1
+    distance: str = "l2"
+    needs_probe = True
+
+    def flow(self, model: nn.Module, masks: Masks) -> torch.Tensor:
+        raise NotImplementedError
+
+    def prepare(self, reference: Reference) -> None:
+        super().prepare(reference)
+        self.probe = reference.probe
+        self.reference_flow = self.flow(reference.model, reference.masks)
+
+    def measure(self, model: nn.Module, masks: Masks) -> float:
+        return flow_distance(self.flow(model, masks), self.reference_flow, self.distance)
+
+    def met(self, accuracy: float, distance: float | None) -> str | None:
+        if distance is not None and distance < self.eps:
+            return "flow"
+        return "accuracy" if accuracy >= self.dense_accuracy else None
+
+
+@dataclass
+class InformationFlowRule(FlowRule):
+    """``if(eps)``, InCoP-IF: :func:`incop.information_flow` of the probe set.
+
+    ``summary`` reduces each correlation matrix (``mean`` or ``abs-mean``);
+    ``skip`` lists module-name patterns left out (residual projections by default).
+    """
+
+    summary: str = "mean"
+    skip: tuple[str, ...] = ("*downsample*", "*shortcut*")
+    name: str = field(default="if", init=False)
+
+    def flow(self, model: nn.Module, masks: Masks) -> torch.Tensor:
+        return information_flow(model, self.probe, summary=self.summary, skip=self.skip).vector
+
+
+@dataclass
+class GradientFlowRule(FlowRule):
+    """``gf(eps)``, InCoP-GF: :func:`incop.gradient_flow` of the probe set, per prunable layer;
+    ``normalize`` divides each layer's norm by its number of alive weights."""
+
+    normalize: bool = False
+    name: str = field(default="gf", init=False)
+
+    def flow(self, model: nn.Module, masks: Masks) -> torch.Tensor:
+        params = {name: model.get_parameter(name) for name in masks}
+        return gradient_flow(
+            model, self.probe, masks=masks, normalize=self.normalize, params=params
+        )
+
+
+STOPPING_RULES: Registry[type[StoppingRule]] = Registry("stopping rule")
+STOPPING_RULES.register("fixed")(StoppingRule)
+STOPPING_RULES.register("accuracy")(AccuracyRule)
+STOPPING_RULES.register("if")(InformationFlowRule)
+STOPPING_RULES.register("gf")(GradientFlowRule)

@@ -1,0 +1,18 @@
+import pytest
+import torch
+
+from helpers import TinyNet, blobs
+from incop.data import Batches
+
+
+@pytest.fixture
+def tiny_data():
+    x, y = blobs()
+    xv, yv = blobs(seed=1)
+    return Batches(x, y, 32, shuffle=True, seed=0), Batches(xv, yv, 128)
+
+
+@pytest.fixture
+def tiny_model():
+    torch.manual_seed(0)
+    return TinyNet()

@@ -1,0 +1,83 @@
+import pytest
+import torch
+from torch import nn
+
+from incop.masks import (
+    MaskEnforcer,
+    full_masks,
+    prunable_modules,
+    prunable_parameters,
+    remaining_fraction,
+    sparsity_report,
+)
+from incop.pruning import MagnitudePruner
+from incop.training import make_optimizer
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+
+def test_default_selection_is_conv_and_linear_weights_only():
+    assert list(prunable_parameters(Net())) == ["conv.weight", "fc.weight"]
+
+
+def test_include_and_exclude_by_name_pattern():
+    assert list(prunable_parameters(Net(), exclude=["fc.*"])) == ["conv.weight"]
+    assert list(prunable_modules(Net(), include=["c*"])) == ["conv.weight"]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_pruned_weights_stay_exactly_zero_through_many_steps(optimizer):
+    torch.manual_seed(0)
+    model = Net()
+    params = prunable_parameters(model)
+    masks = full_masks(params)
+    enforcer = MaskEnforcer(params, masks)
+    opt = make_optimizer(model.parameters(), optimizer, lr=0.05, momentum=0.9, weight_decay=5e-3)
+    x, y = torch.randn(16, 1, 6, 6), torch.randint(0, 3, (16,))
+    # Train densely first so momentum / Adam moments are nonzero everywhere when the prune comes.
+    for _ in range(5):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    masks.update(MagnitudePruner(rate=0.5)({n: p.detach() for n, p in params.items()}, masks, None))
+    enforcer.after_step(opt)
+    for _ in range(200):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        enforcer.mask_gradients()
+        for name, p in params.items():
+            assert (p.grad[~masks[name]] == 0).all()
+        opt.step()
+        enforcer.after_step(opt)
+    for name, p in params.items():
+        assert (p[~masks[name]] == 0).all()
+        assert (p[masks[name]] != 0).any()
+        for state in opt.state[p].values():
+            if torch.is_tensor(state) and state.shape == p.shape:
+                assert (state[~masks[name]] == 0).all()
+    assert remaining_fraction(masks) == pytest.approx(0.5, abs=0.01)
+
+
+def test_sparsity_report_counts_macs_from_nonzeros():
+    model = Net()
+    params = prunable_parameters(model)
+    masks = full_masks(params)
+    masks["conv.weight"][:2] = False  # half of the conv filters: 18 of 36 weights
+    report = sparsity_report(model, masks, torch.randn(3, 1, 6, 6))
+    conv, fc = report.layers
+    # conv: 36 weights applied at 6*6 positions; fc: 144*3 weights applied once
+    assert conv.macs_dense == 36 * 36 and conv.macs_pruned == 18 * 36
+    assert fc.macs_dense == fc.macs_pruned == 432
+    assert report.total == 36 + 432 and report.alive == 18 + 432
+    assert report.compression == pytest.approx(468 / 450)
+    assert report.macs_fraction == pytest.approx((18 * 36 + 432) / (36 * 36 + 432))
+    assert "compression" in report.format()

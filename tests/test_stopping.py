@@ -1,0 +1,80 @@
+import pytest
+import torch
+
+from incop.config import resolve
+from incop.stopping import (
+    AccuracyRule,
+    FlowRule,
+    GradientFlowRule,
+    InformationFlowRule,
+    Reference,
+    StoppingRule,
+)
+
+
+def first_stop(rule, accuracies, distances=None):
+    """The epoch at which ``rule`` stops on scripted per-epoch metrics (index = epoch)."""
+    rule.dense_accuracy = 0.9
+    distances = distances or [None] * len(accuracies)
+    for epoch, (acc, dist) in enumerate(zip(accuracies, distances, strict=True)):
+        reason = rule.decide(epoch, acc, dist)
+        if reason:
+            return epoch, reason
+    return None
+
+
+def test_fixed_stops_at_the_cap_whatever_the_metrics():
+    assert first_stop(StoppingRule(max_epochs=3), [1.0] * 10) == (3, "cap")
+    assert first_stop(StoppingRule(max_epochs=0), [0.0]) == (0, "cap")
+
+
+def test_accuracy_rule_fires_at_first_epoch_within_delta():
+    accs = [0.5, 0.7, 0.87, 0.95, 0.99]
+    assert first_stop(AccuracyRule(max_epochs=10, delta=0.05), accs) == (2, "accuracy")
+    assert first_stop(AccuracyRule(max_epochs=10, delta=0.0), accs) == (3, "accuracy")
+    assert first_stop(AccuracyRule(max_epochs=1, delta=0.0), accs) == (1, "cap")
+
+
+def test_min_epochs_holds_a_rule_back():
+    accs = [0.95, 0.95, 0.95, 0.95]
+    assert first_stop(AccuracyRule(max_epochs=10, min_epochs=0), accs) == (0, "accuracy")
+    assert first_stop(AccuracyRule(max_epochs=10, min_epochs=2), accs) == (2, "accuracy")
+
+
+def test_flow_rule_fires_on_distance_below_eps_or_on_dense_accuracy():
+    rule = FlowRule(max_epochs=10, eps=0.1)
+    assert first_stop(rule, [0.5, 0.6, 0.7, 0.8], [0.5, 0.3, 0.09, 0.01]) == (2, "flow")
+    # distance never below eps: stops when accuracy reaches a* = 0.9
+    assert first_stop(rule, [0.5, 0.6, 0.91, 0.8], [0.5, 0.3, 0.2, 0.2]) == (2, "accuracy")
+    # a distance equal to eps is not below it
+    assert first_stop(rule, [0.5, 0.5, 0.5], [0.1, 0.1, 0.05]) == (2, "flow")
+    assert first_stop(FlowRule(max_epochs=2, eps=0.1), [0.1] * 3, [1.0] * 3) == (2, "cap")
+
+
+class ScriptedFlow(FlowRule):
+    """A flow rule whose 'flow' is read off a script, to check the measure -> decide wiring."""
+
+    def flow(self, model, masks):
+        return self.script.pop(0)
+
+
+def test_flow_rule_measures_distance_to_the_reference_flow():
+    rule = ScriptedFlow(max_epochs=5, eps=0.5, distance="l2")
+    rule.script = [torch.tensor([1.0, 1.0]), torch.tensor([1.0, 3.0]), torch.tensor([1.3, 1.4])]
+    rule.prepare(Reference(model=None, masks={}, accuracy=0.9, probe=[]))
+    assert rule.measure(None, {}) == pytest.approx(2.0)
+    assert rule.measure(None, {}) == pytest.approx(0.5)
+    assert rule.decide(1, 0.1, 0.5) is None and rule.decide(1, 0.1, 0.49) == "flow"
+
+
+@pytest.mark.parametrize(
+    "method, rule_type", [("incop-if", InformationFlowRule), ("incop-gf", GradientFlowRule)]
+)
+def test_methods_build_their_rules_with_every_part_overridable(method, rule_type):
+    rule = resolve(
+        {"method": method, "max_epochs": 7, "eps": 0.3, "distance": "cosine"}
+    ).build_stopping_rule()
+    assert isinstance(rule, rule_type)
+    assert (rule.max_epochs, rule.eps, rule.distance) == (7, 0.3, "cosine")
+    assert isinstance(resolve({"method": "sap-acc"}).build_stopping_rule(), AccuracyRule)
+    assert type(resolve({"method": "sap"}).build_stopping_rule()) is StoppingRule
