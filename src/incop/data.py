@@ -1,0 +1,480 @@
+"""Image classification datasets as whole in-memory tensors, and batching by tensor indexing.
+
+Every dataset loads to a :class:`Dataset`: float32 images of shape (N, C, H, W), normalised per
+channel with the train split's mean and standard deviation (so train pixels have mean 0 and
+standard deviation 1 per channel), and int64 class labels of shape (N,).
+
+Datasets are looked up by name in :data:`DATASETS`. ``digits`` (scikit-learn's bundled 8x8 digits)
+needs no files. ``mnist``, ``fashion-mnist`` and ``cifar10`` read the files of their standard
+distributions from a data directory: the ``data_dir`` argument, else the ``INCOP_DATA_DIR``
+environment variable, else ``~/.cache/incop/data``. With ``download=True`` missing files are
+fetched from the canonical sources and checked against their published MD5 sums.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.client
+import io
+import logging
+import math
+import os
+import pickle
+import tarfile
+import tempfile
+import urllib.request
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from incop.errors import DataError, UserError
+from incop.registry import Registry
+
+log = logging.getLogger(__name__)
+
+ENV_VAR = "INCOP_DATA_DIR"
+DEFAULT_DATA_DIR = "~/.cache/incop/data"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about a dataset's inputs and outputs."""
+
+    name: str
+    channels: int
+    image_size: int  # height == width, pixels
+    num_classes: int
+
+
+@dataclass
+class Dataset:
+    """A train/test split held as tensors.
+
+    ``train_x``: float32 (N, C, H, W), normalised per channel with the train split's mean/std.
+    ``train_y``: int64 (N,), class indices in ``[0, info.num_classes)``.
+    ``test_x``: float32 (M, C, H, W), normalised with the train statistics.
+    ``test_y``: int64 (M,).
+    """
+
+    info: DatasetInfo
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+class Batches:
+    """Iterable of ``(inputs, targets)`` batches made by tensor indexing.
+
+    ``x`` has shape (N, ...) and ``y`` shape (N,); each batch holds ``batch_size`` examples (the
+    last one fewer unless ``drop_last``). Both tensors are moved to ``device`` once, here, so
+    batches are cut on the device. With ``shuffle`` the order of an epoch is a pure function of
+    ``(seed, epoch)``: call :meth:`set_epoch` before iterating to get a new order, and the same
+    epoch number again to reproduce it (e.g. when resuming).
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        device: str | torch.device | None = None,
+    ) -> None:
+        if len(x) != len(y):
+            raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
+        if batch_size < 1:
+            raise UserError(f"batch size must be at least 1, got {batch_size}")
+        self.x = x.to(device) if device is not None else x
+        self.y = y.to(self.x.device)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the shuffle order of epoch ``epoch`` (no effect without ``shuffle``)."""
+        self.epoch = epoch
+
+    def _order(self) -> torch.Tensor:
+        n = self.num_examples
+        if not self.shuffle:
+            return torch.arange(n, device=self.x.device)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(n, generator=generator).to(self.x.device)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self._order()
+        for i in range(len(self)):
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            yield self.x[idx], self.y[idx]
+
+    def __len__(self) -> int:
+        """Number of batches per epoch."""
+        if self.drop_last:
+            return self.num_examples // self.batch_size
+        return math.ceil(self.num_examples / self.batch_size)
+
+    @property
+    def num_examples(self) -> int:
+        """Number of examples N (including any that ``drop_last`` leaves out)."""
+        return len(self.x)
+
+    def sample(self, n: int, seed: int, batch_size: int | None = None) -> Batches:
+        """A fixed subset of ``min(n, N)`` examples drawn at random with ``seed``, unshuffled.
+
+        Used as the probe set; ``batch_size`` defaults to this object's.
+        """
+        if n < 1:
+            raise UserError(f"sample size must be at least 1, got {n}")
+        generator = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(self.num_examples, generator=generator)[:n].to(self.x.device)
+        return Batches(self.x[idx], self.y[idx], batch_size or self.batch_size)
+
+
+Loader = Callable[[Path | None, bool], Dataset]
+DATASETS: Registry[Loader] = Registry("dataset")
+
+
+def data_root(data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The data directory: ``data_dir``, else ``$INCOP_DATA_DIR``, else ``~/.cache/incop/data``."""
+    chosen = data_dir if data_dir is not None else os.environ.get(ENV_VAR) or DEFAULT_DATA_DIR
+    return Path(chosen).expanduser()
+
+
+def load_dataset(
+    name: str, data_dir: str | os.PathLike[str] | None = None, download: bool = False
+) -> Dataset:
+    """Load dataset ``name`` (one of ``DATASETS.names()``); ``data_dir`` as in :func:`data_root`.
+
+    Raises UserError for an unknown name, DataError for missing or corrupt files.
+    """
+    loader = DATASETS.get(name)
+    return loader(Path(data_dir).expanduser() if data_dir is not None else None, download)
+
+
+def _to_dataset(
+    info: DatasetInfo,
+    source: str | Path,
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    scale: float,
+) -> Dataset:
+    """Check raw (N, C, H, W) images and (N,) labels, scale pixels by 1/scale, then normalise."""
+    expected = (info.channels, info.image_size, info.image_size)
+    for split, (x, y) in (("train", train), ("test", test)):
+        if x.shape[1:] != expected:
+            raise DataError(
+                f"{source}: {split} images have shape {x.shape[1:]}, expected {expected}"
+            )
+        if len(x) != len(y):
+            raise DataError(f"{source}: {split} split has {len(x)} images but {len(y)} labels")
+        if len(y) and not 0 <= y.min() <= y.max() < info.num_classes:
+            raise DataError(
+                f"{source}: {split} labels span {y.min()}..{y.max()}, "
+                f"expected 0..{info.num_classes - 1}"
+            )
+    # astype is the float conversion and also a writable copy, which from_numpy needs
+    train_x = torch.from_numpy(train[0].astype(np.float32)).div_(scale)
+    test_x = torch.from_numpy(test[0].astype(np.float32)).div_(scale)
+    mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
+    std = train_x.std(dim=(0, 2, 3), keepdim=True)
+    std[std == 0] = 1  # a constant channel carries no information; leave it at 0
+    return Dataset(
+        info,
+        train_x.sub_(mean).div_(std),
+        torch.from_numpy(np.asarray(train[1], dtype=np.int64)),
+        test_x.sub_(mean).div_(std),
+        torch.from_numpy(np.asarray(test[1], dtype=np.int64)),
+    )
+
+
+@DATASETS.register("digits")
+def _load_digits(data_dir: Path | None, download: bool) -> Dataset:
+    """scikit-learn's 1797 8x8 digits, pixels 0..16, with a fixed stratified 80/20 split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = digits.data.reshape(-1, 1, 8, 8)
+    # The split is part of the dataset's definition, so it ignores the run's seed.
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, digits.target, test_size=0.2, stratify=digits.target, random_state=0
+    )
+    info = DatasetInfo("digits", channels=1, image_size=8, num_classes=10)
+    return _to_dataset(info, "digits", (x_train, y_train), (x_test, y_test), scale=16)
+
+
+# --- files and downloads ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Remote:
+    """Where to download a dataset's files: base URLs tried in order, and file name -> MD5."""
+
+    mirrors: tuple[str, ...]
+    md5: dict[str, str]
+
+
+_REMOTES: dict[str, _Remote] = {
+    "mnist": _Remote(
+        ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
+        {
+            "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+            "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+            "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+        },
+    ),
+    "fashion-mnist": _Remote(
+        ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        {
+            "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+            "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+            "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+        },
+    ),
+    "cifar10": _Remote(
+        ("https://www.cs.toronto.edu/~kriz/",),
+        {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"},
+    ),
+}
+
+
+def _fetch(url: str, dest: Path) -> None:
+    """Write the body of ``url`` to ``dest`` (the only network access; tests replace it)."""
+    with urllib.request.urlopen(url, timeout=60) as response, dest.open("wb") as out:
+        while chunk := response.read(1 << 20):
+            out.write(chunk)
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _download(dataset: str, file_name: str, folder: Path) -> None:
+    """Fetch ``file_name`` into ``folder`` from the first mirror that serves it intact.
+
+    The file appears under its final name only once its MD5 matches, so an interrupted or
+    corrupted download never leaves a file that a later load would trust.
+    """
+    remote = _REMOTES[dataset]
+    folder.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for mirror in remote.mirrors:
+        url = mirror + file_name
+        log.info("downloading %s to %s", url, folder)
+        fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{file_name}.", suffix=".part")
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            _fetch(url, tmp)
+            digest = _md5(tmp)
+            if digest != remote.md5[file_name]:
+                raise DataError(f"MD5 {digest} does not match the expected {remote.md5[file_name]}")
+            tmp.replace(folder / file_name)
+            return
+        except (OSError, http.client.HTTPException, DataError) as err:
+            errors.append(f"{url}: {err}")
+        finally:
+            tmp.unlink(missing_ok=True)
+    raise DataError(f"could not download {dataset} file {file_name}:\n  " + "\n  ".join(errors))
+
+
+def _not_found(dataset: str, files: list[str], searched: list[Path], target: Path) -> DataError:
+    urls = [_REMOTES[dataset].mirrors[0] + name for name in _REMOTES[dataset].md5]
+    return DataError(
+        f"{dataset} files not found: expected {', '.join(files)} in one of these folders:\n"
+        + "".join(f"  {folder}\n" for folder in searched)
+        + "Point --data-dir (or the INCOP_DATA_DIR environment variable) at the folder that"
+        " holds them, pass --download (download=True) to fetch them into"
+        f" {target}, or fetch them by hand from {', '.join(urls)}"
+    )
+
+
+def _read(path: Path) -> bytes:
+    """The bytes of ``path``, decompressed if it ends in ``.gz``."""
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(
+            f"{path}: cannot be read, truncated or corrupt ({err}); delete it and fetch it again"
+        ) from err
+
+
+# --- MNIST and Fashion-MNIST (IDX files) ------------------------------------------------------
+
+_IDX_FILES = {  # file name without .gz -> number of dimensions
+    "train-images-idx3-ubyte": 3,
+    "train-labels-idx1-ubyte": 1,
+    "t10k-images-idx3-ubyte": 3,
+    "t10k-labels-idx1-ubyte": 1,
+}
+
+
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    """Read an IDX file of unsigned bytes (gzipped if ``path`` ends in .gz).
+
+    Returns a uint8 array: shape (N,) for labels (``ndim=1``), (N, H, W) for images (``ndim=3``).
+    """
+    raw = _read(path)
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: {len(raw)} bytes, too short for an IDX header")
+    magic = int.from_bytes(raw[:4], "big")
+    if magic >> 8 != 0x08:  # two zero bytes, then type code 0x08 (unsigned byte)
+        expected = 0x800 + ndim
+        raise DataError(f"{path}: bad IDX magic number 0x{magic:08X}, expected 0x{expected:08X}")
+    if magic & 0xFF != ndim:
+        raise DataError(f"{path}: IDX file has {magic & 0xFF} dimensions, expected {ndim}")
+    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
+    size, available = math.prod(shape), len(raw) - header
+    if available != size:
+        problem = "shorter" if available < size else "longer"
+        raise DataError(
+            f"{path}: data is {problem} than the header says ({available} bytes for shape "
+            f"{shape}, which needs {size}); the file is truncated or corrupt"
+        )
+    return np.frombuffer(raw, np.uint8, count=size, offset=header).reshape(shape)
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    return next((p for p in (folder / f"{stem}.gz", folder / stem) if p.is_file()), None)
+
+
+def _register_idx(name: str, torchvision_folder: str) -> None:
+    """Register an MNIST-like dataset: 1 channel 28x28, 10 classes, in the four IDX files."""
+    info = DatasetInfo(name, channels=1, image_size=28, num_classes=10)
+
+    @DATASETS.register(name)
+    def load(data_dir: Path | None, download: bool) -> Dataset:
+        root = data_root(data_dir)
+        # The dataset-named folder goes first: it cannot hold another dataset's same-named files.
+        searched = [root / torchvision_folder / "raw", root, root / "raw"]
+        folder = next((f for f in searched if all(_find_idx(f, s) for s in _IDX_FILES)), None)
+        if folder is None:
+            if not download:
+                names = [f"{stem}.gz" for stem in _IDX_FILES]
+                raise _not_found(name, names, searched, searched[0])
+            folder = searched[0]
+            for stem in _IDX_FILES:
+                if _find_idx(folder, stem) is None:
+                    _download(name, f"{stem}.gz", folder)
+        train_x, train_y, test_x, test_y = (
+            _read_idx(_find_idx(folder, stem), ndim) for stem, ndim in _IDX_FILES.items()
+        )
+        return _to_dataset(
+            info, folder, (train_x[:, None], train_y), (test_x[:, None], test_y), scale=255
+        )
+
+
+_register_idx("mnist", "MNIST")
+_register_idx("fashion-mnist", "FashionMNIST")
+
+
+# --- CIFAR-10 (pickled batches, extracted or in the tarball) ----------------------------------
+
+_CIFAR_DIR = "cifar-10-batches-py"
+_CIFAR_TAR = "cifar-10-python.tar.gz"
+_CIFAR_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
+_CIFAR_BATCHES = [*_CIFAR_TRAIN, "test_batch"]
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays only: a data file must not run code."""
+
+    ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),  # how Python 3's protocol 2 stores bytes
+    }
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _parse_cifar_batch(where: str, blob: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 3, 32, 32) uint8 images and (N,) labels from one pickled CIFAR-10 batch."""
+    try:
+        batch = _ArrayUnpickler(io.BytesIO(blob), encoding="bytes").load()
+    except Exception as err:  # garbage input can fail inside unpickling in almost any way
+        raise DataError(f"{where}: not a readable CIFAR-10 batch pickle ({err})") from err
+    if not isinstance(batch, dict) or not {b"data", b"labels"} <= batch.keys():
+        raise DataError(f"{where}: not a CIFAR-10 batch (needs a dict with b'data' and b'labels')")
+    data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DataError(
+            f"{where}: data is {data.dtype} of shape {data.shape}, expected uint8 (N, 3072)"
+        )
+    if labels.shape != (len(data),):
+        raise DataError(f"{where}: {len(data)} images but labels of shape {labels.shape}")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def _cifar_blobs(source: Path) -> Iterator[tuple[str, bytes]]:
+    """(where, bytes) of each batch in ``_CIFAR_BATCHES`` order, from a folder or the tarball."""
+    if source.is_dir():
+        for name in _CIFAR_BATCHES:
+            yield str(source / name), _read(source / name)
+        return
+    try:
+        with tarfile.open(source, "r:gz") as tar:
+            for name in _CIFAR_BATCHES:
+                member = f"{_CIFAR_DIR}/{name}"
+                try:
+                    stream = tar.extractfile(member)
+                except KeyError:
+                    stream = None
+                if stream is None:
+                    raise DataError(f"{source}: no file {member} in the archive")
+                yield f"{source}:{member}", stream.read()
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
+        raise DataError(
+            f"{source}: cannot be read, truncated or corrupt ({err}); delete it and fetch it again"
+        ) from err
+
+
+@DATASETS.register("cifar10")
+def _load_cifar10(data_dir: Path | None, download: bool) -> Dataset:
+    """CIFAR-10: 50000 train and 10000 test 3x32x32 images, 10 classes, pixels 0..255."""
+    root = data_root(data_dir)
+    bases = [root, root / "raw", root / "CIFAR10"]
+    searched = [folder for base in bases for folder in (base, base / _CIFAR_DIR)]
+    # An extracted folder is read before a tarball: it skips decompression.
+    candidates = [f for f in searched if all((f / n).is_file() for n in _CIFAR_BATCHES)]
+    candidates += [base / _CIFAR_TAR for base in bases if (base / _CIFAR_TAR).is_file()]
+    if candidates:
+        source = candidates[0]
+    elif download:
+        _download("cifar10", _CIFAR_TAR, root)
+        source = root / _CIFAR_TAR
+    else:
+        expected = [_CIFAR_TAR, f"{_CIFAR_DIR}/ with {', '.join(_CIFAR_BATCHES)}"]
+        raise _not_found("cifar10", expected, searched, root)
+    batches = [_parse_cifar_batch(where, blob) for where, blob in _cifar_blobs(source)]
+    train_x, train_y = (np.concatenate(parts) for parts in zip(*batches[:-1], strict=True))
+    info = DatasetInfo("cifar10", channels=3, image_size=32, num_classes=10)
+    return _to_dataset(info, source, (train_x, train_y), batches[-1], scale=255)
