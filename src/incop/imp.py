@@ -124,6 +124,23 @@ def make_probe(
     return list(zip(x.split(batch_size), y.split(batch_size), strict=True))
 
 
+@dataclass
+class WarmUp:
+    """The outcome of dense training, shareable by every method of one seed.
+
+    ``snapshots``: state dicts ``init`` (theta_0), ``dense`` (theta*) and, for
+    ``epoch:K`` rewinding, ``epoch``; ``best``: the best epoch's record
+    (``val_accuracy`` = a*); ``seconds``: train/eval time spent;
+    ``records``: the epoch records to log; ``epoch_counter``: epochs seen, for data order.
+    """
+
+    snapshots: dict[str, dict[str, torch.Tensor]]
+    best: dict[str, Any]
+    seconds: dict[str, float]
+    records: list[dict[str, Any]]
+    epoch_counter: int
+
+
 class _Clock:
     """Wall-clock seconds per category; synchronises CUDA so GPU time is not misattributed."""
 
@@ -207,7 +224,10 @@ class IMP:
             stats = evaluate(self.model, self.val_data, loss_fn=self.loss_fn, device=self.device)
         return {"val_loss": stats.loss, "val_accuracy": stats.accuracy}
 
-    def _log(self, level: int, epoch: int, clock: _Clock, record: dict[str, Any]) -> None:
+    def _log(
+        self, level: int, epoch: int, clock: _Clock, record: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The full epoch record; written at once for retraining, by level_zero for warm-up."""
         full = {
             "level": level,
             "epoch": epoch,
@@ -216,9 +236,11 @@ class IMP:
             "lr": self.optimizer.param_groups[0]["lr"],
             **{f"{k}_seconds": v for k, v in clock.seconds.items()},
         }
-        self.writer.epoch(full)
+        if level > 0:
+            self.writer.epoch(full)
         if self.bar is not None:
             self.bar.set_postfix(level=level, acc=f"{full.get('val_accuracy', 0):.3f}")
+        return full
 
     def _finish_level(
         self, level: int, epochs: int, clock: _Clock, last: dict[str, Any], reason: str
@@ -243,35 +265,48 @@ class IMP:
 
     # --- the loop -------------------------------------------------------------------------------
 
-    def warm_up(self) -> LevelResult:
+    def train_dense(self) -> WarmUp:
         """Train densely for ``warmup_epochs``; keep the best-validation weights as theta*."""
         c = self.config
         clock = _Clock(self.device)
         self._fresh_optimizer()
         self.scheduler = make_scheduler(self.optimizer, c.schedule, c.warmup_epochs)
-        self.snapshots["init"] = snapshot(self.model)
+        snapshots = {"init": snapshot(self.model)}
         if self.rewind.mode == "epoch" and self.rewind.epoch == 0:
-            self.snapshots["epoch"] = self.snapshots["init"]
-        best = self._evaluate(clock) if c.warmup_epochs == 0 else None
-        if best is not None:
-            self._log(0, 0, clock, best)
-        self.snapshots["dense"] = self.snapshots["init"]
+            snapshots["epoch"] = snapshots["init"]
+        records = []
+        best = None
+        if c.warmup_epochs == 0:
+            best = self._evaluate(clock)
+            records.append(self._log(0, 0, clock, best))
+        snapshots["dense"] = snapshots["init"]
         for epoch in range(1, c.warmup_epochs + 1):
             record = self._train_one_epoch(clock)
             record.update(self._evaluate(clock))
-            self._log(0, epoch, clock, record)
+            records.append(self._log(0, epoch, clock, record))
             self._tick()
             if best is None or record["val_accuracy"] > best["val_accuracy"]:
                 best = record
-                self.snapshots["dense"] = snapshot(self.model)
+                snapshots["dense"] = snapshot(self.model)
             if self.rewind.mode == "epoch" and epoch == self.rewind.epoch:
-                self.snapshots["epoch"] = snapshot(self.model)
+                snapshots["epoch"] = snapshot(self.model)
+        return WarmUp(snapshots, best, dict(clock.seconds), records, self.epoch_counter)
+
+    def level_zero(self, warmup: WarmUp) -> LevelResult:
+        """Take up a dense warm-up (trained here or shared) and prepare the stopping rule."""
+        c = self.config
+        self.snapshots = dict(warmup.snapshots)
+        self.epoch_counter = warmup.epoch_counter
         self.model.load_state_dict(self.snapshots["dense"])
-        self.dense_accuracy = best["val_accuracy"]
+        self.dense_accuracy = warmup.best["val_accuracy"]
+        clock = _Clock(self.device)
+        clock.seconds.update(warmup.seconds)
+        for record in warmup.records:
+            self.writer.epoch(record)
         with clock("flow"):
             reference = Reference(self.model, self.masks, self.dense_accuracy, self.probe)
             self.rule.prepare(reference)
-        return self._finish_level(0, c.warmup_epochs, clock, best, "warmup")
+        return self._finish_level(0, c.warmup_epochs, clock, warmup.best, "warmup")
 
     def retrain_level(self, level: int) -> LevelResult:
         """Prune, rewind, then retrain until the stopping rule fires."""
@@ -281,7 +316,7 @@ class IMP:
         self.masks.update(self.pruner(weights, self.masks, self.generator))
         if self.rewind.snapshot is not None:
             self.model.load_state_dict(self.snapshots[self.rewind.snapshot])
-        if self.rewind.restart_optimizer:
+        if self.rewind.restart_optimizer or self.optimizer is None:
             self._fresh_optimizer()
             self.scheduler = make_scheduler(self.optimizer, c.schedule, c.max_epochs)
         self.enforcer.after_step(self.optimizer)
@@ -306,7 +341,8 @@ class IMP:
         if self.bar is not None:
             self.bar.update(1)
 
-    def run(self) -> Result:
+    def setup(self) -> None:
+        """Seed, find the prunable weights, build the parts and the probe set."""
         c = self.config
         torch.manual_seed(c.seed)
         self.generator = torch.Generator().manual_seed(c.seed)
@@ -324,7 +360,7 @@ class IMP:
         self.rewind = c.build_rewind()
         self.snapshots: dict[str, dict[str, torch.Tensor]] = {}
         self.level_masks: list[Masks] = []
-        self.scheduler = None
+        self.optimizer = self.scheduler = None
         self.example_input = next(iter(self.val_data))[0][:1].to(self.device)
         self.probe = None
         if self.rule.needs_probe:
@@ -332,13 +368,29 @@ class IMP:
                 (x.to(self.device), y.to(self.device))
                 for x, y in make_probe(self.train_data, c.probe_size, c.seed, c.eval_batch_size)
             ]
+
+    def warm_up(self) -> WarmUp:
+        """Set up and train the dense network only: the part a comparison shares."""
+        self.setup()
+        self.bar = None
+        return self.train_dense()
+
+    def run(self, warmup: WarmUp | None = None) -> Result:
+        """Run every level; ``warmup`` (from another run's :meth:`train_dense` with the same
+        model, data and seed) replaces training the dense network here."""
+        c = self.config
+        self.setup()
         self.writer.config(to_yaml(c))
         total = c.warmup_epochs + c.levels * c.max_epochs
         self.bar = (
             tqdm(total=total, unit="epoch", desc="IMP", leave=False) if self.progress else None
         )
         try:
-            levels = [self.warm_up()]
+            if warmup is None:
+                warmup = self.train_dense()
+            elif self.bar is not None:
+                self.bar.update(c.warmup_epochs)
+            levels = [self.level_zero(warmup)]
             for level in range(1, c.levels + 1):
                 levels.append(self.retrain_level(level))
         finally:
