@@ -41,26 +41,86 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=name, metavar=metavar, help=help_text)
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
-    file_values = load_yaml(args.config) if args.config else {}
-    flag_values = {name: getattr(args, name) for name in FIELD_NAMES}
-    return resolve(file_values, flag_values)
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the user gave: the YAML file, then the flags over it (unresolved)."""
+    values = load_yaml(args.config) if args.config else {}
+    flags = {name: getattr(args, name) for name in FIELD_NAMES}
+    return {**values, **{k: v for k, v in flags.items() if v is not None}}
 
 
-def default_out(config: Config) -> str:
+def default_out(what: str, config: Config) -> str:
+    """``runs/<time>-<what>-<dataset>-<model>``: a new folder per run."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return str(Path("runs") / f"{stamp}-{config.method}-{config.dataset}-{config.model}")
+    return str(Path("runs") / f"{stamp}-{what}-{config.dataset}-{config.model}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from incop.experiment import run_experiment
 
-    config = config_from_args(args)
+    config = resolve(overrides_from_args(args))
     if config.out is None:
-        config.out = default_out(config)
+        config.out = default_out(config.method, config)
     result = run_experiment(config, progress=True)
     print(result.table())
     print(f"\nresults in {config.out}")
+    return 0
+
+
+def _seeds(args: argparse.Namespace) -> list[int]:
+    if args.seeds:
+        try:
+            return [int(s) for s in args.seeds.split(",")]
+        except ValueError:
+            raise UserError(
+                f"seeds: {args.seeds!r} is not a comma-separated list of integers"
+            ) from None
+    if args.trials < 1:
+        raise UserError(f"trials: {args.trials} is not allowed; must be >= 1")
+    return list(range(args.trials))
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from incop.compare import run_comparison
+    from incop.config import METHODS
+    from incop.report import write_report
+
+    overrides = overrides_from_args(args)
+    overrides.pop("method", None)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for method in methods:
+        METHODS.get(method)
+    out = overrides.pop("out", None) or default_out("compare", resolve(overrides))
+    comparison = run_comparison(overrides, methods, _seeds(args), out=out, progress=True)
+    print(format_comparison(comparison))
+    print(f"\nreport: {write_report(out)}")
+    return 0
+
+
+def format_comparison(comparison: dict[str, Any]) -> str:
+    """The comparison table printed at the end of ``incop compare``."""
+    head = (
+        f"{'method':<10} {'epochs':>13} {'final acc':>15} {'remaining':>9}"
+        f" {'wall s':>13} {'epochs/sap':>10} {'wall/sap':>8}"
+    )
+    rows = [head, "-" * len(head)]
+    for method, entry in comparison["methods"].items():
+        t = entry["totals"]
+        ratio = comparison["ratios"][method]
+        rows.append(
+            f"{method:<10} {t['retrain_epochs']['mean']:>6.1f} ± {t['retrain_epochs']['std']:<4.1f}"
+            f" {t['final_accuracy']['mean']:>7.2%} ± {t['final_accuracy']['std']:<5.2%}"
+            f" {t['final_remaining_fraction']['mean']:>9.2%}"
+            f" {t['wall_seconds']['mean']:>6.1f} ± {t['wall_seconds']['std']:<4.1f}"
+            f" {ratio.get('epochs_vs_sap', float('nan')):>10.2f}"
+            f" {ratio.get('wall_vs_sap', float('nan')):>8.2f}"
+        )
+    return "\n".join(rows)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from incop.report import write_report
+
+    print(f"report: {write_report(args.folder)}")
     return 0
 
 
@@ -87,6 +147,21 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run one IMP experiment")
     _add_config_flags(run)
     run.set_defaults(handler=cmd_run)
+    compare = commands.add_parser(
+        "compare", help="run several methods on one config, several seeds; plots and a report"
+    )
+    _add_config_flags(compare)
+    compare.add_argument(
+        "--methods",
+        default="lth,sap,sap-acc,incop-if,incop-gf",
+        help="comma-separated methods (default: %(default)s)",
+    )
+    compare.add_argument("--trials", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    compare.add_argument("--seeds", help="comma-separated seeds, instead of --trials")
+    compare.set_defaults(handler=cmd_compare)
+    report = commands.add_parser("report", help="rebuild plots and report of a comparison folder")
+    report.add_argument("folder", help="a folder written by `incop compare`")
+    report.set_defaults(handler=cmd_report)
     listing = commands.add_parser("list", help="list methods, models and datasets")
     listing.set_defaults(handler=cmd_list)
     return parser
@@ -110,3 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def entry(argv: Any = None) -> None:
     sys.exit(main(argv))
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,186 @@
+"""Methods side by side (METHOD.md section 7): one shared dense warm-up per seed, every method
+pruned from it, and the mean / standard deviation over trials in ``comparison.json``.
+
+Layout of a comparison folder::
+
+    comparison.json                 aggregate (see :func:`aggregate`)
+    <method>/seed-<s>/              each run folder exactly as ``incop run`` writes it
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from incop.config import resolve
+from incop.data import load_dataset
+from incop.experiment import build_batches
+from incop.imp import IMP, resolve_device
+from incop.models import build_model
+from incop.outputs import RunWriter, atomic_write_text
+
+DEFAULT_METHODS = ("lth", "sap", "sap-acc", "incop-if", "incop-gf")
+#: Methods every other one is compared against, when they are in the comparison.
+BASELINES = ("sap", "lth")
+#: Per-level fields averaged over trials.
+LEVEL_FIELDS = (
+    "remaining_fraction",
+    "epochs",
+    "val_accuracy",
+    "train_seconds",
+    "eval_seconds",
+    "flow_seconds",
+    "macs_fraction",
+)
+
+
+def run_folder(out: Path, method: str, seed: int) -> Path:
+    return out / method / f"seed-{seed}"
+
+
+def run_comparison(
+    overrides: dict[str, Any],
+    methods: Sequence[str] = DEFAULT_METHODS,
+    seeds: Sequence[int] = (0,),
+    *,
+    out: str | Path,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Run every method for every seed on the config ``overrides`` describe; write ``out``.
+
+    ``overrides`` are config settings as a user gives them (file and flags, not
+    yet resolved), so each method's preset applies under them. Returns the
+    content of ``comparison.json``.
+    """
+    out = Path(out)
+    # Resolve every method's config first: a bad value fails before any training.
+    configs = {m: resolve({**overrides, "method": m}) for m in methods}
+    first = configs[methods[0]]
+    dataset = load_dataset(first.dataset, first.data_dir, first.download)
+    info = dataset.info
+    started = time.perf_counter()
+    summaries: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    warmup_seconds = []
+    bar = tqdm(total=len(seeds) * len(methods), desc="compare", unit="run", disable=not progress)
+    for seed in seeds:
+        train, val = build_batches(resolve({**overrides, "seed": seed}), dataset)
+
+        def fresh_model(seed: int = seed) -> torch.nn.Module:
+            torch.manual_seed(seed)
+            return build_model(first.model, info.channels, info.image_size, info.num_classes)
+
+        shared = IMP(
+            resolve({**overrides, "method": methods[0], "seed": seed}), fresh_model(), train, val
+        )
+        warmup = shared.warm_up()
+        warmup_seconds.append(sum(warmup.seconds.values()))
+        for method in methods:
+            folder = run_folder(out, method, seed)
+            config = resolve({**overrides, "method": method, "seed": seed, "out": str(folder)})
+            bar.set_postfix(seed=seed, method=method)
+            imp = IMP(
+                config, fresh_model(), train, val, writer=RunWriter(folder), progress=progress
+            )
+            summaries[method].append(imp.run(warmup).summary())
+            bar.update(1)
+    bar.close()
+    comparison = aggregate(summaries)
+    comparison.update(
+        seeds=list(seeds),
+        config=first.to_dict(),
+        warmup_seconds=mean_std(warmup_seconds),
+        total_seconds=time.perf_counter() - started,
+        hardware=hardware(resolve_device(first.device)),
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "comparison.json", json.dumps(comparison, indent=2))
+    return comparison
+
+
+def mean_std(values: Sequence[float]) -> dict[str, float]:
+    """Mean and sample standard deviation (0 for a single trial)."""
+    values = [float(v) for v in values]
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "std": std}
+
+
+def run_totals(summary: dict[str, Any]) -> dict[str, float]:
+    """One run's totals. Retraining = levels 1..K (the dense warm-up is shared, so left out);
+    flow seconds include level 0, where the dense reference flow is measured."""
+    levels = summary["levels"]
+    retrain = levels[1:]
+    totals = {
+        "retrain_epochs": sum(lv["epochs"] for lv in retrain),
+        "final_remaining_fraction": levels[-1]["remaining_fraction"],
+        "final_accuracy": levels[-1]["val_accuracy"],
+        "dense_accuracy": summary["dense_accuracy"],
+        "train_seconds": sum(lv["train_seconds"] for lv in retrain),
+        "eval_seconds": sum(lv["eval_seconds"] for lv in retrain),
+        "flow_seconds": sum(lv["flow_seconds"] for lv in levels),
+    }
+    totals["wall_seconds"] = (
+        totals["train_seconds"] + totals["eval_seconds"] + totals["flow_seconds"]
+    )
+    return totals
+
+
+def aggregate(summaries: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Mean and standard deviation over trials per method, per level, and ratios to baselines.
+
+    ``summaries``: method -> one ``summary.json`` content per trial. Returns
+    ``{"methods": {m: {"trials", "totals": {field: {mean, std}}, "levels": [{field:
+    {mean, std}}]}}, "ratios": {m: {"epochs_vs_sap", "wall_vs_sap", ...}}}``.
+    """
+    methods: dict[str, Any] = {}
+    for method, runs in summaries.items():
+        totals = [run_totals(run) for run in runs]
+        n_levels = min(len(run["levels"]) for run in runs)
+        methods[method] = {
+            "trials": len(runs),
+            "totals": {key: mean_std([t[key] for t in totals]) for key in totals[0]},
+            "levels": [
+                {
+                    "level": k,
+                    **{f: mean_std([run["levels"][k][f] for run in runs]) for f in LEVEL_FIELDS},
+                }
+                for k in range(n_levels)
+            ],
+        }
+    ratios: dict[str, dict[str, float]] = {}
+    for method, entry in methods.items():
+        ratios[method] = {}
+        for base in BASELINES:
+            if base not in methods:
+                continue
+            for key, name in (("retrain_epochs", "epochs"), ("wall_seconds", "wall")):
+                denominator = methods[base]["totals"][key]["mean"]
+                value = entry["totals"][key]["mean"] / denominator if denominator else float("nan")
+                ratios[method][f"{name}_vs_{base}"] = value
+    return {"methods": methods, "ratios": ratios}
+
+
+def hardware(device: torch.device) -> dict[str, Any]:
+    """What the comparison ran on, for the report."""
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def load_comparison(folder: str | Path) -> dict[str, Any]:
+    return json.loads((Path(folder) / "comparison.json").read_text())

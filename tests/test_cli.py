@@ -1,0 +1,61 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from incop.cli import main
+
+
+def run_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "incop.cli", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["sap", "incop-if", "incop-gf"])
+def test_incop_run_on_digits_writes_the_run_folder(tmp_path, capsys, method):
+    out = tmp_path / "run"
+    code = main(
+        ["run", "--method", method, "--levels", "2", "--warmup-epochs", "2", "--max-epochs", "3",
+         "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "level" in printed and "remaining" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert [lv["level"] for lv in summary["levels"]] == [0, 1, 2]
+    assert summary["config"]["method"] == method
+    assert yaml.safe_load((out / "config.yaml").read_text())["method"] == method
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    retrain = [r for r in records if r["level"] > 0]
+    if method != "sap":
+        # flow rules log their distance every epoch, epoch 0 included
+        assert all("distance" in r for r in retrain)
+        assert summary["levels"][0]["flow_seconds"] > 0
+    for k in range(3):
+        assert (out / "levels" / str(k) / "checkpoint.pt").exists()
+
+
+def test_user_errors_exit_2_with_a_message_and_no_traceback(tmp_path):
+    result = run_cli("run", "--method", "sapp", "--out", str(tmp_path / "x"))
+    assert result.returncode == 2
+    assert "method" in result.stderr and "did you mean 'sap'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_missing_data_files_are_named(tmp_path):
+    result = run_cli("run", "--dataset", "mnist", "--data-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert "train-images-idx3-ubyte.gz" in result.stderr and str(tmp_path) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_list_names_everything(capsys):
+    assert main(["list"]) == 0
+    printed = capsys.readouterr().out
+    for name in ("incop-gf", "resnet18", "fashion-mnist"):
+        assert name in printed
