@@ -27,6 +27,12 @@ _HELP = {
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML file of settings; flags override it")
+    parser.add_argument(
+        "--resume", metavar="DIR", help="continue the interrupted run in DIR from its last epoch"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the run already in the --out folder"
+    )
     for name in FIELD_NAMES:
         flag = "--" + name.replace("_", "-")
         kind = field_type(name)
@@ -54,13 +60,36 @@ def default_out(what: str, config: Config) -> str:
     return str(Path("runs") / f"{stamp}-{what}-{config.dataset}-{config.model}")
 
 
+def _mode(args: argparse.Namespace) -> str:
+    if args.resume and args.overwrite:
+        raise UserError("--resume and --overwrite exclude each other")
+    return "resume" if args.resume else "overwrite" if args.overwrite else "new"
+
+
+def _saved(args: argparse.Namespace, file: str) -> dict[str, Any]:
+    """The settings saved in a run folder, for --resume (which takes no other settings)."""
+    given = [name for name, value in overrides_from_args(args).items() if value is not None]
+    if given:
+        raise UserError(
+            f"resume: continues the run as it was configured; remove {', '.join(given)}"
+        )
+    path = Path(args.resume) / file
+    if not path.exists():
+        raise UserError(f"resume: {args.resume!r} holds no {file}, so no run to continue")
+    return load_yaml(path)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from incop.experiment import run_experiment
 
-    config = resolve(overrides_from_args(args))
+    mode = _mode(args)
+    if mode == "resume":
+        config = resolve({**_saved(args, "config.yaml"), "out": args.resume})
+    else:
+        config = resolve(overrides_from_args(args))
     if config.out is None:
         config.out = default_out(config.method, config)
-    result = run_experiment(config, progress=True)
+    result = run_experiment(config, progress=True, mode=mode)
     print(result.table())
     print(f"\nresults in {config.out}")
     return 0
@@ -84,13 +113,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from incop.config import METHODS
     from incop.report import write_report
 
-    overrides = overrides_from_args(args)
-    overrides.pop("method", None)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    for method in methods:
-        METHODS.get(method)
-    out = overrides.pop("out", None) or default_out("compare", resolve(overrides))
-    comparison = run_comparison(overrides, methods, _seeds(args), out=out, progress=True)
+    mode = _mode(args)
+    if mode == "resume":
+        plan = _saved(args, "compare.yaml")
+        overrides, methods, seeds, out = (
+            plan["settings"],
+            plan["methods"],
+            plan["seeds"],
+            args.resume,
+        )
+    else:
+        overrides = overrides_from_args(args)
+        overrides.pop("method", None)
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        for method in methods:
+            METHODS.get(method)
+        seeds = _seeds(args)
+        out = overrides.pop("out", None) or default_out("compare", resolve(overrides))
+    comparison = run_comparison(overrides, methods, seeds, out=out, progress=True, mode=mode)
     print(format_comparison(comparison))
     print(f"\nreport: {write_report(out)}")
     return 0

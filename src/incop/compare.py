@@ -3,29 +3,35 @@ pruned from it, and the mean / standard deviation over trials in ``comparison.js
 
 Layout of a comparison folder::
 
+    compare.yaml                    what was asked: settings, methods, seeds (for --resume)
     comparison.json                 aggregate (see :func:`aggregate`)
+    warmup/seed-<s>.pt              the shared dense warm-up of each seed
     <method>/seed-<s>/              each run folder exactly as ``incop run`` writes it
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
+import shutil
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from tqdm.auto import tqdm
 
 from incop.config import resolve
-from incop.data import load_dataset
+from incop.data import Batches, load_dataset
+from incop.errors import UserError
 from incop.experiment import build_batches
-from incop.imp import IMP, resolve_device
+from incop.imp import IMP, WarmUp, resolve_device
 from incop.models import build_model
-from incop.outputs import RunWriter, atomic_write_text
+from incop.outputs import RunWriter, atomic_torch_save, atomic_write_text
 
 DEFAULT_METHODS = ("lth", "sap", "sap-acc", "incop-if", "incop-gf")
 #: Methods every other one is compared against, when they are in the comparison.
@@ -53,17 +59,31 @@ def run_comparison(
     *,
     out: str | Path,
     progress: bool = False,
+    mode: str = "new",
 ) -> dict[str, Any]:
     """Run every method for every seed on the config ``overrides`` describe; write ``out``.
 
     ``overrides`` are config settings as a user gives them (file and flags, not
-    yet resolved), so each method's preset applies under them. Returns the
+    yet resolved), so each method's preset applies under them. ``mode``: ``new``
+    (refuses a folder holding a comparison), ``overwrite``, or ``resume`` (finished
+    runs are kept, interrupted ones go on from their last epoch). Returns the
     content of ``comparison.json``.
     """
     out = Path(out)
     # Resolve every method's config first: a bad value fails before any training.
     configs = {m: resolve({**overrides, "method": m}) for m in methods}
     first = configs[methods[0]]
+    asked = out / "compare.yaml"
+    if mode == "new" and asked.exists():
+        raise UserError(
+            f"out: {str(out)!r} already holds a comparison; pass --resume {out} to continue it,"
+            " --overwrite to replace it, or choose another --out"
+        )
+    if mode != "resume":
+        if mode == "overwrite":
+            shutil.rmtree(out, ignore_errors=True)
+        plan = {"settings": overrides, "methods": list(methods), "seeds": list(seeds)}
+        atomic_write_text(asked, yaml.safe_dump(plan, sort_keys=False))
     dataset = load_dataset(first.dataset, first.data_dir, first.download)
     info = dataset.info
     started = time.perf_counter()
@@ -103,6 +123,25 @@ def run_comparison(
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "comparison.json", json.dumps(comparison, indent=2))
     return comparison
+
+
+def shared_warmup(
+    out: Path,
+    seed: int,
+    overrides: dict[str, Any],
+    method: str,
+    fresh_model: Callable[[], torch.nn.Module],
+    train: Batches,
+    val: Batches,
+) -> WarmUp:
+    """The dense warm-up of ``seed``: trained once, kept in ``warmup/seed-<s>.pt``."""
+    path = out / "warmup" / f"seed-{seed}.pt"
+    if path.exists():
+        return WarmUp(**torch.load(path, weights_only=False))
+    config = resolve({**overrides, "method": method, "seed": seed})
+    warmup = IMP(config, fresh_model(), train, val).warm_up()
+    atomic_torch_save(path, dataclasses.asdict(warmup))
+    return warmup
 
 
 def mean_std(values: Sequence[float]) -> dict[str, float]:

@@ -47,10 +47,10 @@ class Config:
     warmup_epochs: int = 10
     max_epochs: int = 10
     min_epochs: int = 1
-    final_epochs: int = 0
     # Training
     batch_size: int = 64
     eval_batch_size: int = 1000
+    on_divergence: str = "continue"
     optimizer: str = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
@@ -244,8 +244,9 @@ def validate(config: Config) -> None:
     name_in("schedule", SCHEDULES)
     name_in("distance", DISTANCES)
     name_in("if_summary", FLOW_SUMMARIES)
+    name_in("on_divergence", ("continue", "stop"))
     name_in("scope", SCOPES_SAP if c.pruner == "sap" else SCOPES_FIXED)
-    for name in ("levels", "warmup_epochs", "max_epochs", "min_epochs", "final_epochs", "seed"):
+    for name in ("levels", "warmup_epochs", "max_epochs", "min_epochs", "seed"):
         if getattr(c, name) < 0:
             bad(name, "must be >= 0")
     for name in ("batch_size", "eval_batch_size", "probe_size"):

@@ -26,13 +26,18 @@ def build_batches(config: Config, dataset: Dataset) -> tuple[Batches, Batches]:
     return train, val
 
 
-def run_experiment(config: Config, *, progress: bool = False) -> Result:
-    """Run ``config`` end to end, writing the run folder ``config.out`` (if set)."""
+def run_experiment(config: Config, *, progress: bool = False, mode: str = "new") -> Result:
+    """Run ``config`` end to end, writing the run folder ``config.out`` (if set).
+
+    ``mode`` (for the folder): ``new``, ``overwrite`` or ``resume`` (go on from the
+    last completed epoch saved there; ``config`` must be the saved one).
+    """
+    writer = RunWriter(config.out, mode=mode) if config.out else None
     dataset = load_dataset(config.dataset, config.data_dir, config.download)
     info = dataset.info
     # The seed fixes the initial weights too, so a run is reproducible from its config alone.
     torch.manual_seed(config.seed)
     model = build_model(config.model, info.channels, info.image_size, info.num_classes)
     train, val = build_batches(config, dataset)
-    writer = RunWriter(config.out) if config.out else None
-    return IMP(config, model, train, val, writer=writer, progress=progress).run()
+    imp = IMP(config, model, train, val, writer=writer, progress=progress)
+    return imp.run(resume=mode == "resume")

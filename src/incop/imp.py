@@ -9,6 +9,7 @@ draws from it), and writes only through the writer it is given.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -32,7 +33,14 @@ from incop.masks import (
 from incop.outputs import NullWriter, RunWriter
 from incop.rewind import snapshot
 from incop.stopping import Reference
-from incop.training import LossFn, evaluate, make_optimizer, make_scheduler, train_epoch
+from incop.training import (
+    DivergenceError,
+    LossFn,
+    evaluate,
+    make_optimizer,
+    make_scheduler,
+    train_epoch,
+)
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -224,10 +232,8 @@ class IMP:
             stats = evaluate(self.model, self.val_data, loss_fn=self.loss_fn, device=self.device)
         return {"val_loss": stats.loss, "val_accuracy": stats.accuracy}
 
-    def _log(
-        self, level: int, epoch: int, clock: _Clock, record: dict[str, Any]
-    ) -> dict[str, Any]:
-        """The full epoch record; written at once for retraining, by level_zero for warm-up."""
+    def _log(self, level: int, epoch: int, clock: _Clock, record: dict[str, Any]) -> dict[str, Any]:
+        """Write the full epoch record and return it."""
         full = {
             "level": level,
             "epoch": epoch,
@@ -236,15 +242,14 @@ class IMP:
             "lr": self.optimizer.param_groups[0]["lr"],
             **{f"{k}_seconds": v for k, v in clock.seconds.items()},
         }
-        if level > 0:
-            self.writer.epoch(full)
+        self.writer.epoch(full)
         if self.bar is not None:
             self.bar.set_postfix(level=level, acc=f"{full.get('val_accuracy', 0):.3f}")
         return full
 
     def _finish_level(
         self, level: int, epochs: int, clock: _Clock, last: dict[str, Any], reason: str
-    ) -> LevelResult:
+    ) -> None:
         report = sparsity_report(self.model, self.masks, self.example_input)
         result = LevelResult(
             level=level,
@@ -261,85 +266,188 @@ class IMP:
         )
         self.writer.level(level, self.model.state_dict(), self.masks)
         self.level_masks.append({k: v.clone() for k, v in self.masks.items()})
-        return result
+        self.levels.append(result)
+
+    # --- resume state -------------------------------------------------------------------------
+
+    def _save_state(self, phase: str, level: int, epoch: int, clock: _Clock) -> None:
+        """Everything needed to go on after ``epoch`` of ``level`` (``phase``: ``warmup``,
+        ``retrain`` within a level, ``done`` once the level is finished)."""
+        if not self.writer.saves_state:
+            return
+        self.writer.state(
+            {
+                "phase": phase,
+                "level": level,
+                "epoch": epoch,
+                "config": self.config.to_dict(),
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+                "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+                "masks": self.masks,
+                "snapshots": self.snapshots,
+                "best": self.best,
+                "levels": [lv.to_dict() for lv in self.levels],
+                "level_masks": self.level_masks,
+                "clock": dict(clock.seconds),
+                "record": self.record,
+                "rule": self.rule.state_dict() if self.levels else None,
+                "epoch_counter": self.epoch_counter,
+                "generator": self.generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            }
+        )
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        c = self.config
+        self.model.load_state_dict(state["model"])
+        self.masks.update(state["masks"])
+        self.snapshots = state["snapshots"]
+        self.best = state["best"]
+        self.record = state["record"]
+        self.levels = [LevelResult(**lv) for lv in state["levels"]]
+        self.level_masks = state["level_masks"]
+        self.epoch_counter = state["epoch_counter"]
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if state["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if state["optimizer"] is not None:
+            self._fresh_optimizer()
+            self.optimizer.load_state_dict(state["optimizer"])
+            epochs = c.warmup_epochs if state["phase"] == "warmup" else c.max_epochs
+            self.scheduler = make_scheduler(self.optimizer, c.schedule, epochs)
+            if self.scheduler is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+        if self.levels:
+            self.dense_accuracy = self.levels[0].val_accuracy
+            reference = Reference(self.model, self.masks, self.dense_accuracy, self.probe)
+            self.rule.load_state_dict(state["rule"], reference)
 
     # --- the loop -------------------------------------------------------------------------------
 
-    def train_dense(self) -> WarmUp:
-        """Train densely for ``warmup_epochs``; keep the best-validation weights as theta*."""
+    def _train_or_diverge(self, clock: _Clock) -> dict[str, float] | None:
+        """One training epoch, or None (weights put back as they were) if the loss diverged."""
+        last_good = snapshot(self.model)
+        try:
+            return self._train_one_epoch(clock)
+        except DivergenceError as exc:
+            self.model.load_state_dict(last_good)
+            warnings.warn(
+                f"{exc} at level {len(self.levels)}: restored the weights of the last good epoch"
+                f" and ended this level's training (on_divergence={self.config.on_divergence})",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return None
+
+    def train_dense(self, state: dict[str, Any] | None = None) -> WarmUp:
+        """Train densely for ``warmup_epochs``; keep the best-validation weights as theta*.
+
+        ``state``: a saved warm-up state to go on from (already restored)."""
         c = self.config
         clock = _Clock(self.device)
-        self._fresh_optimizer()
-        self.scheduler = make_scheduler(self.optimizer, c.schedule, c.warmup_epochs)
-        snapshots = {"init": snapshot(self.model)}
-        if self.rewind.mode == "epoch" and self.rewind.epoch == 0:
-            snapshots["epoch"] = snapshots["init"]
-        records = []
-        best = None
-        if c.warmup_epochs == 0:
-            best = self._evaluate(clock)
-            records.append(self._log(0, 0, clock, best))
-        snapshots["dense"] = snapshots["init"]
-        for epoch in range(1, c.warmup_epochs + 1):
-            record = self._train_one_epoch(clock)
+        records: list[dict[str, Any]] = []
+        if state is not None:
+            clock.seconds.update(state["clock"])
+            start = state["epoch"] + 1
+        else:
+            self._fresh_optimizer()
+            self.scheduler = make_scheduler(self.optimizer, c.schedule, c.warmup_epochs)
+            self.snapshots = {"init": snapshot(self.model)}
+            self.snapshots["dense"] = self.snapshots["init"]
+            if self.rewind.mode == "epoch" and self.rewind.epoch == 0:
+                self.snapshots["epoch"] = self.snapshots["init"]
+            self.best = None
+            if c.warmup_epochs == 0:
+                self.best = self._evaluate(clock)
+                records.append(self._log(0, 0, clock, self.best))
+            self._save_state("warmup", 0, 0, clock)
+            start = 1
+        for epoch in range(start, c.warmup_epochs + 1):
+            record = self._train_or_diverge(clock)
+            if record is None:
+                break
             record.update(self._evaluate(clock))
             records.append(self._log(0, epoch, clock, record))
             self._tick()
-            if best is None or record["val_accuracy"] > best["val_accuracy"]:
-                best = record
-                snapshots["dense"] = snapshot(self.model)
+            if self.best is None or record["val_accuracy"] > self.best["val_accuracy"]:
+                self.best = record
+                self.snapshots["dense"] = snapshot(self.model)
             if self.rewind.mode == "epoch" and epoch == self.rewind.epoch:
-                snapshots["epoch"] = snapshot(self.model)
-        return WarmUp(snapshots, best, dict(clock.seconds), records, self.epoch_counter)
+                self.snapshots["epoch"] = snapshot(self.model)
+            self._save_state("warmup", 0, epoch, clock)
+        if self.best is None:
+            raise DivergenceError("the dense warm-up diverged in its first epoch")
+        return WarmUp(self.snapshots, self.best, dict(clock.seconds), records, self.epoch_counter)
 
-    def level_zero(self, warmup: WarmUp) -> LevelResult:
-        """Take up a dense warm-up (trained here or shared) and prepare the stopping rule."""
+    def level_zero(self, warmup: WarmUp, *, shared: bool = False) -> None:
+        """Take up a dense warm-up and prepare the stopping rule; ``shared``: trained by another
+        run, so its epoch records are logged here too."""
         c = self.config
         self.snapshots = dict(warmup.snapshots)
+        self.best = warmup.best
         self.epoch_counter = warmup.epoch_counter
         self.model.load_state_dict(self.snapshots["dense"])
         self.dense_accuracy = warmup.best["val_accuracy"]
         clock = _Clock(self.device)
         clock.seconds.update(warmup.seconds)
-        for record in warmup.records:
-            self.writer.epoch(record)
+        if shared:
+            for record in warmup.records:
+                self.writer.epoch(record)
         with clock("flow"):
             reference = Reference(self.model, self.masks, self.dense_accuracy, self.probe)
             self.rule.prepare(reference)
-        return self._finish_level(0, c.warmup_epochs, clock, warmup.best, "warmup")
+        self._finish_level(0, c.warmup_epochs, clock, warmup.best, "warmup")
 
-    def retrain_level(self, level: int) -> LevelResult:
-        """Prune, rewind, then retrain until the stopping rule fires."""
+    def retrain_level(self, level: int, state: dict[str, Any] | None = None) -> None:
+        """Prune, rewind, then retrain until the stopping rule fires.
+
+        ``state``: a saved state from within this level to go on from (already restored)."""
         c = self.config
         clock = _Clock(self.device)
-        weights = {name: p.detach() for name, p in self.params.items()}
-        self.masks.update(self.pruner(weights, self.masks, self.generator))
-        if self.rewind.snapshot is not None:
-            self.model.load_state_dict(self.snapshots[self.rewind.snapshot])
-        if self.rewind.restart_optimizer or self.optimizer is None:
-            self._fresh_optimizer()
-            self.scheduler = make_scheduler(self.optimizer, c.schedule, c.max_epochs)
-        self.enforcer.after_step(self.optimizer)
-        epoch = 0
-        record: dict[str, Any] = {}
+        if state is not None:
+            clock.seconds.update(state["clock"])
+            epoch = state["epoch"] + 1
+        else:
+            weights = {name: p.detach() for name, p in self.params.items()}
+            self.masks.update(self.pruner(weights, self.masks, self.generator))
+            if self.rewind.snapshot is not None:
+                self.model.load_state_dict(self.snapshots[self.rewind.snapshot])
+            if self.rewind.restart_optimizer or self.optimizer is None:
+                self._fresh_optimizer()
+                self.scheduler = make_scheduler(self.optimizer, c.schedule, c.max_epochs)
+            self.enforcer.after_step(self.optimizer)
+            self.record = {}
+            epoch = 0
         while True:
+            reason = None
             if epoch > 0:
-                record = self._train_one_epoch(clock)
+                trained = self._train_or_diverge(clock)
                 self._tick()
-            record.update(self._evaluate(clock))
-            with clock("flow"):
-                distance = self.rule.measure(self.model, self.masks)
-            if distance is not None:
-                record["distance"] = distance
-            reason = self.rule.decide(epoch, record["val_accuracy"], distance)
-            self._log(level, epoch, clock, record)
+                if trained is None:
+                    reason, epoch = "diverged", epoch - 1
+                else:
+                    self.record = trained
+            if reason is None:
+                self.record.update(self._evaluate(clock))
+                with clock("flow"):
+                    distance = self.rule.measure(self.model, self.masks)
+                if distance is not None:
+                    self.record["distance"] = distance
+                reason = self.rule.decide(epoch, self.record["val_accuracy"], distance)
+                self._log(level, epoch, clock, self.record)
             if reason is not None:
-                return self._finish_level(level, epoch, clock, record, reason)
+                self._finish_level(level, epoch, clock, self.record, reason)
+                self._save_state("done", level, epoch, clock)
+                return
+            self._save_state("retrain", level, epoch, clock)
             epoch += 1
 
-    def _tick(self) -> None:
+    def _tick(self, epochs: int = 1) -> None:
         if self.bar is not None:
-            self.bar.update(1)
+            self.bar.update(epochs)
 
     def setup(self) -> None:
         """Seed, find the prunable weights, build the parts and the probe set."""
@@ -359,8 +467,12 @@ class IMP:
         self.rule = c.build_stopping_rule()
         self.rewind = c.build_rewind()
         self.snapshots: dict[str, dict[str, torch.Tensor]] = {}
+        self.levels: list[LevelResult] = []
         self.level_masks: list[Masks] = []
+        self.best: dict[str, Any] | None = None
         self.optimizer = self.scheduler = None
+        self.record: dict[str, Any] = {}
+        self.bar = None
         self.example_input = next(iter(self.val_data))[0][:1].to(self.device)
         self.probe = None
         if self.rule.needs_probe:
@@ -372,32 +484,46 @@ class IMP:
     def warm_up(self) -> WarmUp:
         """Set up and train the dense network only: the part a comparison shares."""
         self.setup()
-        self.bar = None
         return self.train_dense()
 
-    def run(self, warmup: WarmUp | None = None) -> Result:
-        """Run every level; ``warmup`` (from another run's :meth:`train_dense` with the same
-        model, data and seed) replaces training the dense network here."""
+    def run(self, warmup: WarmUp | None = None, *, resume: bool = False) -> Result:
+        """Run every level and return the result.
+
+        ``warmup``: a dense warm-up from :meth:`warm_up` of another run with the same
+        model, data and seed, used instead of training the dense network here.
+        ``resume``: go on from the writer's saved state, if there is one.
+        """
         c = self.config
         self.setup()
-        self.writer.config(to_yaml(c))
-        total = c.warmup_epochs + c.levels * c.max_epochs
-        self.bar = (
-            tqdm(total=total, unit="epoch", desc="IMP", leave=False) if self.progress else None
-        )
+        state = self.writer.load_state(self.device) if resume else None
+        if state is not None:
+            self._restore(state)
+        else:
+            self.writer.config(to_yaml(c))
+        if self.progress:
+            done = sum(lv.epochs for lv in self.levels) + (state or {}).get("epoch", 0)
+            total = c.warmup_epochs + c.levels * c.max_epochs
+            self.bar = tqdm(total=total, initial=done, unit="epoch", desc="IMP", leave=False)
         try:
-            if warmup is None:
-                warmup = self.train_dense()
-            elif self.bar is not None:
-                self.bar.update(c.warmup_epochs)
-            levels = [self.level_zero(warmup)]
-            for level in range(1, c.levels + 1):
-                levels.append(self.retrain_level(level))
+            if not self.levels:
+                if warmup is None:
+                    warmup = self.train_dense(state)
+                    self.level_zero(warmup)
+                else:
+                    self._tick(c.warmup_epochs)
+                    self.level_zero(warmup, shared=True)
+                self._save_state("done", 0, c.warmup_epochs, _Clock(self.device))
+            while len(self.levels) <= c.levels and not self._should_end():
+                level = len(self.levels)
+                within = (
+                    state is not None and state["phase"] == "retrain" and state["level"] == level
+                )
+                self.retrain_level(level, state if within else None)
         finally:
             if self.bar is not None:
                 self.bar.close()
         result = Result(
-            levels=levels,
+            levels=self.levels,
             masks={k: v.clone() for k, v in self.masks.items()},
             dense_accuracy=self.dense_accuracy,
             config=c,
@@ -405,6 +531,9 @@ class IMP:
         )
         self.writer.summary(result.summary())
         return result
+
+    def _should_end(self) -> bool:
+        return self.config.on_divergence == "stop" and self.levels[-1].stop_reason == "diverged"
 
 
 def prune(

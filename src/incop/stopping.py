@@ -52,6 +52,14 @@ class StoppingRule:
         """Called once, after the dense warm-up, before the first prune."""
         self.dense_accuracy = reference.accuracy
 
+    def state_dict(self) -> dict:
+        """What :meth:`prepare` computed, for resuming a run."""
+        return {"dense_accuracy": self.dense_accuracy}
+
+    def load_state_dict(self, state: dict, reference: Reference) -> None:
+        """Take up a saved state instead of :meth:`prepare` (``reference.model`` is unused)."""
+        self.dense_accuracy = state["dense_accuracy"]
+
     def measure(self, model: nn.Module, masks: Masks) -> float | None:
         return None
 
@@ -98,6 +106,14 @@ class FlowRule(StoppingRule):
         super().prepare(reference)
         self.probe = reference.probe
         self.reference_flow = self.flow(reference.model, reference.masks)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "reference_flow": self.reference_flow}
+
+    def load_state_dict(self, state: dict, reference: Reference) -> None:
+        super().load_state_dict(state, reference)
+        self.probe = reference.probe
+        self.reference_flow = state["reference_flow"]
 
     def measure(self, model: nn.Module, masks: Masks) -> float:
         return flow_distance(self.flow(model, masks), self.reference_flow, self.distance)
