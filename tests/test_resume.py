@@ -7,10 +7,9 @@ import time
 import pytest
 import torch
 
+from helpers import TinyNet, blobs
 from incop import prune
 from incop.outputs import read_metrics
-
-from helpers import TinyNet, blobs
 
 SETTINGS = ["--levels", "3", "--warmup-epochs", "3", "--max-epochs", "4", "--method", "incop-gf",
             "--eps", "1e-9", "--probe-size", "256"]  # fmt: skip
