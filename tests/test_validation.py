@@ -7,8 +7,8 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from helpers import TinyNet, blobs
 
+from helpers import TinyNet, blobs
 from incop import prune
 from incop.cli import main
 from incop.config import FIELD_NAMES
