@@ -109,7 +109,7 @@ def _seeds(args: argparse.Namespace) -> list[int]:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from incop.compare import run_comparison
+    from incop.compare import format_table, run_comparison
     from incop.config import METHODS
     from incop.report import write_report
 
@@ -131,30 +131,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         seeds = _seeds(args)
         out = overrides.pop("out", None) or default_out("compare", resolve(overrides))
     comparison = run_comparison(overrides, methods, seeds, out=out, progress=True, mode=mode)
-    print(format_comparison(comparison))
+    print(format_table(comparison))
     print(f"\nreport: {write_report(out)}")
     return 0
-
-
-def format_comparison(comparison: dict[str, Any]) -> str:
-    """The comparison table printed at the end of ``incop compare``."""
-    head = (
-        f"{'method':<10} {'epochs':>13} {'final acc':>15} {'remaining':>9}"
-        f" {'wall s':>13} {'epochs/sap':>10} {'wall/sap':>8}"
-    )
-    rows = [head, "-" * len(head)]
-    for method, entry in comparison["methods"].items():
-        t = entry["totals"]
-        ratio = comparison["ratios"][method]
-        rows.append(
-            f"{method:<10} {t['retrain_epochs']['mean']:>6.1f} ± {t['retrain_epochs']['std']:<4.1f}"
-            f" {t['final_accuracy']['mean']:>7.2%} ± {t['final_accuracy']['std']:<5.2%}"
-            f" {t['final_remaining_fraction']['mean']:>9.2%}"
-            f" {t['wall_seconds']['mean']:>6.1f} ± {t['wall_seconds']['std']:<4.1f}"
-            f" {ratio.get('epochs_vs_sap', float('nan')):>10.2f}"
-            f" {ratio.get('wall_vs_sap', float('nan')):>8.2f}"
-        )
-    return "\n".join(rows)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

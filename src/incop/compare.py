@@ -97,19 +97,19 @@ def run_comparison(
             torch.manual_seed(seed)
             return build_model(first.model, info.channels, info.image_size, info.num_classes)
 
-        shared = IMP(
-            resolve({**overrides, "method": methods[0], "seed": seed}), fresh_model(), train, val
-        )
-        warmup = shared.warm_up()
+        warmup = shared_warmup(out, seed, overrides, methods[0], fresh_model, train, val)
         warmup_seconds.append(sum(warmup.seconds.values()))
         for method in methods:
             folder = run_folder(out, method, seed)
-            config = resolve({**overrides, "method": method, "seed": seed, "out": str(folder)})
             bar.set_postfix(seed=seed, method=method)
-            imp = IMP(
-                config, fresh_model(), train, val, writer=RunWriter(folder), progress=progress
-            )
-            summaries[method].append(imp.run(warmup).summary())
+            if (folder / "summary.json").exists() and mode == "resume":
+                summaries[method].append(json.loads((folder / "summary.json").read_text()))
+            else:
+                config = resolve({**overrides, "method": method, "seed": seed, "out": str(folder)})
+                going_on = mode == "resume" and (folder / "config.yaml").exists()
+                writer = RunWriter(folder, mode="resume" if going_on else "new")
+                imp = IMP(config, fresh_model(), train, val, writer=writer, progress=progress)
+                summaries[method].append(imp.run(warmup, resume=going_on).summary())
             bar.update(1)
     bar.close()
     comparison = aggregate(summaries)
@@ -142,6 +142,27 @@ def shared_warmup(
     warmup = IMP(config, fresh_model(), train, val).warm_up()
     atomic_torch_save(path, dataclasses.asdict(warmup))
     return warmup
+
+
+def format_table(comparison: dict[str, Any]) -> str:
+    """The comparison table printed at the end of ``incop compare``: mean ± std over trials."""
+    head = (
+        f"{'method':<10} {'epochs':>13} {'final acc':>15} {'remaining':>9}"
+        f" {'wall s':>13} {'epochs/sap':>10} {'wall/sap':>8}"
+    )
+    rows = [head, "-" * len(head)]
+    for method, entry in comparison["methods"].items():
+        t = entry["totals"]
+        ratio = comparison["ratios"][method]
+        rows.append(
+            f"{method:<10} {t['retrain_epochs']['mean']:>6.1f} ± {t['retrain_epochs']['std']:<4.1f}"
+            f" {t['final_accuracy']['mean']:>7.2%} ± {t['final_accuracy']['std']:<5.2%}"
+            f" {t['final_remaining_fraction']['mean']:>9.2%}"
+            f" {t['wall_seconds']['mean']:>6.1f} ± {t['wall_seconds']['std']:<4.1f}"
+            f" {ratio.get('epochs_vs_sap', float('nan')):>10.2f}"
+            f" {ratio.get('wall_vs_sap', float('nan')):>8.2f}"
+        )
+    return "\n".join(rows)
 
 
 def mean_std(values: Sequence[float]) -> dict[str, float]:

@@ -35,6 +35,7 @@ class Config:
 
     # What to run
     method: str = "sap"
+    preset: str | None = None
     model: str = "mlp"
     dataset: str = "digits"
     data_dir: str | None = None
@@ -119,6 +120,39 @@ METHODS.register("sap")({"pruner": "sap", "stop": "fixed"})
 METHODS.register("sap-acc")({"pruner": "sap", "stop": "accuracy", "delta": 0.0})
 METHODS.register("incop-if")({"pruner": "sap", "stop": "if", "eps": 0.11, "distance": "l2"})
 METHODS.register("incop-gf")({"pruner": "sap", "stop": "gf", "eps": 0.5, "distance": "l2"})
+
+
+#: Named settings for whole experiments (``--preset``): the published protocol (METHOD.md
+#: section 7) for each network and dataset of the paper, for users with a GPU, and one sized
+#: for a 2-core CPU. They sit above the method's preset and below the user's file and flags.
+PRESETS: Registry[dict[str, Any]] = Registry("preset")
+_PAPER = {
+    "optimizer": "sgd",
+    "lr": 0.01,
+    "weight_decay": 5e-4,
+    "batch_size": 64,
+    "warmup_epochs": 10,
+    "levels": 15,
+    "max_epochs": 20,
+    "p": 0.5,
+    "q": 1.0,
+    "rewind": "dense",
+}
+for _model in ("vgg16", "resnet18", "resnet50"):
+    for _dataset in ("mnist", "fashion-mnist", "cifar10"):
+        PRESETS.register(f"paper-{_model}-{_dataset}")(
+            {**_PAPER, "model": _model, "dataset": _dataset}
+        )
+PRESETS.register("cpu-small")(
+    {
+        **_PAPER,
+        "model": "lenet5",
+        "dataset": "fashion-mnist",
+        "warmup_epochs": 5,
+        "levels": 5,
+        "max_epochs": 5,
+    }
+)
 
 
 # --- building and checking ----------------------------------------------------------------------
@@ -215,8 +249,10 @@ def resolve(*layers: dict[str, Any]) -> Config:
     if problems:
         raise UserError("\n".join(problems))
     method = values.get("method", Config.method)
-    preset = METHODS.get(method) if method in METHODS else {}
-    config = Config(**{**preset, **values})
+    method_values = METHODS.get(method) if method in METHODS else {}
+    preset = values.get("preset")
+    preset_values = PRESETS.get(preset) if preset is not None else {}
+    config = Config(**{**method_values, **preset_values, **values})
     validate(config)
     return config
 

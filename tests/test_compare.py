@@ -1,0 +1,77 @@
+import json
+
+import pytest
+
+from incop.compare import aggregate, run_comparison
+from incop.imp import IMP
+
+
+def summary(epochs, accuracies, remaining, seconds=1.0, flow=0.5):
+    """A hand-made summary.json: level 0 (dense) then one entry per level."""
+    levels = [
+        {
+            "level": k,
+            "remaining_fraction": r,
+            "epochs": e,
+            "val_accuracy": a,
+            "train_seconds": seconds * e,
+            "eval_seconds": 0.1,
+            "flow_seconds": flow,
+            "macs_fraction": r,
+        }
+        for k, (e, a, r) in enumerate(zip(epochs, accuracies, remaining, strict=True))
+    ]
+    return {"levels": levels, "dense_accuracy": accuracies[0], "config": {}}
+
+
+def test_aggregate_means_stds_and_ratios_by_hand():
+    runs = {
+        "sap": [summary([5, 10, 10], [0.9, 0.88, 0.86], [1, 0.8, 0.6]),
+                summary([5, 10, 10], [0.9, 0.90, 0.88], [1, 0.8, 0.6])],
+        "incop-gf": [summary([5, 2, 4], [0.9, 0.87, 0.85], [1, 0.8, 0.6]),
+                     summary([5, 4, 6], [0.9, 0.89, 0.87], [1, 0.8, 0.6])],
+    }  # fmt: skip
+    result = aggregate(runs)
+    sap, gf = result["methods"]["sap"]["totals"], result["methods"]["incop-gf"]["totals"]
+    assert sap["retrain_epochs"] == {"mean": 20.0, "std": 0.0}
+    assert gf["retrain_epochs"]["mean"] == 8.0
+    assert gf["retrain_epochs"]["std"] == pytest.approx(2**0.5 * 2)  # 6 and 10: sample std
+    assert gf["final_accuracy"]["mean"] == pytest.approx(0.86)
+    assert gf["final_remaining_fraction"]["mean"] == pytest.approx(0.6)
+    # wall = retraining train + eval (levels >= 1) + flow (all levels, the dense reference too)
+    assert sap["wall_seconds"]["mean"] == pytest.approx(20 + 0.2 + 1.5)
+    assert gf["wall_seconds"]["mean"] == pytest.approx(8 + 0.2 + 1.5)
+    ratios = result["ratios"]["incop-gf"]
+    assert ratios["epochs_vs_sap"] == pytest.approx(0.4)
+    assert ratios["wall_vs_sap"] == pytest.approx(9.7 / 21.7)
+    assert "epochs_vs_lth" not in ratios
+    level1 = result["methods"]["incop-gf"]["levels"][1]
+    assert level1["epochs"]["mean"] == 3.0 and level1["val_accuracy"]["mean"] == pytest.approx(0.88)
+
+
+@pytest.mark.slow
+def test_one_warm_up_per_seed_shared_by_every_method_and_resume_reuses_it(tmp_path, monkeypatch):
+    calls = []
+    original = IMP.train_dense
+
+    def counting(self, *args, **kwargs):
+        calls.append(self.config.seed)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(IMP, "train_dense", counting)
+    settings = {"levels": 1, "warmup_epochs": 2, "max_epochs": 1}
+    out = tmp_path / "cmp"
+    result = run_comparison(settings, ["lth", "sap", "incop-gf"], seeds=[0, 1], out=out)
+    assert sorted(calls) == [0, 1]
+    for seed in (0, 1):
+        dense = {
+            m: json.loads((out / m / f"seed-{seed}" / "summary.json").read_text())["levels"][0]
+            for m in ("lth", "sap", "incop-gf")
+        }
+        assert len({lv["val_accuracy"] for lv in dense.values()}) == 1
+        assert len({lv["train_seconds"] for lv in dense.values()}) == 1
+    assert set(result["methods"]) == {"lth", "sap", "incop-gf"}
+    assert json.loads((out / "comparison.json").read_text())["methods"] == result["methods"]
+    calls.clear()
+    again = run_comparison(settings, ["lth", "sap", "incop-gf"], [0, 1], out=out, mode="resume")
+    assert calls == [] and again["methods"] == result["methods"]
