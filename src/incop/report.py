@@ -1,0 +1,496 @@
+"""The report of a comparison folder (METHOD.md section 7): figures in ``plots/``, ``report.md``
+and a self-contained ``report.html``, made from what the comparison wrote, without training.
+
+Every number in the text is formatted from ``comparison.json``, never recomputed; the runs'
+``config.yaml`` give each method's settings and their ``metrics.jsonl`` the per-epoch flow
+distances. Markdown and HTML are rendered from one list of blocks, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from matplotlib import colormaps, rc_context
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
+
+from incop.compare import DEFAULT_METHODS, load_comparison, mean_std, run_folder
+from incop.errors import UserError
+from incop.outputs import atomic_path, atomic_write_text, read_metrics
+
+FLOW_STOPS = ("if", "gf")
+#: Settings left out of the config block and of the per-method settings: the method names each
+#: row already, seed and out differ from run to run.
+PER_RUN = ("method", "seed", "out")
+#: Summary columns: header, key in a method's "totals", scale, decimals.
+SUMMARY_COLUMNS = (
+    ("retraining epochs", "retrain_epochs", 1, 1),
+    ("final remaining (%)", "final_remaining_fraction", 100, 2),
+    ("final accuracy (%)", "final_accuracy", 100, 2),
+    ("train (s)", "train_seconds", 1, 2),
+    ("eval (s)", "eval_seconds", 1, 2),
+    ("flow (s)", "flow_seconds", 1, 2),
+    ("wall (s)", "wall_seconds", 1, 2),
+)
+#: Ratio columns: header, key in comparison.json "ratios".
+RATIO_COLUMNS = (
+    ("epochs / sap", "epochs_vs_sap"),
+    ("wall / sap", "wall_vs_sap"),
+    ("epochs / lth", "epochs_vs_lth"),
+    ("wall / lth", "wall_vs_lth"),
+)
+#: Per-level columns: header, key in a method's "levels" entries, scale, decimals.
+LEVEL_COLUMNS = (
+    ("remaining (%)", "remaining_fraction", 100, 2),
+    ("epochs", "epochs", 1, 1),
+    ("accuracy (%)", "val_accuracy", 100, 2),
+)
+STYLE = {
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "legend.fontsize": 9,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "svg.hashsalt": "incop",  # fixed SVG element ids, so reports are reproducible
+}
+DPI = 150
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+CSS = """
+body { font-family: system-ui, sans-serif; max-width: 72rem; margin: 2rem auto; padding: 0 1rem;
+       color: #222; line-height: 1.45; }
+table { border-collapse: collapse; margin: 0.8rem 0; font-size: 0.9rem; }
+th, td { border: 1px solid #ccc; padding: 0.25rem 0.55rem; text-align: right; }
+th { background: #f2f2f2; }
+td:first-child, th:first-child { text-align: left; }
+pre { background: #f6f6f6; padding: 0.8rem; overflow-x: auto; font-size: 0.85rem; }
+img { max-width: 100%; }
+"""
+
+Block = tuple  # ("h", level, text) | ("p", text) | ("code", text) | ("table", header, rows)
+#              | ("img", alt, stem)
+
+
+def write_report(folder: str | Path) -> Path:
+    """Write ``plots/``, ``report.md`` and ``report.html`` into the comparison ``folder``;
+    return the path of ``report.md``."""
+    folder = Path(folder)
+    path = folder / "comparison.json"
+    if not path.is_file():
+        raise UserError(f"{folder} is not a comparison folder: expected {path}")
+    comparison = load_comparison(folder)
+    runs = _read_runs(folder, comparison)
+    styles = _styles(comparison["methods"])
+    plots = folder / "plots"
+    figures = {
+        "accuracy": _accuracy_figure(comparison, styles),
+        "epochs": _epochs_figure(comparison, styles),
+        "time": _time_figure(comparison, styles),
+        "distance": _distance_figure(runs, styles),
+    }
+    for stem, figure in figures.items():
+        if figure is not None:
+            _save(figure, plots, stem)
+    blocks = _blocks(comparison, runs, [s for s, f in figures.items() if f is not None])
+    atomic_write_text(folder / "report.md", _markdown(blocks))
+    atomic_write_text(folder / "report.html", _html(blocks, plots))
+    return folder / "report.md"
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+def _read_runs(folder: Path, comparison: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Method -> per seed ``{"config": ..., "metrics": [...]}``."""
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for method in comparison["methods"]:
+        runs[method] = []
+        for seed in comparison["seeds"]:
+            run = run_folder(folder, method, seed)
+            config, metrics = run / "config.yaml", run / "metrics.jsonl"
+            for file in (config, metrics):
+                if not file.is_file():
+                    raise UserError(f"incomplete comparison folder {folder}: expected {file}")
+            runs[method].append(
+                {"config": yaml.safe_load(config.read_text()), "metrics": read_metrics(metrics)}
+            )
+    return runs
+
+
+def _varying(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Config keys whose value differs between methods."""
+    configs = [seeds[0]["config"] for seeds in runs.values()]
+    keys = [k for k in configs[0] if k not in PER_RUN]
+    return [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
+
+
+def _distance_segments(metrics: Sequence[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per retraining level, the distance per epoch, mean and std over the seeds that reached
+    that epoch. ``x`` counts retraining epochs from level 1 on; a level starts where the
+    longest seed's previous level ended, so seeds stay aligned on level boundaries."""
+    by_level: dict[int, dict[int, list[float]]] = {}
+    for records in metrics:
+        for r in records:
+            if r["level"] > 0 and r.get("distance") is not None:
+                by_level.setdefault(r["level"], {}).setdefault(r["epoch"], []).append(r["distance"])
+    segments, offset = [], 0
+    for level in sorted(by_level):
+        epochs = sorted(by_level[level])
+        stats = [mean_std(by_level[level][e]) for e in epochs]
+        segments.append(
+            {
+                "level": level,
+                "start": offset,
+                "x": [offset + e for e in epochs],
+                "mean": [s["mean"] for s in stats],
+                "std": [s["std"] for s in stats],
+            }
+        )
+        offset += epochs[-1]
+    return segments
+
+
+# --- figures ------------------------------------------------------------------------------------
+
+
+def _styles(methods: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Colour and marker per method. Known methods keep theirs in every report; the marker
+    tells apart methods whose curves coincide (SAP-based methods often prune alike)."""
+    order = list(DEFAULT_METHODS) + [m for m in methods if m not in DEFAULT_METHODS]
+    palette = colormaps["tab10"].colors
+    styles = {}
+    for method in methods:
+        i = order.index(method)
+        styles[method] = {"color": palette[i % len(palette)], "marker": MARKERS[i % len(MARKERS)]}
+    return styles
+
+
+def _band(ax, x, mean, std, style: dict[str, Any], **line) -> Line2D:
+    """A mean line with a band of one standard deviation either side."""
+    (handle,) = ax.plot(x, mean, **style, **line)
+    low = [m - s for m, s in zip(mean, std, strict=True)]
+    high = [m + s for m, s in zip(mean, std, strict=True)]
+    ax.fill_between(x, low, high, color=style["color"], alpha=0.15, linewidth=0)
+    return handle
+
+
+def _figure(width: float = 7.5, height: float = 4.5) -> Figure:
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+
+
+def _save(figure: Figure, plots: Path, stem: str) -> None:
+    with rc_context(STYLE):
+        for fmt in ("png", "svg"):
+            with atomic_path(plots / f"{stem}.{fmt}") as tmp:
+                # No date in the metadata: the same folder gives the same files.
+                metadata = {"Date": None} if fmt == "svg" else None
+                figure.savefig(tmp, format=fmt, dpi=DPI, metadata=metadata)
+
+
+def _stat(entry: dict[str, Any], key: str, scale: float = 1) -> tuple[float, float]:
+    return entry[key]["mean"] * scale, entry[key]["std"] * scale
+
+
+def _accuracy_figure(comparison: dict[str, Any], styles: dict[str, Any]) -> Figure:
+    with rc_context(STYLE):
+        fig = _figure()
+        ax = fig.add_subplot()
+        twin = ax.twinx()
+        twin.grid(False)
+        handles = []
+        for method, entry in comparison["methods"].items():
+            levels = entry["levels"]
+            x = [lv["level"] for lv in levels]
+            acc = [_stat(lv, "val_accuracy", 100) for lv in levels]
+            mean, std = zip(*acc, strict=True)
+            handles.append(
+                _band(
+                    ax, x, mean, std, styles[method], markersize=6, fillstyle="none", label=method
+                )
+            )
+            remaining = [lv["remaining_fraction"]["mean"] * 100 for lv in levels]
+            twin.plot(x, remaining, color=styles[method]["color"], linestyle="--", alpha=0.8)
+        ax.set_xlabel("pruning level (0 = dense network)")
+        ax.set_ylabel("validation accuracy (%)")
+        twin.set_ylabel("remaining weights (%)")
+        twin.set_ylim(0, 105)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title("Accuracy and remaining weights per level (mean ± std over seeds)")
+        styles = [
+            Line2D([], [], color="grey", label="accuracy (left)"),
+            Line2D([], [], color="grey", linestyle="--", label="remaining (right)"),
+        ]
+        fig.legend(handles=handles + styles, loc="outside lower center", ncols=4)
+    return fig
+
+
+def _epochs_figure(comparison: dict[str, Any], styles: dict[str, Any]) -> Figure:
+    """Grouped bars: methods with equal epochs (LTH and SAP run every level to the cap)
+    would hide each other as lines."""
+    methods = comparison["methods"]
+    with rc_context(STYLE):
+        fig = _figure()
+        ax = fig.add_subplot()
+        width = 0.8 / len(methods)
+        for i, (method, entry) in enumerate(methods.items()):
+            levels = entry["levels"][1:]  # level 0 is the shared warm-up
+            x = [lv["level"] - 0.4 + width * (i + 0.5) for lv in levels]
+            mean, std = zip(*[_stat(lv, "epochs") for lv in levels], strict=True)
+            ax.bar(x, mean, width, yerr=std, color=styles[method]["color"], label=method, capsize=2)
+        ax.set_xlabel("pruning level")
+        ax.set_ylabel("retraining epochs")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(axis="x", visible=False)
+        ax.set_title("Retraining epochs per level (mean ± std over seeds)")
+        fig.legend(loc="outside lower center", ncols=min(len(methods), 5))
+    return fig
+
+
+def _time_figure(comparison: dict[str, Any], styles: dict[str, Any]) -> Figure:
+    methods = comparison["methods"]
+    parts = (  # total-time part, legend label, bar style
+        ("train_seconds", "training", {"alpha": 1.0}),
+        ("eval_seconds", "evaluation", {"alpha": 0.5}),
+        ("flow_seconds", "flow", {"alpha": 0.25, "hatch": "///", "edgecolor": "black"}),
+    )
+    with rc_context(STYLE):
+        fig = _figure()
+        ax = fig.add_subplot()
+        for i, (method, entry) in enumerate(methods.items()):
+            colour, bottom = styles[method]["color"], 0.0
+            for key, _, style in parts:
+                value = entry["totals"][key]["mean"]
+                ax.bar(i, value, 0.6, bottom=bottom, color=colour, linewidth=0, **style)
+                bottom += value
+            wall, std = _stat(entry["totals"], "wall_seconds")
+            # Times are positive: the bar's lower whisker stops at zero.
+            ax.errorbar(i, wall, yerr=[[min(std, wall)], [std]], color="black", capsize=4)
+            ax.annotate(
+                f"{wall:.1f} s",
+                (i, wall + std),
+                textcoords="offset points",
+                xytext=(0, 3),
+                ha="center",
+                fontsize=8,
+            )
+        ax.set_xticks(range(len(methods)), list(methods))
+        ax.set_ylabel("time (s)")
+        ax.margins(y=0.12)
+        ax.grid(axis="x", visible=False)
+        ax.set_title("Retraining time per method (shared warm-up excluded; mean ± std)")
+        legend = [Patch(facecolor="grey", label=label, **style) for _, label, style in parts]
+        fig.legend(handles=legend, loc="outside lower center", ncols=3)
+    return fig
+
+
+def _distance_figure(
+    runs: dict[str, list[dict[str, Any]]], styles: dict[str, Any]
+) -> Figure | None:
+    flows = {}
+    for method, seeds in runs.items():
+        if seeds[0]["config"].get("stop") in FLOW_STOPS:
+            segments = _distance_segments([s["metrics"] for s in seeds])
+            if segments:
+                flows[method] = (seeds[0]["config"], segments)
+    if not flows:
+        return None
+    with rc_context(STYLE):
+        fig = _figure(7.5, 1.0 + 3.0 * len(flows))
+        for ax, (method, (config, segments)) in zip(
+            fig.subplots(len(flows), 1, squeeze=False)[:, 0], flows.items(), strict=True
+        ):
+            for seg in segments:
+                _band(ax, seg["x"], seg["mean"], seg["std"], styles[method], markersize=3)
+                ax.axvline(seg["start"], color="grey", linestyle=":", linewidth=0.8)
+            ax.axhline(config["eps"], color="black", linestyle="--", linewidth=1)
+            ax.annotate(
+                f"ε = {config['eps']:g}",
+                (1, config["eps"]),
+                xycoords=("axes fraction", "data"),
+                xytext=(-4, -3),
+                textcoords="offset points",
+                ha="right",
+                va="top",
+                fontsize=8,
+            )
+            values = [v for seg in segments for v in seg["mean"]] + [config["eps"]]
+            if min(values) > 0:  # distances can sit orders of magnitude below eps
+                ax.set_yscale("log")
+            ax.set_ylabel(f"{config['stop'].upper()} distance ({config['distance']})")
+            ax.set_xlabel("retraining epochs, cumulative over levels")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            top = ax.secondary_xaxis("top")
+            top.set_xticks(
+                [(s["x"][0] + s["x"][-1]) / 2 for s in segments],
+                [str(s["level"]) for s in segments],
+            )
+            top.tick_params(length=0, labelsize=8)
+            top.set_xlabel("level", fontsize=9)
+            ax.set_title(f"{method}: flow distance per epoch (mean ± std over seeds)")
+    return fig
+
+
+# --- text ---------------------------------------------------------------------------------------
+
+
+def _cell(entry: dict[str, Any], key: str, scale: float, decimals: int) -> str:
+    mean, std = _stat(entry, key, scale)
+    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "–" if value is None or math.isnan(value) else f"{value:.2f}"
+
+
+def _blocks(
+    comparison: dict[str, Any], runs: dict[str, list[dict[str, Any]]], figures: Sequence[str]
+) -> list[Block]:
+    methods = comparison["methods"]
+    config = comparison["config"]
+    varying = _varying(runs)
+    shared = {k: v for k, v in config.items() if k not in (*PER_RUN, *varying)}
+    warmup = comparison["warmup_seconds"]
+    dense = _cell(next(iter(methods.values()))["totals"], "dense_accuracy", 100, 2)
+    blocks: list[Block] = [
+        ("h", 1, f"IMP comparison: {config['model']} on {config['dataset']}"),
+        (
+            "p",
+            f"{len(methods)} methods ({', '.join(methods)}), seeds "
+            f"{', '.join(map(str, comparison['seeds']))}; every method of a seed is pruned from "
+            f"the same dense warm-up (validation accuracy {dense} %).",
+        ),
+        ("h", 2, "Setup"),
+        ("p", "Config shared by every method (seed and output folder are per run):"),
+        ("code", yaml.safe_dump(shared, sort_keys=False).rstrip()),
+    ]
+    if varying:
+        blocks += [
+            ("p", f"Settings that vary per method: {', '.join(varying)}."),
+            (
+                "table",
+                ["method", *varying],
+                [
+                    [m, *(str(seeds[0]["config"].get(k)) for k in varying)]
+                    for m, seeds in runs.items()
+                ],
+            ),
+        ]
+    blocks += [
+        ("p", "Hardware:"),
+        ("table", ["", "value"], [[k, str(v)] for k, v in comparison["hardware"].items()]),
+        (
+            "p",
+            f"Total time of the comparison: {comparison['total_seconds']:.1f} s, including the "
+            f"shared dense warm-up of {warmup['mean']:.2f} ± {warmup['std']:.2f} s per seed.",
+        ),
+        ("h", 2, "Summary"),
+        (
+            "p",
+            "Mean ± standard deviation over seeds. Retraining = levels 1 and up (the shared "
+            "warm-up is left out); flow seconds include measuring the dense reference. Ratios "
+            "are of the means, against sap and lth.",
+        ),
+        (
+            "table",
+            ["method", "trials", *(c[0] for c in SUMMARY_COLUMNS), *(c[0] for c in RATIO_COLUMNS)],
+            [
+                [
+                    method,
+                    str(entry["trials"]),
+                    *(_cell(entry["totals"], *c[1:]) for c in SUMMARY_COLUMNS),
+                    *(_ratio(comparison["ratios"][method].get(key)) for _, key in RATIO_COLUMNS),
+                ]
+                for method, entry in methods.items()
+            ],
+        ),
+        ("h", 2, "Figures"),
+    ]
+    captions = {
+        "accuracy": "Validation accuracy per level (solid, left axis) and remaining weights "
+        "(dashed, right axis).",
+        "epochs": "Retraining epochs per level.",
+        "time": "Retraining time per method, split into training, evaluation and flow "
+        "computation; the error bar is the std of the total.",
+        "distance": "Flow distance to the dense network per retraining epoch; dotted lines mark "
+        "level boundaries, the dashed line the stopping threshold ε.",
+    }
+    for stem in figures:
+        blocks += [("img", f"{stem} figure", stem), ("p", captions[stem])]
+    blocks.append(("h", 2, "Per level"))
+    for method, entry in methods.items():
+        blocks += [
+            ("h", 3, method),
+            (
+                "table",
+                ["level", *(c[0] for c in LEVEL_COLUMNS)],
+                [
+                    [
+                        "0 (dense)" if lv["level"] == 0 else str(lv["level"]),
+                        *(_cell(lv, *c[1:]) for c in LEVEL_COLUMNS),
+                    ]
+                    for lv in entry["levels"]
+                ],
+            ),
+        ]
+    return blocks
+
+
+def _markdown(blocks: list[Block]) -> str:
+    out = []
+    for block in blocks:
+        match block:
+            case ("h", level, text):
+                out.append(f"{'#' * level} {text}")
+            case ("p", text):
+                out.append(text)
+            case ("code", text):
+                out.append(f"```yaml\n{text}\n```")
+            case ("table", header, rows):
+                lines = [header, ["---"] * len(header), *rows]
+                out.append(
+                    "\n".join(
+                        "| " + " | ".join(c.replace("|", r"\|") for c in line) + " |"
+                        for line in lines
+                    )
+                )
+            case ("img", alt, stem):
+                out.append(f"![{alt}](plots/{stem}.png)")
+    return "\n\n".join(out) + "\n"
+
+
+def _html(blocks: list[Block], plots: Path) -> str:
+    esc = html.escape
+    out = []
+    for block in blocks:
+        match block:
+            case ("h", level, text):
+                out.append(f"<h{level}>{esc(text)}</h{level}>")
+            case ("p", text):
+                out.append(f"<p>{esc(text)}</p>")
+            case ("code", text):
+                out.append(f"<pre><code>{esc(text)}</code></pre>")
+            case ("table", header, rows):
+                head = "".join(f"<th>{esc(c)}</th>" for c in header)
+                body = "".join(
+                    "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>\n" for row in rows
+                )
+                out.append(f"<table>\n<tr>{head}</tr>\n{body}</table>")
+            case ("img", alt, stem):
+                data = base64.b64encode((plots / f"{stem}.png").read_bytes()).decode("ascii")
+                out.append(f'<img alt="{esc(alt)}" src="data:image/png;base64,{data}">')
+    title = blocks[0][2]
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+        + "\n".join(out)
+        + "\n</body>\n</html>\n"
+    )
