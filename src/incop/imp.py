@@ -42,7 +42,8 @@ from incop.training import (
     train_epoch,
 )
 
-Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+#: Any re-iterable source of ``(inputs, targets)`` batches: a DataLoader, a list, data.Batches.
+BatchSource = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -113,7 +114,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def make_probe(
-    data: Batches, size: int, seed: int, batch_size: int
+    data: BatchSource, size: int, seed: int, batch_size: int
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The fixed probe set (METHOD.md section 4): ``size`` training examples drawn once with
     ``seed``, as a list of batches. Data with a ``sample(n, seed, batch_size)`` method (the
@@ -181,8 +182,8 @@ class IMP:
         self,
         config: Config,
         model: nn.Module,
-        train_data: Batches,
-        val_data: Batches,
+        train_data: BatchSource,
+        val_data: BatchSource,
         *,
         loss_fn: LossFn = F.cross_entropy,
         writer: NullWriter | None = None,
@@ -538,8 +539,8 @@ class IMP:
 
 def prune(
     model: nn.Module,
-    train_data: Batches,
-    val_data: Batches,
+    train_data: BatchSource,
+    val_data: BatchSource,
     *,
     method: str = "sap",
     levels: int | None = None,
