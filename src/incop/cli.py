@@ -15,6 +15,7 @@ from incop.errors import UserError
 # Flags named in the docs first; every other config field gets a flag of its own name too.
 _HELP = {
     "method": "lth, random, sap, sap-acc, incop-if, incop-gf",
+    "preset": "named settings: paper-<vgg16|resnet18|resnet50>-<dataset>, cpu-small",
     "model": "a registered model name (see `incop list`)",
     "dataset": "digits (embedded), mnist, fashion-mnist, cifar10",
     "data_dir": "folder with the dataset files (env INCOP_DATA_DIR)",
@@ -91,6 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         config.out = default_out(config.method, config)
     result = run_experiment(config, progress=True, mode=mode)
     print(result.table())
+    print(f"\nfinal ticket, per layer:\n{result.sparsity.format()}")
     print(f"\nresults in {config.out}")
     return 0
 

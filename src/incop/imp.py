@@ -25,6 +25,7 @@ from incop.errors import UserError
 from incop.masks import (
     MaskEnforcer,
     Masks,
+    SparsityReport,
     full_masks,
     prunable_parameters,
     remaining_fraction,
@@ -75,13 +76,15 @@ class LevelResult:
 @dataclass
 class Result:
     """What :func:`prune` returns. ``masks``: the final ticket's masks, parameter name -> bool
-    tensor; ``level_masks[k]``: level k's masks."""
+    tensor; ``level_masks[k]``: level k's masks; ``sparsity``: the final ticket's per-layer
+    sparsity, compression and MACs."""
 
     levels: list[LevelResult]
     masks: Masks
     dense_accuracy: float
     config: Config
     level_masks: list[Masks] = field(default_factory=list)
+    sparsity: SparsityReport | None = None
 
     def summary(self) -> dict[str, Any]:
         """The content of ``summary.json``."""
@@ -529,6 +532,7 @@ class IMP:
             dense_accuracy=self.dense_accuracy,
             config=c,
             level_masks=self.level_masks,
+            sparsity=sparsity_report(self.model, self.masks, self.example_input),
         )
         self.writer.summary(result.summary())
         return result
