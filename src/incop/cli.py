@@ -146,12 +146,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from incop.config import METHODS
+    from incop.config import METHODS, PRESETS
     from incop.data import DATASETS
     from incop.models import MODELS
 
     for title, names in (
         ("methods", METHODS.names()),
+        ("presets", PRESETS.names()),
         ("models", MODELS.names()),
         ("datasets", DATASETS.names()),
     ):
