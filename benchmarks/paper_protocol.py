@@ -4,8 +4,9 @@ Fashion-MNIST (from ../shared/datasets), lenet5, 3 seeds, the methods lth, sap,
 sap-acc, incop-if and incop-gf from one shared dense warm-up per seed, driven to
 high sparsity: SAP (1, 2) with eta_r = 0.2 leaves about 4% of the weights after 4
 levels (measured with benchmarks/eps_study.py: 34.5, 14.3, 7.1, 3.7%), and LTH's
-rate is raised to 0.45 (0.55^4 = 9.2%) so every method ends below 10%. At mild sparsity a network rewound to the dense weights
-barely needs retraining and every stopping rule looks good; here it must work.
+rate is raised to 0.45 (0.55^4 = 9.2%) so every method ends below 10%. At mild
+sparsity a network rewound to the dense weights barely needs retraining and every
+stopping rule looks good; here it must work.
 
 Prints the comparison table and the figures the project is judged by:
 InCoP's final accuracy within 0.5 point of SAP's, at most a third of SAP's
