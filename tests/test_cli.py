@@ -59,3 +59,26 @@ def test_list_names_everything(capsys):
     printed = capsys.readouterr().out
     for name in ("incop-gf", "resnet18", "fashion-mnist"):
         assert name in printed
+
+
+@pytest.mark.slow
+def test_incop_compare_writes_every_file_and_report_rebuilds_the_same(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    code = main(
+        ["compare", "--methods", "sap,incop-gf", "--trials", "2", "--levels", "1",
+         "--warmup-epochs", "1", "--max-epochs", "2", "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    assert "incop-gf" in capsys.readouterr().out
+    for name in ("comparison.json", "compare.yaml", "report.md", "report.html"):
+        assert (out / name).stat().st_size > 0, name
+    for plot in ("accuracy", "epochs", "time", "distance"):
+        for ext in ("png", "svg"):
+            assert (out / "plots" / f"{plot}.{ext}").exists()
+    for method in ("sap", "incop-gf"):
+        for seed in (0, 1):
+            assert (out / method / f"seed-{seed}" / "summary.json").exists()
+    report = (out / "report.md").read_text()
+    (out / "report.md").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.md").read_text() == report
