@@ -313,7 +313,7 @@ class IMP:
         self.levels = [LevelResult(**lv) for lv in state["levels"]]
         self.level_masks = state["level_masks"]
         self.epoch_counter = state["epoch_counter"]
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())
         if state["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
