@@ -316,7 +316,7 @@ class IMP:
         self.generator.set_state(state["generator"].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())
         if state["cuda_rng"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
         if state["optimizer"] is not None:
             self._fresh_optimizer()
             self.optimizer.load_state_dict(state["optimizer"])
