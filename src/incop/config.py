@@ -8,7 +8,6 @@ reproduces it.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import types
 import typing
@@ -328,10 +327,3 @@ def validate(config: Config) -> None:
 
 def to_yaml(config: Config) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
-
-
-def replace(config: Config, **changes: Any) -> Config:
-    """A validated copy of ``config`` with ``changes``."""
-    new = dataclasses.replace(config, **changes)
-    validate(new)
-    return new

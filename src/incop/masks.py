@@ -94,12 +94,6 @@ class MaskEnforcer:
         self.masks = masks
 
     @torch.no_grad()
-    def apply(self) -> None:
-        """Zero the pruned weights."""
-        for name, p in self.params.items():
-            p.mul_(self.masks[name])
-
-    @torch.no_grad()
     def mask_gradients(self) -> None:
         for name, p in self.params.items():
             if p.grad is not None:
