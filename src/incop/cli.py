@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import secrets
 import sys
 import time
 from collections.abc import Sequence
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from incop.config import FIELD_NAMES, Config, field_type, load_yaml, resolve
-from incop.errors import UserError
+from incop.errors import StorageError, UserError
 
 # Flags named in the docs first; every other config field gets a flag of its own name too.
 _HELP = {
@@ -56,9 +57,11 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def default_out(what: str, config: Config) -> str:
-    """``runs/<time>-<what>-<dataset>-<model>``: a new folder per run."""
+    """``runs/<time>-<token>-<what>-<dataset>-<model>``: a new folder per run, distinct even
+    for runs started in the same second (the token is random)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return str(Path("runs") / f"{stamp}-{what}-{config.dataset}-{config.model}")
+    token = secrets.token_hex(3)
+    return str(Path("runs") / f"{stamp}-{token}-{what}-{config.dataset}-{config.model}")
 
 
 def _mode(args: argparse.Namespace) -> str:
@@ -77,7 +80,15 @@ def _saved(args: argparse.Namespace, file: str) -> dict[str, Any]:
     path = Path(args.resume) / file
     if not path.exists():
         raise UserError(f"resume: {args.resume!r} holds no {file}, so no run to continue")
-    return load_yaml(path)
+    saved = load_yaml(path)
+    expected = FIELD_NAMES if file == "config.yaml" else ["settings", "methods", "seeds"]
+    missing = [name for name in expected if name not in saved]
+    if missing:
+        raise UserError(
+            f"resume: {path} is incomplete or corrupt (it lacks {', '.join(missing)});"
+            " this run cannot be resumed"
+        )
+    return saved
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -98,7 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _seeds(args: argparse.Namespace) -> list[int]:
-    if args.seeds:
+    if args.seeds is not None:
         try:
             return [int(s) for s in args.seeds.split(",")]
         except ValueError:
@@ -111,8 +122,7 @@ def _seeds(args: argparse.Namespace) -> list[int]:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from incop.compare import format_table, run_comparison
-    from incop.config import METHODS
+    from incop.compare import check_plan, format_table, run_comparison
     from incop.report import write_report
 
     mode = _mode(args)
@@ -127,10 +137,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     else:
         overrides = overrides_from_args(args)
         overrides.pop("method", None)
-        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        for method in methods:
-            METHODS.get(method)
+        methods = [m.strip() for m in args.methods.split(",")]
+        if any(not m for m in methods):
+            raise UserError(
+                f"methods: {args.methods!r} has an empty name; give comma-separated methods,"
+                " e.g. sap,incop-gf"
+            )
         seeds = _seeds(args)
+        check_plan(methods, seeds)
         out = overrides.pop("out", None) or default_out("compare", resolve(overrides))
     comparison = run_comparison(overrides, methods, seeds, out=out, progress=True, mode=mode)
     print(format_table(comparison))
@@ -200,6 +214,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"incop: error: {exc}", file=sys.stderr)
         return 2
+    except StorageError as exc:
+        print(f"incop: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"incop: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("incop: interrupted", file=sys.stderr)
         return 130

@@ -5,8 +5,12 @@ Layout of a comparison folder::
 
     compare.yaml                    what was asked: settings, methods, seeds (for --resume)
     comparison.json                 aggregate (see :func:`aggregate`)
-    warmup/seed-<s>.pt              the shared dense warm-up of each seed
+    warmup/seed-<s>/                the shared dense warm-up of each seed as it trains (a run
+                                    folder holding level 0 only, resumable epoch by epoch)
+    warmup/seed-<s>.pt              the finished warm-up every method of seed s starts from
     <method>/seed-<s>/              each run folder exactly as ``incop run`` writes it
+    plots/, report.md, report.html  written by :func:`incop.report.write_report`
+    .incop.lock                     held (flock) by the one process writing the folder
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
-import shutil
+import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -25,13 +29,21 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from incop.config import resolve
+from incop.config import MAX_SEED, METHODS, resolve
 from incop.data import Batches, load_dataset
 from incop.errors import UserError
 from incop.experiment import build_batches
+from incop.folders import LOCK_FILE, Layout, OwnedFolder
 from incop.imp import IMP, WarmUp, resolve_device
 from incop.models import build_model
-from incop.outputs import RunWriter, atomic_torch_save, atomic_write_text
+from incop.outputs import (
+    RUN_LAYOUT,
+    RunWriter,
+    atomic_torch_save,
+    atomic_write_text,
+    read_metrics,
+    to_json,
+)
 
 DEFAULT_METHODS = ("lth", "sap", "sap-acc", "incop-if", "incop-gf")
 #: Methods every other one is compared against, when they are in the comparison.
@@ -48,8 +60,53 @@ LEVEL_FIELDS = (
 )
 
 
+PLAN_FILE = "compare.yaml"
+
+
 def run_folder(out: Path, method: str, seed: int) -> Path:
     return out / method / f"seed-{seed}"
+
+
+def compare_layout() -> Layout:
+    """What ``incop compare`` writes in its folder; ``--overwrite`` removes these only."""
+    methods = "|".join(re.escape(name) for name in METHODS.names())
+    own = Layout(
+        files=(
+            r"compare\.yaml",
+            r"comparison\.json",
+            r"report\.md",
+            r"report\.html",
+            r"plots/[\w.-]+\.(?:png|svg)",
+            r"warmup/seed-\d+\.pt",
+        ),  # fmt: skip
+        dirs=(r"plots", r"warmup", f"(?:{methods})"),
+    )
+    return (
+        own + RUN_LAYOUT.nested(r"warmup/seed-\d+") + RUN_LAYOUT.nested(rf"(?:{methods})/seed-\d+")
+    )
+
+
+def check_plan(methods: Sequence[str], seeds: Sequence[int]) -> None:
+    """Refuse, before any work, an empty or repeated method or seed, or an unknown method."""
+    problems = []
+    if not methods:
+        problems.append("methods: none given; name at least one, e.g. sap,incop-gf")
+    for method in methods:
+        if method not in METHODS:
+            try:
+                METHODS.get(method)
+            except UserError as exc:
+                problems.append(f"methods: {exc}")
+    for name, values in (("methods", list(methods)), ("seeds", list(seeds))):
+        repeated = sorted({str(v) for v in values if values.count(v) > 1})
+        if repeated:
+            problems.append(f"{name}: {', '.join(repeated)} given more than once")
+    if not seeds:
+        problems.append("seeds: none given")
+    problems += [f"seeds: {s} is not allowed; must be in 0..{MAX_SEED}"
+                 for s in seeds if not 0 <= s <= MAX_SEED]  # fmt: skip
+    if problems:
+        raise UserError("\n".join(problems))
 
 
 def run_comparison(
@@ -70,21 +127,35 @@ def run_comparison(
     content of ``comparison.json``.
     """
     out = Path(out)
-    # Resolve every method's config first: a bad value fails before any training.
-    configs = {m: resolve({**overrides, "method": m}) for m in methods}
-    first = configs[methods[0]]
-    asked = out / "compare.yaml"
-    if mode == "new" and asked.exists():
-        raise UserError(
-            f"out: {str(out)!r} already holds a comparison; pass --resume {out} to continue it,"
-            " --overwrite to replace it, or choose another --out"
-        )
-    if mode != "resume":
-        if mode == "overwrite":
-            shutil.rmtree(out, ignore_errors=True)
-        plan = {"settings": overrides, "methods": list(methods), "seeds": list(seeds)}
-        atomic_write_text(asked, yaml.safe_dump(plan, sort_keys=False))
+    # Everything is checked and loaded before the folder is made: a refused or failed start
+    # leaves nothing behind.
+    check_plan(methods, seeds)
+    first = resolve({**overrides, "method": methods[0], "seed": seeds[0]})
+    for method in methods:
+        for seed in seeds:
+            resolve({**overrides, "method": method, "seed": seed})
+    folder = OwnedFolder(out, compare_layout(), mode=mode, kind="comparison", marker=PLAN_FILE)
+    folder.check()
     dataset = load_dataset(first.dataset, first.data_dir, first.download)
+    info = dataset.info
+    build_model(first.model, info.channels, info.image_size, info.num_classes)
+    folder.open()
+    failed = True
+    try:
+        if mode != "resume":
+            plan = {"settings": overrides, "methods": list(methods), "seeds": list(seeds)}
+            atomic_write_text(out / PLAN_FILE, yaml.safe_dump(plan, sort_keys=False))
+        comparison = _compare(out, overrides, methods, seeds, first, dataset, progress, mode)
+        failed = False
+    finally:
+        # Nothing trained yet (the warm-ups discard their own folders): leave nothing behind.
+        leftover = [p for p in out.rglob("*") if p.is_file() and p.name != LOCK_FILE]
+        nothing_trained = all(p == out / PLAN_FILE for p in leftover)
+        folder.close(discard=failed and mode != "resume" and nothing_trained)
+    return comparison
+
+
+def _compare(out, overrides, methods, seeds, first, dataset, progress, mode) -> dict[str, Any]:
     info = dataset.info
     started = time.perf_counter()
     summaries: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
@@ -97,7 +168,7 @@ def run_comparison(
             torch.manual_seed(seed)
             return build_model(first.model, info.channels, info.image_size, info.num_classes)
 
-        warmup = shared_warmup(out, seed, overrides, methods[0], fresh_model, train, val)
+        warmup = shared_warmup(out, seed, overrides, methods[0], fresh_model, train, val, progress)
         warmup_seconds.append(sum(warmup.seconds.values()))
         for method in methods:
             folder = run_folder(out, method, seed)
@@ -120,8 +191,7 @@ def run_comparison(
         total_seconds=time.perf_counter() - started,
         hardware=hardware(resolve_device(first.device)),
     )
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "comparison.json", json.dumps(comparison, indent=2))
+    atomic_write_text(out / "comparison.json", to_json(comparison, indent=2))
     return comparison
 
 
@@ -133,13 +203,29 @@ def shared_warmup(
     fresh_model: Callable[[], torch.nn.Module],
     train: Batches,
     val: Batches,
+    progress: bool = False,
 ) -> WarmUp:
-    """The dense warm-up of ``seed``: trained once, kept in ``warmup/seed-<s>.pt``."""
+    """The dense warm-up of ``seed``: trained once, kept in ``warmup/seed-<s>.pt``.
+
+    While it trains, ``warmup/seed-<s>/`` is its run folder, saved after every epoch, so a
+    comparison killed during a warm-up goes on from its last epoch."""
     path = out / "warmup" / f"seed-{seed}.pt"
     if path.exists():
-        return WarmUp(**torch.load(path, weights_only=False))
-    config = resolve({**overrides, "method": method, "seed": seed})
-    warmup = IMP(config, fresh_model(), train, val).warm_up()
+        try:
+            return WarmUp(**torch.load(path, weights_only=False))
+        except Exception as exc:  # unpickling garbage can raise nearly anything
+            raise UserError(
+                f"resume: {path} is corrupt or truncated ({type(exc).__name__}); delete it to"
+                " train this warm-up again"
+            ) from None
+    folder = out / "warmup" / f"seed-{seed}"
+    going_on = (folder / "config.yaml").exists()
+    config = resolve({**overrides, "method": method, "seed": seed, "out": str(folder)})
+    writer = RunWriter(folder, mode="resume" if going_on else "new")
+    imp = IMP(config, fresh_model(), train, val, writer=writer, progress=progress)
+    warmup = imp.warm_up(resume=going_on)
+    # Every epoch's record, those trained before a resume too, for each method's metrics.
+    warmup.records = read_metrics(folder / "metrics.jsonl")
     atomic_torch_save(path, dataclasses.asdict(warmup))
     return warmup
 
@@ -159,10 +245,14 @@ def format_table(comparison: dict[str, Any]) -> str:
             f" {t['final_accuracy']['mean']:>7.2%} ± {t['final_accuracy']['std']:<5.2%}"
             f" {t['final_remaining_fraction']['mean']:>9.2%}"
             f" {t['wall_seconds']['mean']:>6.1f} ± {t['wall_seconds']['std']:<4.1f}"
-            f" {ratio.get('epochs_vs_sap', float('nan')):>10.2f}"
-            f" {ratio.get('wall_vs_sap', float('nan')):>8.2f}"
+            f" {_ratio_cell(ratio.get('epochs_vs_sap'), 10)}"
+            f" {_ratio_cell(ratio.get('wall_vs_sap'), 8)}"
         )
     return "\n".join(rows)
+
+
+def _ratio_cell(value: float | None, width: int) -> str:
+    return f"{value:>{width}.2f}" if value is not None else f"{'-':>{width}}"
 
 
 def mean_std(values: Sequence[float]) -> dict[str, float]:
@@ -214,7 +304,7 @@ def aggregate(summaries: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                 for k in range(n_levels)
             ],
         }
-    ratios: dict[str, dict[str, float]] = {}
+    ratios: dict[str, dict[str, float | None]] = {}
     for method, entry in methods.items():
         ratios[method] = {}
         for base in BASELINES:
@@ -222,7 +312,7 @@ def aggregate(summaries: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                 continue
             for key, name in (("retrain_epochs", "epochs"), ("wall_seconds", "wall")):
                 denominator = methods[base]["totals"][key]["mean"]
-                value = entry["totals"][key]["mean"] / denominator if denominator else float("nan")
+                value = entry["totals"][key]["mean"] / denominator if denominator else None
                 ratios[method][f"{name}_vs_{base}"] = value
     return {"methods": methods, "ratios": ratios}
 

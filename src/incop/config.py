@@ -8,6 +8,7 @@ reproduces it.
 
 from __future__ import annotations
 
+import math
 import os
 import types
 import typing
@@ -15,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from incop.errors import UserError
@@ -163,6 +165,10 @@ PRESETS.register("cpu-small")(
 # --- building and checking ----------------------------------------------------------------------
 
 FIELD_NAMES = [f.name for f in fields(Config)]
+#: Seeds seed torch's generators and, mixed with the epoch, the data order; kept to 32 bits.
+MAX_SEED = 2**32 - 1
+#: Training runs in float32: a larger learning rate or coefficient cannot even be represented.
+FLOAT_MAX = float(torch.finfo(torch.float32).max)
 
 
 def field_type(name: str) -> type:
@@ -215,9 +221,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     """The mapping in a YAML config file (an empty file is an empty mapping)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"config: file {str(path)!r} does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"config: {str(path)!r} is a folder, not a YAML file") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config: {path} is not a text file (not UTF-8); expected YAML") from None
+    except OSError as exc:
+        raise UserError(f"config: cannot read {path}: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
         raise UserError(f"config: {path} is not valid YAML: {exc}") from None
     if data is None:
@@ -225,6 +237,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(
             f"config: {path} must hold a mapping of settings, got {type(data).__name__}"
+        )
+    keys = [key for key in data if not isinstance(key, str)]
+    if keys:
+        raise UserError(
+            f"config: {path} has keys that are not setting names: {', '.join(map(repr, keys))}"
         )
     return data
 
@@ -236,29 +253,43 @@ def resolve(*layers: dict[str, Any]) -> Config:
     Raises :class:`UserError` listing every problem found.
     """
     merged: dict[str, Any] = {}
+    problems: list[str] = []
     for layer in layers:
-        merged.update({k.replace("-", "_"): v for k, v in layer.items() if v is not None})
-    problems = [
+        for key, value in layer.items():
+            if not isinstance(key, str):
+                problems.append(f"setting names must be text, got {key!r}")
+            elif value is not None:
+                merged[key.replace("-", "_")] = value
+    problems += [
         f"unknown setting {key!r}{closest(key, FIELD_NAMES)}"
         for key in merged
         if key not in FIELD_NAMES
     ]
-    if problems:
-        raise UserError("\n".join(problems))
     values: dict[str, Any] = {}
     for key, value in merged.items():
+        if key not in FIELD_NAMES:
+            continue
         try:
             values[key] = _coerce(key, value)
         except UserError as exc:
             problems.append(str(exc))
-    if problems:
-        raise UserError("\n".join(problems))
     method = values.get("method", Config.method)
     method_values = METHODS.get(method) if method in METHODS else {}
     preset = values.get("preset")
+    if preset is not None and preset not in PRESETS:
+        problems.append(f"preset: unknown value {preset!r}{closest(preset, PRESETS.names())};"
+                        f" allowed: {', '.join(PRESETS.names())}")  # fmt: skip
+        preset = None
     preset_values = PRESETS.get(preset) if preset is not None else {}
+    # Every problem is reported at once: the valid values are checked too, with defaults
+    # standing in for the ones that could not be read.
     config = Config(**{**method_values, **preset_values, **values})
-    validate(config)
+    try:
+        validate(config)
+    except UserError as exc:
+        problems.append(str(exc))
+    if problems:
+        raise UserError("\n".join(problems))
     return config
 
 
@@ -267,8 +298,13 @@ def validate(config: Config) -> None:
     c = config
     problems: list[str] = []
 
+    reported: set[str] = set()
+
     def bad(name: str, allowed: str) -> None:
-        problems.append(f"{name}: {getattr(c, name)!r} is not allowed; {allowed}")
+        # One line per field: a NaN fails every range check after the first.
+        if name not in reported:
+            reported.add(name)
+            problems.append(f"{name}: {getattr(c, name)!r} is not allowed; {allowed}")
 
     def name_in(name: str, valid: list[str] | tuple[str, ...]) -> None:
         value = getattr(c, name)
@@ -278,7 +314,18 @@ def validate(config: Config) -> None:
                 f" allowed: {', '.join(valid)}"
             )
 
+    from incop.data import DATASETS
+    from incop.models import MODELS
+
+    for f in fields(Config):
+        value = getattr(c, f.name)
+        if field_type(f.name) is float and not (math.isfinite(value) and abs(value) <= FLOAT_MAX):
+            bad(f.name, f"must be a finite number of at most {FLOAT_MAX:.3g} (float32's range)")
+
     name_in("method", METHODS.names())
+    if not str(c.model).startswith("torchvision:"):
+        name_in("model", MODELS.names())
+    name_in("dataset", DATASETS.names())
     name_in("pruner", PRUNERS.names())
     name_in("stop", STOPPING_RULES.names())
     name_in("optimizer", OPTIMIZERS)
@@ -287,9 +334,11 @@ def validate(config: Config) -> None:
     name_in("if_summary", FLOW_SUMMARIES)
     name_in("on_divergence", ("continue", "stop"))
     name_in("scope", SCOPES_SAP if c.pruner == "sap" else SCOPES_FIXED)
-    for name in ("levels", "warmup_epochs", "max_epochs", "min_epochs", "seed"):
+    for name in ("levels", "warmup_epochs", "max_epochs", "min_epochs"):
         if getattr(c, name) < 0:
             bad(name, "must be >= 0")
+    if not 0 <= c.seed <= MAX_SEED:
+        bad("seed", f"must be in 0..{MAX_SEED}")
     for name in ("batch_size", "eval_batch_size", "probe_size"):
         if getattr(c, name) < 1:
             bad(name, "must be >= 1")
@@ -304,13 +353,16 @@ def validate(config: Config) -> None:
     for name in ("gamma", "eps", "lr"):
         if getattr(c, name) <= 0:
             bad(name, "must be > 0")
-    for name in ("eta_r", "weight_decay", "momentum", "delta"):
+    for name in ("eta_r", "weight_decay", "delta"):
         if getattr(c, name) < 0:
             bad(name, "must be >= 0")
+    if not 0 <= c.momentum < 1:
+        bad("momentum", "must be in [0, 1)")
     if not 0 <= c.rate < 1:
         bad("rate", "must be in [0, 1)")
-    if c.device != "auto" and not (c.device == "cpu" or c.device.startswith(("cuda", "mps"))):
-        bad("device", "allowed: auto, cpu, cuda, cuda:N, mps")
+    device_problem = check_device(c.device)
+    if device_problem:
+        bad("device", device_problem)
     try:
         rewind = c.build_rewind()
     except UserError as exc:
@@ -323,6 +375,28 @@ def validate(config: Config) -> None:
             )
     if problems:
         raise UserError("\n".join(problems))
+
+
+def check_device(name: str) -> str | None:
+    """Why ``name`` is not a device this machine can run on, or None if it is."""
+    allowed = "allowed: auto, cpu, cuda, cuda:N, mps"
+    if name in ("auto", "cpu"):
+        return None
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        return allowed
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return "CUDA is not available on this machine (use auto or cpu)"
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            return f"this machine has {torch.cuda.device_count()} CUDA device(s)"
+        return None
+    if device.type == "mps":
+        if not torch.backends.mps.is_available():
+            return "MPS is not available on this machine (use auto or cpu)"
+        return None
+    return allowed
 
 
 def to_yaml(config: Config) -> str:

@@ -8,9 +8,10 @@ draws from it), and writes only through the writer it is given.
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from incop.config import Config, resolve, to_yaml
+from incop.config import METHODS, Config, resolve, to_yaml
 from incop.errors import UserError
 from incop.masks import (
     MaskEnforcer,
@@ -30,9 +31,11 @@ from incop.masks import (
     prunable_parameters,
     remaining_fraction,
     sparsity_report,
+    unmatched_patterns,
 )
 from incop.outputs import NullWriter, RunWriter
 from incop.rewind import snapshot
+from incop.sources import BatchSource, check_sources, make_probe
 from incop.stopping import Reference
 from incop.training import (
     DivergenceError,
@@ -42,9 +45,6 @@ from incop.training import (
     make_scheduler,
     train_epoch,
 )
-
-#: Any re-iterable source of ``(inputs, targets)`` batches: a DataLoader, a list, data.Batches.
-BatchSource = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -92,6 +92,8 @@ class Result:
             "levels": [level.to_dict() for level in self.levels],
             "dense_accuracy": self.dense_accuracy,
             "config": self.config.to_dict(),
+            # Results are bitwise reproducible only at the same thread count (README, "Trust").
+            "threads": torch.get_num_threads(),
         }
 
     def table(self) -> str:
@@ -116,26 +118,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_probe(
-    data: BatchSource, size: int, seed: int, batch_size: int
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The fixed probe set (METHOD.md section 4): ``size`` training examples drawn once with
-    ``seed``, as a list of batches. Data with a ``sample(n, seed, batch_size)`` method (the
-    built-in datasets) is sampled at random; any other iterable gives its first ``size``
-    examples in iteration order."""
-    if hasattr(data, "sample"):
-        return list(data.sample(size, seed, batch_size))
-    xs, ys, count = [], [], 0
-    for x, y in data:
-        xs.append(x)
-        ys.append(y)
-        count += y.shape[0]
-        if count >= size:
-            break
-    x, y = torch.cat(xs)[:size], torch.cat(ys)[:size]
-    return list(zip(x.split(batch_size), y.split(batch_size), strict=True))
-
-
 @dataclass
 class WarmUp:
     """The outcome of dense training, shareable by every method of one seed.
@@ -143,7 +125,9 @@ class WarmUp:
     ``snapshots``: state dicts ``init`` (theta_0), ``dense`` (theta*) and, for
     ``epoch:K`` rewinding, ``epoch``; ``best``: the best epoch's record
     (``val_accuracy`` = a*); ``seconds``: train/eval time spent;
-    ``records``: the epoch records to log; ``epoch_counter``: epochs seen, for data order.
+    ``records``: the epoch records to log; ``epoch_counter``: epochs seen, for data order;
+    ``epochs``: dense epochs trained; ``diverged``: the loss became non-finite before
+    ``warmup_epochs`` (theta* is then the best epoch before that).
     """
 
     snapshots: dict[str, dict[str, torch.Tensor]]
@@ -151,6 +135,8 @@ class WarmUp:
     seconds: dict[str, float]
     records: list[dict[str, Any]]
     epoch_counter: int
+    epochs: int = 0
+    diverged: bool = False
 
 
 class _Clock:
@@ -297,6 +283,7 @@ class IMP:
                 "record": self.record,
                 "rule": self.rule.state_dict() if self.levels else None,
                 "epoch_counter": self.epoch_counter,
+                "threads": torch.get_num_threads(),
                 "generator": self.generator.get_state(),
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -305,6 +292,26 @@ class IMP:
 
     def _restore(self, state: dict[str, Any]) -> None:
         c = self.config
+        # The folder may have moved since, so where it is does not count.
+        saved = {k: v for k, v in state["config"].items() if k != "out"}
+        here = {k: v for k, v in c.to_dict().items() if k != "out"}
+        if saved != here:
+            changed = ", ".join(
+                f"{k}: {saved.get(k)!r} saved, {here.get(k)!r} now"
+                for k in sorted(set(saved) | set(here))
+                if saved.get(k) != here.get(k)
+            )
+            raise UserError(
+                f"resume: the saved state belongs to a run with other settings ({changed})"
+            )
+        if state["threads"] != torch.get_num_threads():
+            warnings.warn(
+                f"resuming with {torch.get_num_threads()} CPU threads; the run was saved with"
+                f" {state['threads']}, so results may differ from an uninterrupted run in the"
+                " last digits",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         self.model.load_state_dict(state["model"])
         self.masks.update(state["masks"])
         self.snapshots = state["snapshots"]
@@ -331,20 +338,33 @@ class IMP:
 
     # --- the loop -------------------------------------------------------------------------------
 
-    def _train_or_diverge(self, clock: _Clock) -> dict[str, float] | None:
-        """One training epoch, or None (weights put back as they were) if the loss diverged."""
-        last_good = snapshot(self.model)
-        try:
-            return self._train_one_epoch(clock)
-        except DivergenceError as exc:
-            self.model.load_state_dict(last_good)
-            warnings.warn(
-                f"{exc} at level {len(self.levels)}: restored the weights of the last good epoch"
-                f" and ended this level's training (on_divergence={self.config.on_divergence})",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            return None
+    def _epoch(self, clock: _Clock, *, train: bool) -> dict[str, Any]:
+        """Train one epoch (if ``train``), evaluate, and measure the stopping rule's distance.
+
+        Raises :class:`DivergenceError` if the training loss, the validation loss or the
+        distance is not finite."""
+        record = self._train_one_epoch(clock) if train else {}
+        record.update(self._evaluate(clock))
+        if self.levels:  # the rule has its dense reference from level 0 on
+            with clock("flow"):
+                distance = self.rule.measure(self.model, self.masks)
+            if distance is not None:
+                record["distance"] = distance
+        for key in ("val_loss", "distance"):
+            value = record.get(key)
+            if value is not None and not math.isfinite(value):
+                raise DivergenceError(f"{key.replace('_', ' ')} became {value}")
+        return record
+
+    def _recover(self, exc: DivergenceError, last_good: dict[str, torch.Tensor]) -> None:
+        """Put back the weights of the last good epoch after a divergence, and say so."""
+        self.model.load_state_dict(last_good)
+        warnings.warn(
+            f"{exc} at level {len(self.levels)}: restored the weights of the last good epoch"
+            f" and ended this level's training (on_divergence={self.config.on_divergence})",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def train_dense(self, state: dict[str, Any] | None = None) -> WarmUp:
         """Train densely for ``warmup_epochs``; keep the best-validation weights as theta*.
@@ -365,15 +385,30 @@ class IMP:
                 self.snapshots["epoch"] = self.snapshots["init"]
             self.best = None
             if c.warmup_epochs == 0:
-                self.best = self._evaluate(clock)
+                try:
+                    self.best = self._epoch(clock, train=False)
+                except DivergenceError as exc:
+                    raise UserError(f"the initial dense network does not evaluate: {exc}") from None
                 records.append(self._log(0, 0, clock, self.best))
             self._save_state("warmup", 0, 0, clock)
             start = 1
+        diverged, trained = False, start - 1
         for epoch in range(start, c.warmup_epochs + 1):
-            record = self._train_or_diverge(clock)
-            if record is None:
+            last_good = snapshot(self.model)
+            try:
+                record = self._epoch(clock, train=True)
+            except DivergenceError as exc:
+                if self.best is None:
+                    raise UserError(
+                        f"the dense warm-up diverged in its first epoch ({exc}); try a lower"
+                        f" learning rate than lr={c.lr} or a larger batch size than"
+                        f" batch_size={c.batch_size}"
+                    ) from None
+                self._recover(exc, last_good)
+                diverged = True
+                self._tick(c.warmup_epochs - epoch + 1)
                 break
-            record.update(self._evaluate(clock))
+            trained = epoch
             records.append(self._log(0, epoch, clock, record))
             self._tick()
             if self.best is None or record["val_accuracy"] > self.best["val_accuracy"]:
@@ -382,14 +417,19 @@ class IMP:
             if self.rewind.mode == "epoch" and epoch == self.rewind.epoch:
                 self.snapshots["epoch"] = snapshot(self.model)
             self._save_state("warmup", 0, epoch, clock)
-        if self.best is None:
-            raise DivergenceError("the dense warm-up diverged in its first epoch")
-        return WarmUp(self.snapshots, self.best, dict(clock.seconds), records, self.epoch_counter)
+        return WarmUp(
+            self.snapshots,
+            self.best,
+            dict(clock.seconds),
+            records,
+            self.epoch_counter,
+            trained,
+            diverged,
+        )
 
     def level_zero(self, warmup: WarmUp, *, shared: bool = False) -> None:
         """Take up a dense warm-up and prepare the stopping rule; ``shared``: trained by another
         run, so its epoch records are logged here too."""
-        c = self.config
         self.snapshots = dict(warmup.snapshots)
         self.best = warmup.best
         self.epoch_counter = warmup.epoch_counter
@@ -403,7 +443,8 @@ class IMP:
         with clock("flow"):
             reference = Reference(self.model, self.masks, self.dense_accuracy, self.probe)
             self.rule.prepare(reference)
-        self._finish_level(0, c.warmup_epochs, clock, warmup.best, "warmup")
+        reason = "diverged" if warmup.diverged else "warmup"
+        self._finish_level(0, warmup.epochs, clock, warmup.best, reason)
 
     def retrain_level(self, level: int, state: dict[str, Any] | None = None) -> None:
         """Prune, rewind, then retrain until the stopping rule fires.
@@ -426,22 +467,20 @@ class IMP:
             self.record = {}
             epoch = 0
         while True:
-            reason = None
-            if epoch > 0:
-                trained = self._train_or_diverge(clock)
+            last_good = snapshot(self.model)
+            try:
+                record = self._epoch(clock, train=epoch > 0)
+            except DivergenceError as exc:
+                self._recover(exc, last_good)
+                reason, epoch = "diverged", max(epoch - 1, 0)
+                if not self.record:  # diverged right after the prune: nothing better to report
+                    self.record = self._evaluate(clock)
+            else:
+                self.record = record
+                reason = self.rule.decide(epoch, record["val_accuracy"], record.get("distance"))
+                self._log(level, epoch, clock, record)
+            if epoch > 0 or reason == "diverged":
                 self._tick()
-                if trained is None:
-                    reason, epoch = "diverged", epoch - 1
-                else:
-                    self.record = trained
-            if reason is None:
-                self.record.update(self._evaluate(clock))
-                with clock("flow"):
-                    distance = self.rule.measure(self.model, self.masks)
-                if distance is not None:
-                    self.record["distance"] = distance
-                reason = self.rule.decide(epoch, self.record["val_accuracy"], distance)
-                self._log(level, epoch, clock, self.record)
             if reason is not None:
                 self._finish_level(level, epoch, clock, self.record, reason)
                 self._save_state("done", level, epoch, clock)
@@ -454,11 +493,22 @@ class IMP:
             self.bar.update(epochs)
 
     def setup(self) -> None:
-        """Seed, find the prunable weights, build the parts and the probe set."""
+        """Seed, check the data, find the prunable weights, build the parts and the probe set.
+
+        Everything that can refuse the run happens here, before the writer opens its folder."""
         c = self.config
         torch.manual_seed(c.seed)
         self.generator = torch.Generator().manual_seed(c.seed)
         self.model.to(self.device)
+        self.example_input = check_sources(
+            self.model,
+            {"train_data": self.train_data, "val_data": self.val_data},
+            self.loss_fn,
+            self.device,
+        )
+        unmatched = unmatched_patterns(self.model, c.include, c.exclude)
+        if unmatched:
+            raise UserError("\n".join(unmatched))
         self.params = prunable_parameters(self.model, c.include, c.exclude)
         if not self.params:
             raise UserError(
@@ -477,7 +527,6 @@ class IMP:
         self.optimizer = self.scheduler = None
         self.record: dict[str, Any] = {}
         self.bar = None
-        self.example_input = next(iter(self.val_data))[0][:1].to(self.device)
         self.probe = None
         if self.rule.needs_probe:
             self.probe = [
@@ -485,10 +534,30 @@ class IMP:
                 for x, y in make_probe(self.train_data, c.probe_size, c.seed, c.eval_batch_size)
             ]
 
-    def warm_up(self) -> WarmUp:
-        """Set up and train the dense network only: the part a comparison shares."""
+    @contextmanager
+    def _writing(self, resume: bool) -> Iterator[dict[str, Any] | None]:
+        """Open the writer's folder, take up its saved state (``resume``) or write the config,
+        and close the folder at the end; yields the saved state, if any."""
+        self.writer.open()
+        failed = True
+        try:
+            state = self.writer.load_state(self.device) if resume else None
+            if state is not None:
+                self._restore(state)
+            else:
+                self.writer.config(to_yaml(self.config))
+            yield state
+            failed = False
+        finally:
+            self.writer.close(failed=failed)
+
+    def warm_up(self, *, resume: bool = False) -> WarmUp:
+        """Set up and train the dense network only: the part a comparison shares.
+
+        ``resume``: go on from the writer's saved state, if there is one."""
         self.setup()
-        return self.train_dense()
+        with self._writing(resume) as state:
+            return self.train_dense(state)
 
     def run(self, warmup: WarmUp | None = None, *, resume: bool = False) -> Result:
         """Run every level and return the result.
@@ -497,13 +566,12 @@ class IMP:
         model, data and seed, used instead of training the dense network here.
         ``resume``: go on from the writer's saved state, if there is one.
         """
-        c = self.config
         self.setup()
-        state = self.writer.load_state(self.device) if resume else None
-        if state is not None:
-            self._restore(state)
-        else:
-            self.writer.config(to_yaml(c))
+        with self._writing(resume) as state:
+            return self._levels(warmup, state)
+
+    def _levels(self, warmup: WarmUp | None, state: dict[str, Any] | None) -> Result:
+        c = self.config
         if self.progress:
             done = sum(lv.epochs for lv in self.levels) + (state or {}).get("epoch", 0)
             total = c.warmup_epochs + c.levels * c.max_epochs
@@ -567,6 +635,8 @@ def prune(
     ``out``: a folder to write the run to (config, metrics, summary, checkpoints).
     Unset arguments take the method's and the config's defaults.
     """
+    if method is None:
+        raise UserError("method: None is not a method; allowed: " + ", ".join(METHODS.names()))
     overrides = {
         "method": method,
         "levels": levels,

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from incop.registry import closest
+
 Masks = dict[str, torch.Tensor]
 
 #: Layers whose ``weight`` is prunable by default.
@@ -48,6 +50,34 @@ def prunable_modules(
         if chosen and not (exclude and _matches(name, exclude)):
             found[name] = module
     return found
+
+
+def _weight_names(model: nn.Module) -> list[str]:
+    """Names of every module weight of dimension > 1: what ``include`` patterns can choose."""
+    return list(prunable_modules(model, include=["*"]))
+
+
+def unmatched_patterns(
+    model: nn.Module,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+) -> list[str]:
+    """One message per ``include`` pattern matching no weight of ``model`` and per ``exclude``
+    pattern matching no weight ``include`` chose: a typo there would silently prune (or keep)
+    something else, so the loop refuses it."""
+    problems = []
+    for option, patterns, names in (
+        ("include", include or [], _weight_names(model)),
+        ("exclude", exclude or [], list(prunable_modules(model, include))),
+    ):
+        for pattern in patterns:
+            if not any(_matches(name, [pattern]) for name in names):
+                problems.append(
+                    f"{option}: pattern {pattern!r} matches no weight{closest(pattern, names)};"
+                    f" the model's are: {', '.join(names[:8])}"
+                    + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+                )
+    return problems
 
 
 def prunable_parameters(

@@ -7,6 +7,13 @@ Layout (documented in the README)::
     summary.json                {"levels": [...], "dense_accuracy": a*, "config": {...}}
     levels/<k>/checkpoint.pt    {"state_dict": ..., "masks": {name: bool tensor}}
     state.pt                    everything needed to resume after the last completed epoch
+    .incop.lock                 held (flock) by the one process writing the folder
+
+``state.pt`` also records the SHA-256 of ``config.yaml``, of every level
+checkpoint and of the first ``metrics_lines`` lines of ``metrics.jsonl``, so a
+resume either continues exactly the run those files describe or refuses,
+naming the file that does not fit. No file ever holds NaN or Infinity: JSON
+gets ``null`` for a non-finite number.
 
 Only one process writes: in data-parallel training every rank but 0 gets a
 :class:`NullWriter`.
@@ -14,9 +21,10 @@ Only one process writes: in data-parallel training every rank but 0 gets a
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,44 +33,95 @@ from typing import Any
 
 import torch
 
-from incop.errors import UserError
+from incop.errors import StorageError, UserError
+from incop.folders import Layout, OwnedFolder, clear
 from incop.masks import Masks
 
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; renamed onto ``path`` only if the block
-    succeeds, so ``path`` is never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    succeeds, so ``path`` is never half-written. A failing write (full disk, read-only file
+    system) raises :class:`StorageError` naming ``path``."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise StorageError.from_os_error(exc, path, "writing") from None
     os.close(fd)
     # mkstemp makes the file private (0600); results are meant to be shared like any file.
     os.chmod(tmp, 0o644)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise StorageError.from_os_error(exc, path, "writing") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> str:
+    """Write ``text`` atomically; return its SHA-256."""
+    data = text.encode()
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
 
 
-def atomic_torch_save(path: Path, obj: Any) -> None:
+def atomic_torch_save(path: Path, obj: Any) -> str:
+    """``torch.save`` atomically; return the file's SHA-256."""
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        # Through a file object, so a full disk surfaces as OSError(ENOSPC), not a bare
+        # RuntimeError from torch's own writer.
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+        return file_digest(tmp)
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def finite(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, ±inf) replaced by None, recursively."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {key: finite(value) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite(value) for value in obj]
+    return obj
+
+
+def to_json(obj: Any, **options: Any) -> str:
+    """Strict JSON (no NaN or Infinity tokens): non-finite numbers become ``null``."""
+    return json.dumps(finite(obj), allow_nan=False, default=str, **options)
 
 
 STATE_FILE = "state.pt"
-#: The files of a run folder besides ``levels/``.
-RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", STATE_FILE)
-
-
-def _json(obj: Any) -> str:
-    return json.dumps(obj, allow_nan=True, default=str)
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+#: What ``incop run`` writes in its folder; ``--overwrite`` removes these and nothing else.
+RUN_LAYOUT = Layout(
+    files=(
+        r"config\.yaml",
+        r"metrics\.jsonl",
+        r"summary\.json",
+        r"state\.pt",
+        r"levels/\d+/checkpoint\.pt",
+    ),  # fmt: skip
+    dirs=(r"levels", r"levels/\d+"),
+)
+#: The files a resume without ``state.pt`` starts again from scratch (all but the config).
+_PROGRESS = Layout(RUN_LAYOUT.files[1:], RUN_LAYOUT.dirs)
+#: Bumped when the content of ``state.pt`` changes incompatibly.
+STATE_FORMAT = 2
 
 
 class NullWriter:
@@ -70,8 +129,12 @@ class NullWriter:
 
     #: Whether :meth:`state` keeps anything (building a resume state is skipped if not).
     saves_state = False
-    #: Lines of ``metrics.jsonl`` written so far, recorded in the resume state.
-    lines = 0
+
+    def open(self) -> None:
+        """Called once the run has checked everything and is about to write its first file."""
+
+    def close(self, *, failed: bool) -> None:
+        """Called when the run ends (``failed``: by an exception)."""
 
     def config(self, text: str) -> None:
         pass
@@ -93,44 +156,54 @@ class NullWriter:
 
 
 class RunWriter(NullWriter):
-    """Writes a run folder at ``root`` (created if needed), including ``state.pt``, the
-    resume state of the last completed epoch."""
+    """Writes a run folder at ``root``, including ``state.pt``, the resume state of the last
+    completed epoch.
+
+    ``mode``: ``new`` (the folder must be absent or empty), ``overwrite`` (replaces an
+    earlier run; refused if the folder holds files incop did not write) or ``resume`` (see
+    :meth:`load_state`). The folder is checked here, without touching the disk; it is created
+    and locked by :meth:`open`.
+    """
 
     saves_state = True
 
     def __init__(self, root: str | os.PathLike, *, mode: str = "new") -> None:
-        """``mode``: ``new`` refuses a folder that already holds a run, ``overwrite`` clears
-        that run's files first, ``resume`` requires one (see :meth:`load_state`)."""
-        self.root = Path(root)
-        held = self.root / "config.yaml"
-        if mode == "new" and held.exists():
-            raise UserError(
-                f"out: {str(self.root)!r} already holds a run; pass --resume {self.root} to"
-                " continue it, --overwrite to replace it, or choose another --out"
-            )
-        if mode == "resume" and not held.exists():
-            raise UserError(f"resume: {str(self.root)!r} holds no run (no config.yaml there)")
-        if mode == "overwrite":
-            for name in RUN_FILES:
-                (self.root / name).unlink(missing_ok=True)
-            shutil.rmtree(self.root / "levels", ignore_errors=True)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.folder = OwnedFolder(root, RUN_LAYOUT, mode=mode, kind="run", marker=CONFIG_FILE)
+        self.folder.check()
+        self.root = self.folder.root
         self.lines = 0
+        self._metrics_hash = hashlib.sha256()
+        self.digests: dict[str, str] = {}
+
+    def open(self) -> None:
+        self.folder.open()
+
+    def close(self, *, failed: bool) -> None:
+        # A run that failed before its first epoch record leaves nothing behind.
+        nothing_trained = self.lines == 0 and self.folder.mode != "resume"
+        self.folder.close(discard=failed and nothing_trained)
 
     def config(self, text: str) -> None:
-        atomic_write_text(self.root / "config.yaml", text)
+        self.digests[CONFIG_FILE] = atomic_write_text(self.root / CONFIG_FILE, text)
 
     def epoch(self, record: dict[str, Any]) -> None:
-        # One write call per line, flushed: a crash leaves at most a torn last line.
-        with open(self.root / "metrics.jsonl", "a") as handle:
-            handle.write(_json(record) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        line = (to_json(record) + "\n").encode()
+        path = self.root / METRICS_FILE
+        try:
+            # One write call per line, flushed: a crash leaves at most a torn last line.
+            with open(path, "ab") as handle:
+                handle.write(line)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            raise StorageError.from_os_error(exc, path, "writing") from None
+        self._metrics_hash.update(line)
         self.lines += 1
 
     def level(self, level: int, state_dict: dict[str, torch.Tensor], masks: Masks) -> None:
-        atomic_torch_save(
-            self.root / "levels" / str(level) / "checkpoint.pt",
+        relative = f"levels/{level}/checkpoint.pt"
+        self.digests[relative] = atomic_torch_save(
+            self.root / relative,
             {
                 "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
                 "masks": {k: v.cpu() for k, v in masks.items()},
@@ -138,23 +211,77 @@ class RunWriter(NullWriter):
         )
 
     def summary(self, summary: dict[str, Any]) -> None:
-        atomic_write_text(self.root / "summary.json", json.dumps(summary, indent=2, default=str))
+        atomic_write_text(self.root / "summary.json", to_json(summary, indent=2))
 
     def state(self, state: dict[str, Any]) -> None:
-        atomic_torch_save(self.root / STATE_FILE, {**state, "metrics_lines": self.lines})
+        atomic_torch_save(
+            self.root / STATE_FILE,
+            {
+                **state,
+                "format": STATE_FORMAT,
+                "metrics_lines": self.lines,
+                "metrics_sha256": self._metrics_hash.hexdigest(),
+                "files": dict(self.digests),
+            },
+        )
 
     def load_state(self, device: torch.device) -> dict[str, Any] | None:
-        """The saved resume state, with ``metrics.jsonl`` cut back to the lines it had then
-        (a torn or later line belongs to the epoch that was lost)."""
+        """The saved resume state, after checking that every file it refers to is the one it
+        was saved with; ``metrics.jsonl`` is cut back to the lines it had then (a torn or
+        later line belongs to the epoch that was lost). Without ``state.pt`` (killed before
+        the first save) the run starts again: every file but ``config.yaml`` is removed.
+
+        Raises :class:`UserError` naming the file that is corrupt, missing or foreign."""
         path = self.root / STATE_FILE
         if not path.exists():
+            clear(self.root, _PROGRESS)
             return None
-        state = torch.load(path, map_location=device, weights_only=False)
-        self.lines = state["metrics_lines"]
-        metrics = self.root / "metrics.jsonl"
-        kept = read_metrics(metrics)[: self.lines] if metrics.exists() else []
-        atomic_write_text(metrics, "".join(_json(record) + "\n" for record in kept))
+        try:
+            state = torch.load(path, map_location=device, weights_only=False)
+        except Exception as exc:  # unpickling garbage can raise nearly anything
+            raise UserError(
+                f"resume: {path} is corrupt or truncated ({type(exc).__name__}); this run cannot"
+                " be resumed, start it again with --overwrite"
+            ) from None
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise UserError(
+                f"resume: {path} was not written by this version of incop's run folder"
+                f" (format {state.get('format') if isinstance(state, dict) else None!r},"
+                f" expected {STATE_FORMAT})"
+            )
+        for relative, digest in state["files"].items():
+            self._verify(relative, digest)
+        kept = self._verified_metrics(state["metrics_lines"], state["metrics_sha256"])
+        atomic_write_text(self.root / METRICS_FILE, b"".join(kept).decode())
+        self.lines = len(kept)
+        self._metrics_hash = hashlib.sha256(b"".join(kept))
+        self.digests = dict(state["files"])
         return state
+
+    def _verify(self, relative: str, digest: str) -> None:
+        path = self.root / relative
+        if not path.is_file():
+            raise UserError(
+                f"resume: {path} is missing; {self.root / STATE_FILE} needs it, so this run"
+                " cannot be resumed exactly"
+            )
+        if file_digest(path) != digest:
+            raise UserError(
+                f"resume: {path} is not the file {self.root / STATE_FILE} was saved with"
+                " (changed, truncated or from another run); this run cannot be resumed exactly"
+            )
+
+    def _verified_metrics(self, lines: int, digest: str) -> list[bytes]:
+        path = self.root / METRICS_FILE
+        kept = path.read_bytes().splitlines(keepends=True)[:lines] if path.exists() else []
+        complete = [line for line in kept if line.endswith(b"\n")]
+        if len(complete) < lines or hashlib.sha256(b"".join(complete)).hexdigest() != digest:
+            problem = "missing" if not path.exists() else "truncated, changed or from another run"
+            raise UserError(
+                f"resume: {path} is {problem}: {self.root / STATE_FILE} was saved after"
+                f" {lines} lines of it; this run cannot be resumed exactly"
+            )
+        return complete
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -167,5 +294,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             if i == len(lines) - 1:
                 break
-            raise
+            raise UserError(
+                f"{path}: line {i + 1} is not valid JSON; the file is corrupt"
+            ) from None
     return records

@@ -33,13 +33,20 @@ def pq_index(w: torch.Tensor, p: float, q: float) -> float:
     Equivalently ``1 - M_p(|w|) / M_q(|w|)`` with ``M_s`` the power mean; in
     [0, 1), larger = sparser. Pass only the alive weights. Defined answers for
     the degenerate cases: an empty ``w`` (d = 0) or an all-zero ``w`` has PQI 0
-    (nothing to tell apart, so SAP prunes nothing). Requires 0 < p < q.
+    (nothing to tell apart, so SAP prunes nothing); with k of d entries infinite it is
+    ``1 - (k/d)^(1/p - 1/q)``, the limit as those entries grow without bound. Requires 0 < p < q.
     """
     if not 0 < p < q:
         raise ValueError(f"pq_index needs 0 < p < q, got p={p}, q={q}")
     a = w.detach().abs().flatten().double()
     if a.numel() == 0:
         return 0.0
+    infinite = torch.isinf(a)
+    if infinite.any():
+        # The limit as the k infinite entries grow together without bound: they dominate both
+        # power means, M_s -> (k/d)^(1/s) * t, so M_p / M_q -> (k/d)^(1/p - 1/q).
+        share = float(infinite.sum()) / a.numel()
+        return float(1.0 - share ** (1.0 / p - 1.0 / q))
     top = a.max()
     if top == 0:
         return 0.0
