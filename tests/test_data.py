@@ -200,6 +200,9 @@ def corrupt_case(tmp_path: Path, case: str) -> tuple[str, str]:
         labels[3] = 10
         (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels)))
         return str(tmp_path), "labels span 0..10"
+    if case == "count-zero":
+        images.write_bytes(gzip.compress(idx_bytes(np.zeros((0, 28, 28), np.uint8))))
+        return images.name, "holds no item"
     assert case == "wrong-size"
     images.write_bytes(gzip.compress(idx_bytes(np.zeros((30, 27, 28), np.uint8))))
     return str(tmp_path), "(1, 27, 28), expected (1, 28, 28)"
@@ -216,6 +219,7 @@ def corrupt_case(tmp_path: Path, case: str) -> tuple[str, str]:
         "count-mismatch",
         "bad-label",
         "wrong-size",
+        "count-zero",
     ],
 )
 def test_corrupt_idx_files_raise_data_error(tmp_path, case):

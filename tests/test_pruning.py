@@ -173,3 +173,20 @@ def test_sap_on_all_zero_weights_prunes_nothing():
     w = {"z.weight": torch.zeros(4, 4)}
     new = SAPPruner()(w, full_masks(w), GEN)
     assert count_alive(new) == 16
+
+
+@pytest.mark.parametrize(
+    "w, p, q, expected",
+    [
+        # k of d entries infinite: 1 - (k/d)^(1/p - 1/q), whatever the finite entries are
+        ([float("inf"), 1.0, 2.0, 3.0], 0.5, 1.0, 1 - (1 / 4) ** (2 - 1)),
+        ([float("-inf"), float("inf"), 0.0, 5.0], 1.0, 2.0, 1 - (2 / 4) ** (1 - 0.5)),
+        ([float("inf")] * 3, 0.5, 1.0, 0.0),
+    ],
+)
+def test_pq_index_of_infinite_weights_is_the_limit_not_nan(w, p, q, expected):
+    value = pq_index(torch.tensor(w), p, q)
+    assert math.isfinite(value) and value == pytest.approx(expected)
+    # The limit: one huge finite value behaves the same
+    finite = torch.tensor([1e300 if math.isinf(v) else v for v in w], dtype=torch.float64)
+    assert pq_index(finite, p, q) == pytest.approx(expected, abs=1e-6)

@@ -1,14 +1,17 @@
 import json
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from helpers import TinyNet, blobs
 from incop import prune
+from incop.cli import main
 from incop.outputs import read_metrics
 
 SETTINGS = ["--levels", "3", "--warmup-epochs", "3", "--max-epochs", "4", "--method", "incop-gf",
@@ -114,3 +117,135 @@ def test_nan_loss_ends_the_run_cleanly_keeping_the_previous_ticket(tmp_path):
     assert all(torch.isfinite(t).all() for t in ticket["state_dict"].values())
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [lv["stop_reason"] for lv in summary["levels"]][-1] == "diverged"
+
+
+# --- resume is exact or refuses -----------------------------------------------------------------
+
+QUICK = ["--levels", "2", "--warmup-epochs", "2", "--max-epochs", "2"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished run folder and a second run's folder with other settings (seed 1)."""
+    root = tmp_path_factory.mktemp("finished")
+    for name, seed in (("a", "0"), ("b", "1")):
+        assert main(["run", *QUICK, "--seed", seed, "--out", str(root / name)]) == 0
+    return root
+
+
+def damaged(finished, tmp_path, how):
+    run = tmp_path / "run"
+    shutil.copytree(finished / "a", run)
+    how(run)
+    return run
+
+
+DAMAGE = {
+    "empty config": (lambda r: (r / "config.yaml").write_text(""), "config.yaml"),
+    "truncated config": (
+        lambda r: (r / "config.yaml").write_text((r / "config.yaml").read_text()[:200]),
+        "config.yaml",
+    ),
+    "edited config": (
+        lambda r: (r / "config.yaml").write_text(
+            (r / "config.yaml").read_text().replace("lr: 0.01", "lr: 0.02")
+        ),
+        "config.yaml",
+    ),
+    "garbled checkpoint": (
+        lambda r: (r / "levels" / "1" / "checkpoint.pt").write_bytes(b"garbage"),
+        "levels/1/checkpoint.pt",
+    ),
+    "missing checkpoint": (
+        lambda r: (r / "levels" / "1" / "checkpoint.pt").unlink(),
+        "levels/1/checkpoint.pt",
+    ),
+    "deleted metrics": (lambda r: (r / "metrics.jsonl").unlink(), "metrics.jsonl"),
+    "truncated metrics": (
+        lambda r: (r / "metrics.jsonl").write_text(
+            "".join((r / "metrics.jsonl").read_text().splitlines(keepends=True)[:3])
+        ),
+        "metrics.jsonl",
+    ),
+    "garbage state": (lambda r: (r / "state.pt").write_bytes(b"\x80\x04garbage"), "state.pt"),
+}
+
+
+@pytest.mark.parametrize("case", DAMAGE)
+def test_resume_refuses_a_damaged_folder_naming_the_file(finished, tmp_path, capsys, case):
+    how, named = DAMAGE[case]
+    run = damaged(finished, tmp_path, how)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert main(["run", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err, err
+    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".incop.lock"}
+    assert after == {p: b for p, b in before.items() if p.name != ".incop.lock"}
+
+
+def test_resume_refuses_a_state_from_another_run(finished, tmp_path, capsys):
+    run = damaged(finished, tmp_path, lambda r: None)
+    shutil.copy(finished / "b" / "state.pt", run / "state.pt")
+    assert main(["run", "--resume", str(run)]) == 2
+    assert "state.pt" in capsys.readouterr().err
+
+
+def test_without_a_state_metrics_are_cut_back_and_the_run_starts_again(finished, tmp_path):
+    # A kill before the first state save (e.g. right after a comparison's shared warm-up
+    # records were logged) leaves metrics lines that no state accounts for.
+    run = damaged(finished, tmp_path, lambda r: (r / "state.pt").unlink())
+    assert main(["run", "--resume", str(run)]) == 0
+
+    def epochs(folder):
+        return [(r["level"], r["epoch"], r["val_accuracy"]) for r in read_metrics(folder)]
+
+    assert epochs(run / "metrics.jsonl") == epochs(finished / "a" / "metrics.jsonl")
+
+
+def test_resume_removes_leftovers_of_killed_writes(finished, tmp_path):
+    run = damaged(finished, tmp_path, lambda r: None)
+    leftovers = [run / ".state.pt.k1l2ed.tmp", run / "levels" / "1" / ".checkpoint.pt.ab12.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"x" * 1000)
+    assert main(["run", "--resume", str(run)]) == 0
+    assert not any(path.exists() for path in leftovers)
+
+
+def test_resume_with_another_thread_count_warns(finished, tmp_path):
+    run = damaged(finished, tmp_path, lambda r: None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        with pytest.warns(RuntimeWarning, match="threads"):
+            assert main(["run", "--resume", str(run)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert json.loads((run / "summary.json").read_text())["threads"] == threads + 1
+
+
+@pytest.mark.slow
+def test_a_comparison_killed_during_its_shared_warmup_resumes_from_the_last_epoch(tmp_path):
+    settings = ["--methods", "sap", "--seeds", "0", "--levels", "1", "--max-epochs", "1",
+                "--warmup-epochs", "6", "--batch-size", "8"]  # fmt: skip
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert main(["compare", *settings, "--out", str(whole)]) == 0
+    victim = incop("compare", *settings, "--out", str(killed))
+    metrics = killed / "warmup" / "seed-0" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (
+        metrics.exists() and len(read_metrics(metrics)) >= 2
+    ):
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert not (killed / "warmup" / "seed-0.pt").exists(), "the warm-up finished before the kill"
+    trained = len(read_metrics(metrics))
+    resumed = incop("compare", "--resume", str(killed))
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    assert trained >= 2
+    run = Path("sap") / "seed-0" / "metrics.jsonl"
+    a, b = (
+        [(r["level"], r["epoch"], r["val_accuracy"]) for r in read_metrics(f / run)]
+        for f in (whole, killed)
+    )
+    assert a == b and [e for lvl, e, _ in a if lvl == 0] == [1, 2, 3, 4, 5, 6]

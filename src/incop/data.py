@@ -345,6 +345,8 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
     if magic & 0xFF != ndim:
         raise DataError(f"{path}: IDX file has {magic & 0xFF} dimensions, expected {ndim}")
     shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
+    if 0 in shape:
+        raise DataError(f"{path}: the IDX header gives shape {shape}, which holds no item")
     size, available = math.prod(shape), len(raw) - header
     if available != size:
         problem = "shorter" if available < size else "longer"

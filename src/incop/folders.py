@@ -27,6 +27,8 @@ from pathlib import Path
 from incop.errors import StorageError, UserError
 
 LOCK_FILE = ".incop.lock"
+#: The lock of a folder and of every folder nested in it (a comparison's run folders).
+LOCK_PATTERN = r"(?:.+/)?\.incop\.lock"
 #: Temporary files of an interrupted atomic write (see :func:`incop.outputs.atomic_path`).
 TMP_PATTERN = r"(?:.+/)?\.[^/]+\.tmp"
 #: How many unexpected entries an error message names before summarising the rest.
@@ -52,7 +54,7 @@ class Layout:
         return Layout(self.files + other.files, self.dirs + other.dirs)
 
     def owns_file(self, relative: str) -> bool:
-        return any(re.fullmatch(p, relative) for p in (*self.files, LOCK_FILE, TMP_PATTERN))
+        return any(re.fullmatch(p, relative) for p in (*self.files, LOCK_PATTERN, TMP_PATTERN))
 
     def owns_dir(self, relative: str) -> bool:
         return any(re.fullmatch(p, relative) for p in self.dirs)
@@ -155,7 +157,8 @@ class OwnedFolder:
         self.kind = kind
         self.marker = marker
         self.lock: FolderLock | None = None
-        self.created = False
+        #: Folders this process made, deepest first: removed again when a start fails.
+        self.created: list[Path] = []
 
     def check(self) -> None:
         """Refuse, without touching the disk, a folder this mode may not take."""
@@ -198,11 +201,12 @@ class OwnedFolder:
         """Create the folder, take the lock, check again under it, and clear an earlier result
         (``overwrite``) or the leftovers of a killed write (``resume``)."""
         self.check()
-        self.created = not self.root.exists()
+        missing = [p for p in (self.root, *self.root.parents) if not p.exists()]
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError.from_os_error(exc, self.root, "creating") from None
+        self.created = missing
         self.lock = FolderLock(self.root)
         try:
             # Another process may have written between the first check and the lock.
@@ -212,7 +216,7 @@ class OwnedFolder:
             elif self.mode == "resume":
                 remove_tmp_files(self.root)
         except BaseException:
-            self.close(discard=self.created)
+            self.close(discard=bool(self.created))
             raise
 
     def close(self, *, discard: bool = False) -> None:
@@ -222,7 +226,11 @@ class OwnedFolder:
             clear(self.root, self.layout)
             if self.created and set(os.listdir(self.root)) <= {LOCK_FILE}:
                 (self.root / LOCK_FILE).unlink(missing_ok=True)
-                self.root.rmdir()
+                for folder in self.created:
+                    try:
+                        folder.rmdir()
+                    except OSError:  # something else was put there meanwhile: keep it
+                        break
         if self.lock is not None:
             self.lock.release()
             self.lock = None
