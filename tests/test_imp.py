@@ -91,11 +91,24 @@ def test_rewind_epoch_k_restores_weights_after_k_dense_epochs(tiny_data):
 def test_rewind_none_and_lr_keep_weights(tiny_model, tiny_data, mode):
     imp, result = _imp(tiny_model, tiny_data, rewind=mode, schedule="cosine")
     _assert_weights_are(tiny_model, imp.snapshots["dense"], result.masks)
-    # `none` carries the warm-up's optimiser (momentum) and schedule on; `lr` restarts both.
+    # `none` carries the warm-up's optimiser state (momentum) on; `lr` starts a fresh one.
     carried_state = any(imp.optimizer.state[p] for p in tiny_model.parameters())
     assert carried_state == (mode == "none")
-    restarted = imp.optimizer.param_groups[0]["lr"] == pytest.approx(0.01)
-    assert restarted == (mode == "lr")
+
+
+@pytest.mark.parametrize("rewind", ["none", "lr", "dense", "epoch:1"])
+def test_every_retraining_phase_runs_its_own_schedule_logging_the_rate_it_used(tmp_path, rewind):
+    x, y = blobs()
+    prune(TinyNet(), [(x, y)], [blobs(seed=1)], method="lth", levels=2, warmup_epochs=3,
+          max_epochs=4, rewind=rewind, schedule="cosine", lr=0.1, out=tmp_path)  # fmt: skip
+    cosine = [0.1 * (1 + torch.cos(torch.tensor(e * torch.pi / 4)).item()) / 2 for e in range(4)]
+    for level in (1, 2):
+        rates = [r["lr"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["level"] == level]
+        # epoch 0 (no training) shows the rate epoch 1 will use; epochs 1..4 the rate used
+        assert rates == pytest.approx([cosine[0], *cosine]), rates
+    dense = [r["lr"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["level"] == 0]
+    assert dense == pytest.approx([0.1 * (1 + torch.cos(torch.tensor(e * torch.pi / 3)).item()) / 2
+                                   for e in range(3)])  # fmt: skip
 
 
 def test_fixed_epochs_and_dense_reference_are_logged(tiny_model, tiny_data, tmp_path):

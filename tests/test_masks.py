@@ -81,3 +81,21 @@ def test_sparsity_report_counts_macs_from_nonzeros():
     assert report.compression == pytest.approx(468 / 450)
     assert report.macs_fraction == pytest.approx((18 * 36 + 432) / (36 * 36 + 432))
     assert "compression" in report.format()
+
+
+def test_macs_count_every_call_of_a_module():
+    class Twice(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.shared = torch.nn.Linear(10, 10)
+            self.head = torch.nn.Linear(10, 2)
+
+        def forward(self, x):
+            return self.head(self.shared(torch.relu(self.shared(x))))
+
+    model = Twice()
+    masks = full_masks(prunable_parameters(model))
+    report = sparsity_report(model, masks, torch.zeros(3, 10))
+    assert report.macs_dense == 2 * 100 + 20  # counted once per call: 120 before
+    masks["shared.weight"][:5] = False
+    assert sparsity_report(model, masks, torch.zeros(3, 10)).macs_pruned == 2 * 50 + 20

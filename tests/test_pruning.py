@@ -190,3 +190,38 @@ def test_pq_index_of_infinite_weights_is_the_limit_not_nan(w, p, q, expected):
     # The limit: one huge finite value behaves the same
     finite = torch.tensor([1e300 if math.isinf(v) else v for v in w], dtype=torch.float64)
     assert pq_index(finite, p, q) == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("pruner", [MagnitudePruner(rate=0.2), SAPPruner(p=0.5, q=1.0)])
+def test_global_pruning_that_must_keep_one_per_tensor_does_not_stall(pruner):
+    # The second tensor's three 0.5s and then the first tensor's weights are the smallest:
+    # keeping one weight per tensor must not cost the round its count.
+    weights = {
+        "a": torch.tensor([[1.0, 2, 3, 4, 5]]),
+        "b": torch.tensor([[0.5, 0.5, 0.5, 6, 7, 8, 9]]),
+    }
+    masks = full_masks(weights)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(12):
+        alive = count_alive(masks)
+        alive_weights = torch.cat([weights[n][masks[n]] for n in weights])
+        if isinstance(pruner, SAPPruner):
+            expected = pruner.count(alive_weights)
+        else:
+            expected = round(0.2 * alive)
+        masks = pruner(weights, masks, generator)
+        assert count_alive(masks) == alive - min(expected, alive - 2)
+        assert all(m.any() for m in masks.values())
+    assert count_alive(masks) == 2 or isinstance(pruner, SAPPruner)
+
+
+def test_the_stall_example_from_the_report_removes_weights_every_round():
+    weights = {
+        "a": torch.tensor([[1.0, 2, 3, 4, 5]]),
+        "b": torch.tensor([[0.5, 0.5, 0.5, 6, 7, 8, 9]]),
+    }
+    masks, left = full_masks(weights), []
+    for _ in range(6):
+        masks = MagnitudePruner(rate=0.2)(weights, masks, torch.Generator())
+        left.append(count_alive(masks))
+    assert left == [10, 8, 6, 5, 4, 3]  # today: 10, 8, 6, 5, 5, 5

@@ -202,6 +202,8 @@ class IMP:
         )
 
     def _train_one_epoch(self, clock: _Clock) -> dict[str, float]:
+        # The rate this epoch trains at: the scheduler steps at its end.
+        lr = self.optimizer.param_groups[0]["lr"]
         if hasattr(self.train_data, "set_epoch"):
             self.train_data.set_epoch(self.epoch_counter)
         self.epoch_counter += 1
@@ -215,7 +217,7 @@ class IMP:
                 device=self.device,
                 scheduler=self.scheduler,
             )
-        return {"train_loss": stats.loss, "train_accuracy": stats.accuracy}
+        return {"train_loss": stats.loss, "train_accuracy": stats.accuracy, "lr": lr}
 
     def _evaluate(self, clock: _Clock) -> dict[str, float]:
         with clock("eval"):
@@ -229,7 +231,8 @@ class IMP:
             "epoch": epoch,
             "remaining_fraction": remaining_fraction(self.masks),
             **record,
-            "lr": self.optimizer.param_groups[0]["lr"],
+            # Epoch 0 trains nothing: the rate epoch 1 will use.
+            "lr": record.get("lr", self.optimizer.param_groups[0]["lr"]),
             **{f"{k}_seconds": v for k, v in clock.seconds.items()},
         }
         self.writer.epoch(full)
@@ -326,9 +329,10 @@ class IMP:
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
         if state["optimizer"] is not None:
             self._fresh_optimizer()
-            self.optimizer.load_state_dict(state["optimizer"])
             epochs = c.warmup_epochs if state["phase"] == "warmup" else c.max_epochs
             self.scheduler = make_scheduler(self.optimizer, c.schedule, epochs)
+            # After the scheduler, which starts from the base rate: the saved rate wins.
+            self.optimizer.load_state_dict(state["optimizer"])
             if self.scheduler is not None:
                 self.scheduler.load_state_dict(state["scheduler"])
         if self.levels:
@@ -462,7 +466,7 @@ class IMP:
                 self.model.load_state_dict(self.snapshots[self.rewind.snapshot])
             if self.rewind.restart_optimizer or self.optimizer is None:
                 self._fresh_optimizer()
-                self.scheduler = make_scheduler(self.optimizer, c.schedule, c.max_epochs)
+            self.scheduler = make_scheduler(self.optimizer, c.schedule, c.max_epochs)
             self.enforcer.after_step(self.optimizer)
             self.record = {}
             epoch = 0

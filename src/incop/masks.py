@@ -231,7 +231,8 @@ def sparsity_report(model: nn.Module, masks: Masks, example_input: torch.Tensor)
 
         def record(_module, _inputs, output, name=name, out_features=weight.shape[0]):
             per_example = output[0].numel() if output.dim() > 0 else 1
-            positions[name] = max(per_example // out_features, 1)
+            # A module called several times per forward pass costs its MACs every time.
+            positions[name] = positions.get(name, 0) + max(per_example // out_features, 1)
 
         handles.append(module.register_forward_hook(record))
     was_training = model.training

@@ -84,10 +84,13 @@ def sap_prune_count(
 # --- ranking ----------------------------------------------------------------------------------
 
 
-def _remove_smallest(scores: torch.Tensor, alive: torch.Tensor, count: int) -> torch.Tensor:
-    """Mask with the ``count`` alive entries of smallest score removed (flattened, stable ties)."""
+def _remove_smallest(
+    scores: torch.Tensor, alive: torch.Tensor, keep: torch.Tensor, count: int
+) -> torch.Tensor:
+    """Mask with the ``count`` alive entries of smallest score removed, never one of ``keep``
+    (flattened, stable ties). Fewer are removed only when fewer candidates remain."""
     flat_alive = alive.flatten()
-    idx = flat_alive.nonzero().squeeze(1)
+    idx = (flat_alive & ~keep.flatten()).nonzero().squeeze(1)
     count = min(count, idx.numel())
     if count <= 0:
         return alive.clone()
@@ -97,37 +100,51 @@ def _remove_smallest(scores: torch.Tensor, alive: torch.Tensor, count: int) -> t
     return new.view_as(alive)
 
 
-def _keep_one_per_tensor(weights: Weights, old: Masks, new: Masks) -> Masks:
-    """A tensor that had alive weights keeps at least its largest one (METHOD.md edge case)."""
-    for name, mask in new.items():
-        if not mask.any() and old[name].any():
-            scores = weights[name].detach().abs().masked_fill(~old[name], -1.0)
-            mask.view(-1)[int(scores.flatten().argmax())] = True
-    return new
+def _largest_alive(weights: Weights, masks: Masks) -> Masks:
+    """For each tensor with alive weights, its largest alive |w| (METHOD.md: keep at least one
+    per tensor). It is taken out of the ranking before the cut, so a round that would empty a
+    tensor spends its full count on the other weights instead of stalling."""
+    keep: Masks = {}
+    for name, mask in masks.items():
+        keep[name] = torch.zeros_like(mask)
+        if mask.any():
+            scores = weights[name].detach().abs().masked_fill(~mask, -1.0)
+            keep[name].view(-1)[int(scores.flatten().argmax())] = True
+    return keep
 
 
-def _prune_global(scores: Weights, masks: Masks, count_for: Callable[[torch.Tensor], int]) -> Masks:
+def _prune_global(
+    scores: Weights, masks: Masks, keep: Masks, count_for: Callable[[torch.Tensor], int]
+) -> Masks:
     names = list(masks)
     flat_scores = torch.cat([scores[n].flatten() for n in names])
     flat_alive = torch.cat([masks[n].flatten() for n in names])
-    flat_new = _remove_smallest(flat_scores, flat_alive, count_for(flat_scores[flat_alive]))
+    flat_keep = torch.cat([keep[n].flatten() for n in names])
+    count = count_for(flat_scores[flat_alive])
+    flat_new = _remove_smallest(flat_scores, flat_alive, flat_keep, count)
     parts = torch.split(flat_new, [masks[n].numel() for n in names])
     return {n: part.view_as(masks[n]) for n, part in zip(names, parts, strict=True)}
 
 
 def _prune_each(
-    scores: Weights, masks: Masks, count_for: Callable[[torch.Tensor], int], rows: bool
+    scores: Weights,
+    masks: Masks,
+    keep: Masks,
+    count_for: Callable[[torch.Tensor], int],
+    rows: bool,
 ) -> Masks:
     new: Masks = {}
     for name, mask in masks.items():
         score = scores[name]
         if not rows:
-            new[name] = _remove_smallest(score, mask, count_for(score[mask]))
+            new[name] = _remove_smallest(score, mask, keep[name], count_for(score[mask]))
             continue
         # Neuron scope: one output unit = one row of a Linear weight, one filter of a Conv weight.
         rows_new = [
-            _remove_smallest(s, m, count_for(s[m]))
-            for s, m in zip(score.flatten(1), mask.flatten(1), strict=True)
+            _remove_smallest(s, m, k, count_for(s[m]))
+            for s, m, k in zip(
+                score.flatten(1), mask.flatten(1), keep[name].flatten(1), strict=True
+            )
         ]
         new[name] = torch.stack(rows_new).view_as(mask)
     return new
@@ -136,11 +153,10 @@ def _prune_each(
 def _prune(
     scores: Weights, weights: Weights, masks: Masks, scope: str, count_for: Callable
 ) -> Masks:
+    keep = _largest_alive(weights, masks)
     if scope == "global":
-        new = _prune_global(scores, masks, count_for)
-    else:
-        new = _prune_each(scores, masks, count_for, rows=scope == "neuron")
-    return _keep_one_per_tensor(weights, masks, new)
+        return _prune_global(scores, masks, keep, count_for)
+    return _prune_each(scores, masks, keep, count_for, rows=scope == "neuron")
 
 
 # --- pruners ----------------------------------------------------------------------------------

@@ -22,9 +22,17 @@ class Rewind:
     ``init``: back to the initial weights theta_0 (original LTH). ``epoch``
     (written ``epoch:K``): back to the weights after K dense epochs (stabilised
     LTH). ``dense``: back to the trained dense theta*. ``none``: keep the
-    weights and go on fine-tuning with the optimiser and schedule as they were.
-    ``lr``: keep the weights, restart optimiser and learning-rate schedule.
-    Biases and BatchNorm parameters and statistics follow the same choice.
+    weights and the optimiser's state (momentum, Adam moments). ``lr``: keep the
+    weights, start a fresh optimiser (learning-rate rewinding). Biases and
+    BatchNorm parameters and statistics follow the same choice.
+
+    Whatever the mode, every retraining phase runs a whole learning-rate schedule of
+    its own over ``max_epochs``, from the base rate: the modes differ in weights and
+    optimiser state, never in the schedule a level gets. So ``epoch:K`` also restarts
+    the schedule at its first epoch, where OpenLTH resumes its one long schedule at
+    step K: here a retraining phase is not the remainder of the dense run but a phase
+    as long as any other level's, which keeps levels and rewinding modes comparable.
+    With the default ``schedule: none`` the two agree.
     """
 
     mode: str

@@ -130,7 +130,12 @@ def make_scheduler(
     optimizer: torch.optim.Optimizer, name: str, epochs: int
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
     """Per-epoch learning-rate schedule over ``epochs`` epochs: ``none``, ``cosine`` or
-    ``step`` (x0.1 at 50% and 75% of the epochs)."""
+    ``step`` (x0.1 at 50% and 75% of the epochs).
+
+    The schedule starts from each group's base learning rate, also when ``optimizer`` was used
+    by an earlier phase (rewind ``none``): every phase runs a whole schedule of its own."""
+    for group in optimizer.param_groups:
+        group["lr"] = group.get("initial_lr", group["lr"])
     if name == "none":
         return None
     if name == "cosine":
