@@ -10,49 +10,82 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from incop.config import FIELD_NAMES, Config, field_type, load_yaml, resolve
+from incop.config import (
+    FIELD_HELP,
+    FIELD_NAMES,
+    WHERE_FIELDS,
+    Config,
+    choices,
+    default_value,
+    field_type,
+    load_yaml,
+    method_defaults,
+    resolve,
+)
 from incop.errors import StorageError, UserError
-
-# Flags named in the docs first; every other config field gets a flag of its own name too.
-_HELP = {
-    "method": "lth, random, sap, sap-acc, incop-if, incop-gf",
-    "preset": "named settings: paper-<vgg16|resnet18|resnet50>-<dataset>, cpu-small",
-    "model": "a registered model name (see `incop list`)",
-    "dataset": "digits (embedded), mnist, fashion-mnist, cifar10",
-    "data_dir": "folder with the dataset files (env INCOP_DATA_DIR)",
-    "levels": "pruning rounds after the dense warm-up",
-    "max_epochs": "cap E on retraining epochs per level",
-    "warmup_epochs": "dense training epochs before the first prune",
-    "out": "run folder (default runs/<time>-<method>-<dataset>-<model>)",
-}
+from incop.registry import closest
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+def field_help(name: str) -> str:
+    """A field's ``--help`` line: what it is, its default, its allowed values, and the value
+    each method sets where that differs."""
+    parts = [FIELD_HELP[name], f"default: {_shown(default_value(name))}"]
+    allowed = choices().get(name)
+    if allowed:
+        parts.append("allowed: " + ", ".join(allowed))
+    per_method = method_defaults(name)
+    if per_method:
+        parts.append("methods set: " + ", ".join(f"{m} {_shown(v)}" for m, v in per_method.items()))
+    # argparse formats help with %, so a literal one must be doubled.
+    return "; ".join(parts).replace("%", "%%")
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "none"
+    return str(value)
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
     parser.add_argument("--config", help="YAML file of settings; flags override it")
     parser.add_argument(
-        "--resume", metavar="DIR", help="continue the interrupted run in DIR from its last epoch"
+        "--resume",
+        metavar="DIR",
+        help="continue the interrupted run in DIR from its last epoch (only --data-dir and"
+        " --download may be given with it: they say where, not what)",
     )
     parser.add_argument(
-        "--overwrite", action="store_true", help="replace the run already in the --out folder"
+        "--overwrite", action="store_true", help="replace the earlier result in the --out folder"
     )
     for name in FIELD_NAMES:
+        if name in skip:
+            continue
         flag = "--" + name.replace("_", "-")
         kind = field_type(name)
-        help_text = _HELP.get(name, f"default: {Config.__dataclass_fields__[name].default!r}")
         if kind is bool:
             parser.add_argument(
-                flag, dest=name, action=argparse.BooleanOptionalAction, help=help_text
+                flag, dest=name, action=argparse.BooleanOptionalAction, help=field_help(name)
             )
         else:
             # Strings here; the config coerces and validates with messages naming the field.
             metavar = "A,B" if kind is list else kind.__name__.upper()
-            parser.add_argument(flag, dest=name, metavar=metavar, help=help_text)
+            parser.add_argument(flag, dest=name, metavar=metavar, help=field_help(name))
+
+
+class _Parser(argparse.ArgumentParser):
+    """No abbreviated options: ``--method`` must never silently mean ``--methods``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The settings the user gave: the YAML file, then the flags over it (unresolved)."""
     values = load_yaml(args.config) if args.config else {}
-    flags = {name: getattr(args, name) for name in FIELD_NAMES}
+    flags = {name: getattr(args, name, None) for name in FIELD_NAMES}
     return {**values, **{k: v for k, v in flags.items() if v is not None}}
 
 
@@ -71,24 +104,29 @@ def _mode(args: argparse.Namespace) -> str:
 
 
 def _saved(args: argparse.Namespace, file: str) -> dict[str, Any]:
-    """The settings saved in a run folder, for --resume (which takes no other settings)."""
-    given = [name for name, value in overrides_from_args(args).items() if value is not None]
-    if given:
+    """The settings saved in a run folder, for --resume, with the flags that say where the
+    data is (``--data-dir``, ``--download``) over them; any other setting is refused."""
+    given = overrides_from_args(args)
+    refused = [name for name in given if name not in WHERE_FIELDS or name == "out"]
+    if refused:
         raise UserError(
-            f"resume: continues the run as it was configured; remove {', '.join(given)}"
+            f"resume: continues the run as it was configured; remove {', '.join(refused)}"
+            " (only --data-dir and --download may change on resume)"
         )
     path = Path(args.resume) / file
     if not path.exists():
         raise UserError(f"resume: {args.resume!r} holds no {file}, so no run to continue")
     saved = load_yaml(path)
     expected = FIELD_NAMES if file == "config.yaml" else ["settings", "methods", "seeds"]
-    missing = [name for name in expected if name not in saved]
+    missing = [name for name in expected if name not in saved and name != "out"]
     if missing:
         raise UserError(
             f"resume: {path} is incomplete or corrupt (it lacks {', '.join(missing)});"
             " this run cannot be resumed"
         )
-    return saved
+    if file == "config.yaml":
+        return {**saved, **given}
+    return {**saved, "settings": {**saved["settings"], **given}}
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -175,18 +213,19 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="incop",
         description="Iterative magnitude pruning, fast: LTH, SAP and InCoP stopping rules.",
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     run = commands.add_parser("run", help="run one IMP experiment")
     _add_config_flags(run)
     run.set_defaults(handler=cmd_run)
     compare = commands.add_parser(
         "compare", help="run several methods on one config, several seeds; plots and a report"
     )
-    _add_config_flags(compare)
+    # --methods, not --method: each method of the comparison sets its own.
+    _add_config_flags(compare, skip=("method",))
     compare.add_argument(
         "--methods",
         default="lth,sap,sap-acc,incop-if,incop-gf",
@@ -203,9 +242,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unknown_options(parser: argparse.ArgumentParser, command: str | None, extra: list[str]) -> str:
+    """One line per unknown option, with the closest valid one of that command."""
+    chosen = parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            chosen = action.choices[command]
+    valid = [option for action in chosen._actions for option in action.option_strings]
+    options = [token.split("=", 1)[0] for token in extra if token.startswith("-")]
+    if not options:
+        return f"unexpected argument {extra[0]!r} for incop {command or ''}".rstrip()
+    where = f"incop {command}" if command else "incop"
+    return "\n".join(f"unknown option {o} for {where}{closest(o, valid)}" for o in options)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        print(f"incop: error: {_unknown_options(parser, args.command, extra)}", file=sys.stderr)
+        return 2
     if args.command is None:
         parser.print_help()
         return 2

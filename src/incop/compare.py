@@ -143,7 +143,9 @@ def run_comparison(
     failed = True
     try:
         if mode != "resume":
-            plan = {"settings": overrides, "methods": list(methods), "seeds": list(seeds)}
+            # The resolved (absolute) data folder, so --resume works from anywhere.
+            settings = {**overrides, "data_dir": first.data_dir} if first.data_dir else overrides
+            plan = {"settings": settings, "methods": list(methods), "seeds": list(seeds)}
             atomic_write_text(out / PLAN_FILE, yaml.safe_dump(plan, sort_keys=False))
         comparison = _compare(out, overrides, methods, seeds, first, dataset, progress, mode)
         failed = False

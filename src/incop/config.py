@@ -8,6 +8,7 @@ reproduces it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import types
@@ -23,7 +24,7 @@ from incop.errors import UserError
 from incop.flows import DISTANCES, FLOW_SUMMARIES
 from incop.pruning import PRUNERS, SCOPES_FIXED, SCOPES_SAP
 from incop.registry import Registry, closest
-from incop.rewind import Rewind
+from incop.rewind import REWIND_MODES, Rewind
 from incop.stopping import STOPPING_RULES, StoppingRule
 from incop.training import OPTIMIZERS, SCHEDULES
 
@@ -35,7 +36,7 @@ class Config:
     the chosen ``distance``."""
 
     # What to run
-    method: str = "sap"
+    method: str = "incop-gf"
     preset: str | None = None
     model: str = "mlp"
     dataset: str = "digits"
@@ -165,6 +166,95 @@ PRESETS.register("cpu-small")(
 # --- building and checking ----------------------------------------------------------------------
 
 FIELD_NAMES = [f.name for f in fields(Config)]
+
+#: One line per field for ``--help`` and the docs (units as in :class:`Config`).
+FIELD_HELP = {
+    "method": "named method: sets pruner, stop and their options (see `incop list`)",
+    "preset": "named settings for a whole experiment (the published protocol, cpu-small)",
+    "model": "registered model, or torchvision:<name> where torchvision is installed",
+    "dataset": "dataset; digits is embedded, the others read their standard files",
+    "data_dir": "folder with the dataset files (else $INCOP_DATA_DIR, else ~/.cache/incop/data)",
+    "download": "fetch missing dataset files and check their MD5 sums",
+    "seed": "fixes initial weights, data order, probe set and random pruning",
+    "device": "where to train",
+    "out": "run folder (default runs/<time>-<token>-<method>-<dataset>-<model>)",
+    "levels": "pruning rounds K after the dense warm-up",
+    "warmup_epochs": "dense training epochs before the first prune",
+    "max_epochs": "cap E on the retraining epochs of a level",
+    "min_epochs": "a stopping rule never stops a level before this many epochs (0: may stop "
+    "on the measurement right after rewinding)",
+    "batch_size": "training batch size",
+    "eval_batch_size": "batch size for evaluation and flow measurements",
+    "on_divergence": "after a level whose loss became NaN or infinite: go on, or stop the run",
+    "optimizer": "training optimiser",
+    "lr": "learning rate",
+    "momentum": "SGD momentum",
+    "nesterov": "Nesterov momentum for SGD",
+    "weight_decay": "L2 weight decay",
+    "schedule": "learning-rate schedule of each phase (warm-up, every retraining level)",
+    "pruner": "which weights to remove and how many",
+    "scope": "where weights compete: all together, per tensor, or (SAP) per output unit",
+    "rate": "fraction of the alive weights removed per level (lth, random)",
+    "p": "SAP's p (0 < p < q)",
+    "q": "SAP's q",
+    "eta_r": "SAP's eta_r >= 0 (larger prunes more)",
+    "gamma": "SAP's gamma > 0 (scales the pruned fraction)",
+    "beta": "SAP's beta in (0, 1): most it prunes in one level",
+    "include": "shell patterns of weights to prune instead of every Conv/Linear weight",
+    "exclude": "shell patterns of weights never to prune, e.g. fc3.weight",
+    "rewind": "where surviving weights go after a prune",
+    "stop": "stopping rule of a retraining phase",
+    "delta": "accuracy rule: stop once validation accuracy >= a* - delta (a fraction)",
+    "eps": "flow rules: stop once the flow distance < eps (units of the distance)",
+    "distance": "flow rules: how the flow is compared with the dense one",
+    "probe_size": "examples in the fixed probe set the flows are measured on",
+    "if_summary": "information flow: how each correlation matrix is summarised",
+    "if_skip": "information flow: module-name patterns left out (residual projections)",
+    "gf_normalize": "gradient flow: divide each layer's norm by its alive weights",
+}
+
+
+def default_value(name: str) -> Any:
+    """The global default of field ``name`` (before any method or preset)."""
+    spec = Config.__dataclass_fields__[name]
+    return (
+        spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
+    )
+
+
+def choices() -> dict[str, list[str]]:
+    """The allowed values of every enumerated field (``scope``: ``neuron`` is for SAP only)."""
+    from incop.data import DATASETS
+    from incop.models import MODELS
+
+    return {
+        "method": METHODS.names(),
+        "preset": PRESETS.names(),
+        "model": [*MODELS.names(), "torchvision:<name>"],
+        "dataset": DATASETS.names(),
+        "device": ["auto", "cpu", "cuda", "cuda:N", "mps"],
+        "on_divergence": ["continue", "stop"],
+        "optimizer": list(OPTIMIZERS),
+        "schedule": list(SCHEDULES),
+        "pruner": PRUNERS.names(),
+        "scope": list(SCOPES_SAP),
+        "rewind": list(REWIND_MODES),
+        "stop": STOPPING_RULES.names(),
+        "distance": list(DISTANCES),
+        "if_summary": list(FLOW_SUMMARIES),
+    }
+
+
+def method_defaults(name: str) -> dict[str, Any]:
+    """Method -> its own value of field ``name``, where it differs from the global default."""
+    default = default_value(name)
+    return {
+        method: values[name]
+        for method in METHODS.names()
+        if name in (values := METHODS.get(method)) and values[name] != default
+    }
+
+
 #: Seeds seed torch's generators and, mixed with the epoch, the data order; kept to 32 bits.
 MAX_SEED = 2**32 - 1
 #: Training runs in float32: a larger learning rate or coefficient cannot even be represented.
@@ -284,6 +374,9 @@ def resolve(*layers: dict[str, Any]) -> Config:
     # Every problem is reported at once: the valid values are checked too, with defaults
     # standing in for the ones that could not be read.
     config = Config(**{**method_values, **preset_values, **values})
+    if config.data_dir is not None:
+        # Saved with the run: absolute, so the config works from any working directory.
+        config.data_dir = str(Path(config.data_dir).expanduser().absolute())
     try:
         validate(config)
     except UserError as exc:
@@ -314,7 +407,6 @@ def validate(config: Config) -> None:
                 f" allowed: {', '.join(valid)}"
             )
 
-    from incop.data import DATASETS
     from incop.models import MODELS
 
     for f in fields(Config):
@@ -322,18 +414,18 @@ def validate(config: Config) -> None:
         if field_type(f.name) is float and not (math.isfinite(value) and abs(value) <= FLOAT_MAX):
             bad(f.name, f"must be a finite number of at most {FLOAT_MAX:.3g} (float32's range)")
 
-    name_in("method", METHODS.names())
+    allowed = choices()
+    for name in ("method", "dataset", "pruner", "stop", "optimizer", "schedule", "distance",
+                 "if_summary", "on_divergence"):  # fmt: skip
+        name_in(name, allowed[name])
     if not str(c.model).startswith("torchvision:"):
         name_in("model", MODELS.names())
-    name_in("dataset", DATASETS.names())
-    name_in("pruner", PRUNERS.names())
-    name_in("stop", STOPPING_RULES.names())
-    name_in("optimizer", OPTIMIZERS)
-    name_in("schedule", SCHEDULES)
-    name_in("distance", DISTANCES)
-    name_in("if_summary", FLOW_SUMMARIES)
-    name_in("on_divergence", ("continue", "stop"))
     name_in("scope", SCOPES_SAP if c.pruner == "sap" else SCOPES_FIXED)
+    if c.if_skip != default_value("if_skip") and c.stop != "if":
+        problems.append(
+            f"if_skip: {c.if_skip!r} would be ignored: only the information-flow rule (stop: if)"
+            f" uses it, and this run stops with {c.stop!r}"
+        )
     for name in ("levels", "warmup_epochs", "max_epochs", "min_epochs"):
         if getattr(c, name) < 0:
             bad(name, "must be >= 0")
@@ -399,5 +491,13 @@ def check_device(name: str) -> str | None:
     return allowed
 
 
+#: Fields that say where a run reads and writes, not what it computes: a resumed run may
+#: change them (data moves between machines), and ``config.yaml`` leaves ``out`` out so
+#: that ``incop run --config <run>/config.yaml --out NEW`` reproduces the run anywhere.
+WHERE_FIELDS = ("out", "data_dir", "download")
+
+
 def to_yaml(config: Config) -> str:
-    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+    """``config.yaml``: every field but ``out``."""
+    values = {k: v for k, v in config.to_dict().items() if k != "out"}
+    return yaml.safe_dump(values, sort_keys=False)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from incop.config import METHODS, Config, resolve, to_yaml
+from incop.config import METHODS, WHERE_FIELDS, Config, default_value, resolve, to_yaml
 from incop.errors import UserError
 from incop.masks import (
     MaskEnforcer,
@@ -31,6 +31,7 @@ from incop.masks import (
     prunable_parameters,
     remaining_fraction,
     sparsity_report,
+    unmatched_layer_patterns,
     unmatched_patterns,
 )
 from incop.outputs import NullWriter, RunWriter
@@ -295,9 +296,9 @@ class IMP:
 
     def _restore(self, state: dict[str, Any]) -> None:
         c = self.config
-        # The folder may have moved since, so where it is does not count.
-        saved = {k: v for k, v in state["config"].items() if k != "out"}
-        here = {k: v for k, v in c.to_dict().items() if k != "out"}
+        # Where the folder and the data are does not count: they may have moved since.
+        saved = {k: v for k, v in state["config"].items() if k not in WHERE_FIELDS}
+        here = {k: v for k, v in c.to_dict().items() if k not in WHERE_FIELDS}
         if saved != here:
             changed = ", ".join(
                 f"{k}: {saved.get(k)!r} saved, {here.get(k)!r} now"
@@ -511,6 +512,8 @@ class IMP:
             self.device,
         )
         unmatched = unmatched_patterns(self.model, c.include, c.exclude)
+        if c.stop == "if" and c.if_skip != default_value("if_skip"):
+            unmatched += unmatched_layer_patterns(self.model, c.if_skip, c.include, c.exclude)
         if unmatched:
             raise UserError("\n".join(unmatched))
         self.params = prunable_parameters(self.model, c.include, c.exclude)

@@ -57,6 +57,16 @@ def _weight_names(model: nn.Module) -> list[str]:
     return list(prunable_modules(model, include=["*"]))
 
 
+def _unmatched(option: str, patterns: Sequence[str], names: list[str], noun: str) -> list[str]:
+    return [
+        f"{option}: pattern {pattern!r} matches no {noun}{closest(pattern, names)};"
+        f" the model's are: {', '.join(names[:8])}"
+        + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        for pattern in patterns
+        if not any(_matches(name, [pattern]) for name in names)
+    ]
+
+
 def unmatched_patterns(
     model: nn.Module,
     include: Sequence[str] | None = None,
@@ -65,19 +75,20 @@ def unmatched_patterns(
     """One message per ``include`` pattern matching no weight of ``model`` and per ``exclude``
     pattern matching no weight ``include`` chose: a typo there would silently prune (or keep)
     something else, so the loop refuses it."""
-    problems = []
-    for option, patterns, names in (
-        ("include", include or [], _weight_names(model)),
-        ("exclude", exclude or [], list(prunable_modules(model, include))),
-    ):
-        for pattern in patterns:
-            if not any(_matches(name, [pattern]) for name in names):
-                problems.append(
-                    f"{option}: pattern {pattern!r} matches no weight{closest(pattern, names)};"
-                    f" the model's are: {', '.join(names[:8])}"
-                    + (f" and {len(names) - 8} more" if len(names) > 8 else "")
-                )
-    return problems
+    return _unmatched("include", include or [], _weight_names(model), "weight") + _unmatched(
+        "exclude", exclude or [], list(prunable_modules(model, include)), "weight"
+    )
+
+
+def unmatched_layer_patterns(
+    model: nn.Module,
+    skip: Sequence[str],
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+) -> list[str]:
+    """One message per ``if_skip`` pattern matching no prunable layer's module name."""
+    layers = [name.rpartition(".")[0] for name in prunable_modules(model, include, exclude)]
+    return _unmatched("if_skip", skip, layers, "prunable layer")
 
 
 def prunable_parameters(
