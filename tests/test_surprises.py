@@ -116,3 +116,33 @@ def test_help_shows_real_defaults_choices_and_per_method_values(capsys):
     assert "default: 0.1" in eps and "incop-if 0.02" in eps and "incop-gf 0.2" in eps
     distance = text.split("--distance STR", 1)[1].split(" --", 1)[0]
     assert "incop-gf relative" in distance
+
+
+@pytest.mark.parametrize("method", ["incop-gf", "sap-acc", "sap"])
+def test_the_progress_total_is_the_epochs_that_ran(method, tmp_path):
+    from helpers import TinyNet, blobs
+    from incop.config import resolve
+    from incop.imp import IMP
+    from incop.outputs import RunWriter
+
+    x, y = blobs()
+    config = resolve({"method": method, "levels": 3, "warmup_epochs": 2, "max_epochs": 6,
+                      "probe_size": 64, "eps": 0.5})  # fmt: skip
+    imp = IMP(config, TinyNet(), [(x, y)], [blobs(seed=1)], writer=RunWriter(tmp_path))
+    result = imp.run()
+    ran = sum(level.epochs for level in result.levels)
+    assert imp.bar.total == imp.bar.done == ran
+    if method != "sap":
+        assert ran < 2 + 3 * 6, "no level stopped early: the test shows nothing"
+
+
+def test_compare_shows_the_shared_warmup_and_the_table_explains_stops(tmp_path, capsys):
+    flags = ["--levels", "1", "--warmup-epochs", "2", "--max-epochs", "2"]
+    assert (
+        main(["compare", "--methods", "sap", "--seeds", "0", *flags, "--out", str(tmp_path / "c")])
+        == 0
+    )
+    assert "warm-up" in capsys.readouterr().err
+    assert main(["run", *flags, "--method", "sap", "--out", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "stop:\n  warmup    the dense network" in out and "cap       retrained the full" in out

@@ -19,7 +19,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from incop.config import METHODS, WHERE_FIELDS, Config, default_value, resolve, to_yaml
 from incop.errors import UserError
@@ -35,9 +34,10 @@ from incop.masks import (
     unmatched_patterns,
 )
 from incop.outputs import NullWriter, RunWriter
+from incop.progress import Progress
 from incop.rewind import snapshot
 from incop.sources import BatchSource, check_sources, make_probe
-from incop.stopping import Reference
+from incop.stopping import STOP_REASONS, Reference
 from incop.training import (
     DivergenceError,
     LossFn,
@@ -110,6 +110,8 @@ class Result:
                 f" {r.val_accuracy:>8.2%} {r.train_seconds:>8.1f} {r.eval_seconds:>7.1f}"
                 f" {r.flow_seconds:>7.1f}  {r.stop_reason}"
             )
+        reasons = dict.fromkeys(r.stop_reason for r in self.levels)
+        rows += ["", "stop:"] + [f"  {why:<9} {STOP_REASONS.get(why, '')}" for why in reasons]
         return "\n".join(rows)
 
 
@@ -237,8 +239,7 @@ class IMP:
             **{f"{k}_seconds": v for k, v in clock.seconds.items()},
         }
         self.writer.epoch(full)
-        if self.bar is not None:
-            self.bar.set_postfix(level=level, acc=f"{full.get('val_accuracy', 0):.3f}")
+        self.bar.show(level=level, acc=f"{full.get('val_accuracy', 0):.3f}")
         return full
 
     def _finish_level(
@@ -261,6 +262,11 @@ class IMP:
         self.writer.level(level, self.model.state_dict(), self.masks)
         self.level_masks.append({k: v.clone() for k, v in self.masks.items()})
         self.levels.append(result)
+        self.bar.settle(self._planned(level), epochs)
+
+    def _planned(self, level: int) -> int:
+        """The most epochs ``level`` can take."""
+        return self.config.warmup_epochs if level == 0 else self.config.max_epochs
 
     # --- resume state -------------------------------------------------------------------------
 
@@ -411,11 +417,10 @@ class IMP:
                     ) from None
                 self._recover(exc, last_good)
                 diverged = True
-                self._tick(c.warmup_epochs - epoch + 1)
                 break
             trained = epoch
             records.append(self._log(0, epoch, clock, record))
-            self._tick()
+            self.bar.advance()
             if self.best is None or record["val_accuracy"] > self.best["val_accuracy"]:
                 self.best = record
                 self.snapshots["dense"] = snapshot(self.model)
@@ -484,18 +489,14 @@ class IMP:
                 self.record = record
                 reason = self.rule.decide(epoch, record["val_accuracy"], record.get("distance"))
                 self._log(level, epoch, clock, record)
-            if epoch > 0 or reason == "diverged":
-                self._tick()
+                if epoch > 0:
+                    self.bar.advance()
             if reason is not None:
                 self._finish_level(level, epoch, clock, self.record, reason)
                 self._save_state("done", level, epoch, clock)
                 return
             self._save_state("retrain", level, epoch, clock)
             epoch += 1
-
-    def _tick(self, epochs: int = 1) -> None:
-        if self.bar is not None:
-            self.bar.update(epochs)
 
     def setup(self) -> None:
         """Seed, check the data, find the prunable weights, build the parts and the probe set.
@@ -533,7 +534,7 @@ class IMP:
         self.best: dict[str, Any] | None = None
         self.optimizer = self.scheduler = None
         self.record: dict[str, Any] = {}
-        self.bar = None
+        self.bar = Progress(0)
         self.probe = None
         if self.rule.needs_probe:
             self.probe = [
@@ -564,7 +565,14 @@ class IMP:
         ``resume``: go on from the writer's saved state, if there is one."""
         self.setup()
         with self._writing(resume) as state:
-            return self.train_dense(state)
+            done = state["epoch"] if state is not None else 0
+            self.bar = Progress(
+                self.config.warmup_epochs, done=done, enabled=self.progress, desc="warm-up"
+            )
+            try:
+                return self.train_dense(state)
+            finally:
+                self.bar.close()
 
     def run(self, warmup: WarmUp | None = None, *, resume: bool = False) -> Result:
         """Run every level and return the result.
@@ -579,17 +587,20 @@ class IMP:
 
     def _levels(self, warmup: WarmUp | None, state: dict[str, Any] | None) -> Result:
         c = self.config
-        if self.progress:
-            done = sum(lv.epochs for lv in self.levels) + (state or {}).get("epoch", 0)
-            total = c.warmup_epochs + c.levels * c.max_epochs
-            self.bar = tqdm(total=total, initial=done, unit="epoch", desc="IMP", leave=False)
+        within = state["epoch"] if state is not None and state["phase"] != "done" else 0
+        unused = sum(self._planned(lv.level) - lv.epochs for lv in self.levels)
+        self.bar = Progress(
+            c.warmup_epochs + c.levels * c.max_epochs - unused,
+            done=sum(lv.epochs for lv in self.levels) + within,
+            enabled=self.progress,
+        )
         try:
             if not self.levels:
                 if warmup is None:
                     warmup = self.train_dense(state)
                     self.level_zero(warmup)
                 else:
-                    self._tick(c.warmup_epochs)
+                    self.bar.advance(warmup.epochs)
                     self.level_zero(warmup, shared=True)
                 self._save_state("done", 0, c.warmup_epochs, _Clock(self.device))
             while len(self.levels) <= c.levels and not self._should_end():
@@ -599,8 +610,7 @@ class IMP:
                 )
                 self.retrain_level(level, state if within else None)
         finally:
-            if self.bar is not None:
-                self.bar.close()
+            self.bar.close()
         result = Result(
             levels=self.levels,
             masks={k: v.clone() for k, v in self.masks.items()},

@@ -22,6 +22,15 @@ from incop.flows import flow_distance, gradient_flow, information_flow
 from incop.masks import Masks
 from incop.registry import Registry
 
+#: Why a level ended, as recorded in ``stop_reason`` and explained under the level table.
+STOP_REASONS = {
+    "warmup": "the dense network (level 0), trained warmup_epochs",
+    "cap": "retrained the full max_epochs (E)",
+    "accuracy": "validation accuracy reached the dense network's a* (minus delta)",
+    "flow": "the flow distance fell below eps",
+    "diverged": "the loss became NaN or infinite; the last good epoch's weights were kept",
+}
+
 
 @dataclass
 class Reference:
