@@ -5,6 +5,13 @@ from helpers import TinyNet, blobs
 from incop.data import Batches
 
 
+@pytest.fixture(autouse=True)
+def _work_in_a_temporary_folder(tmp_path, monkeypatch):
+    """Anything a test writes to a relative path (a default runs/ folder) lands in its own
+    temporary folder, never in the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def tiny_data():
     x, y = blobs()

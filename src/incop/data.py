@@ -4,8 +4,8 @@ Every dataset loads to a :class:`Dataset`: float32 images of shape (N, C, H, W),
 channel with the train split's mean and standard deviation (so train pixels have mean 0 and
 standard deviation 1 per channel), and int64 class labels of shape (N,).
 
-Datasets are looked up by name in :data:`DATASETS`. ``digits`` (scikit-learn's bundled 8x8 digits)
-needs no files. ``mnist``, ``fashion-mnist`` and ``cifar10`` read the files of their standard
+Datasets are looked up by name in :data:`DATASETS`. ``digits`` (the 8x8 digits scikit-learn
+bundles, shipped inside this package) needs no files. ``mnist``, ``fashion-mnist`` and ``cifar10`` read the files of their standard
 distributions from a data directory: the ``data_dir`` argument, else the ``INCOP_DATA_DIR``
 environment variable, else ``~/.cache/incop/data``. With ``download=True`` missing files are
 fetched from the canonical sources and checked against their published MD5 sums.
@@ -198,20 +198,27 @@ def _to_dataset(
     )
 
 
+#: The 8x8 digits shipped inside the package (provenance: embedded/README.md) and the SHA-256
+#: of that file, checked on every load.
+DIGITS_FILE = Path(__file__).parent / "embedded" / "digits.npz"
+DIGITS_SHA256 = "afeff255a47165fe70d4cac161b706df47ca17e411a71ac94f90c070b14d52bd"
+
+
 @DATASETS.register("digits")
 def _load_digits(data_dir: Path | None, download: bool) -> Dataset:
-    """scikit-learn's 1797 8x8 digits, pixels 0..16, with a fixed stratified 80/20 split."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    """The 1797 8x8 digits (pixels 0..16) with a fixed stratified 80/20 split (1437 / 360).
 
-    digits = load_digits()
-    x = digits.data.reshape(-1, 1, 8, 8)
-    # The split is part of the dataset's definition, so it ignores the run's seed.
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, digits.target, test_size=0.2, stratify=digits.target, random_state=0
-    )
+    The images, labels and split are those of scikit-learn's ``load_digits`` and
+    ``train_test_split(test_size=0.2, stratify=labels, random_state=0)``, stored once in the
+    package, so neither scikit-learn nor a download is needed. The split is part of the
+    dataset's definition, so it ignores the run's seed."""
+    if hashlib.sha256(DIGITS_FILE.read_bytes()).hexdigest() != DIGITS_SHA256:
+        raise DataError(f"{DIGITS_FILE}: does not match its checksum; reinstall incop")
+    with np.load(DIGITS_FILE) as arrays:
+        x, y = arrays["images"][:, None], arrays["labels"]
+        train, test = arrays["train"], arrays["test"]
     info = DatasetInfo("digits", channels=1, image_size=8, num_classes=10)
-    return _to_dataset(info, "digits", (x_train, y_train), (x_test, y_test), scale=16)
+    return _to_dataset(info, "digits", (x[train], y[train]), (x[test], y[test]), scale=16)
 
 
 # --- files and downloads ---------------------------------------------------------------------
