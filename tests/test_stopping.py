@@ -14,7 +14,7 @@ from incop.stopping import (
 
 def first_stop(rule, accuracies, distances=None):
     """The epoch at which ``rule`` stops on scripted per-epoch metrics (index = epoch)."""
-    rule.dense_accuracy = 0.9
+    rule.target = 0.9
     distances = distances or [None] * len(accuracies)
     for epoch, (acc, dist) in enumerate(zip(accuracies, distances, strict=True)):
         reason = rule.decide(epoch, acc, dist)
@@ -61,7 +61,7 @@ class ScriptedFlow(FlowRule):
 def test_flow_rule_measures_distance_to_the_reference_flow():
     rule = ScriptedFlow(max_epochs=5, eps=0.5, distance="l2")
     rule.script = [torch.tensor([1.0, 1.0]), torch.tensor([1.0, 3.0]), torch.tensor([1.3, 1.4])]
-    rule.prepare(Reference(model=None, masks={}, accuracy=0.9, probe=[]))
+    rule.prepare(Reference(model=None, masks={}, score=0.9, probe=[]))
     assert rule.measure(None, {}) == pytest.approx(2.0)
     assert rule.measure(None, {}) == pytest.approx(0.5)
     assert rule.decide(1, 0.1, 0.5) is None and rule.decide(1, 0.1, 0.49) == "flow"

@@ -22,6 +22,7 @@ import yaml
 
 from incop.errors import UserError
 from incop.flows import DISTANCES, FLOW_SUMMARIES
+from incop.metrics import CALLABLE_PREFIX, METRICS
 from incop.pruning import PRUNERS, SCOPES_FIXED, SCOPES_SAP
 from incop.registry import Registry, closest
 from incop.rewind import REWIND_MODES, Rewind
@@ -53,6 +54,7 @@ class Config:
     # Training
     batch_size: int = 64
     eval_batch_size: int = 1000
+    metric: str = "accuracy"
     on_divergence: str = "continue"
     optimizer: str = "sgd"
     lr: float = 0.01
@@ -185,6 +187,8 @@ FIELD_HELP = {
     "on the measurement right after rewinding)",
     "batch_size": "training batch size",
     "eval_batch_size": "batch size for evaluation and flow measurements",
+    "metric": "the validation number every decision reads (best dense epoch, accuracy rule,"
+    " flow rules' accuracy clause); loss suits any task, accuracy classification",
     "on_divergence": "after a level whose loss became NaN or infinite: go on, or stop the run",
     "optimizer": "training optimiser",
     "lr": "learning rate",
@@ -233,6 +237,7 @@ def choices() -> dict[str, list[str]]:
         "model": [*MODELS.names(), "torchvision:<name>"],
         "dataset": DATASETS.names(),
         "device": ["auto", "cpu", "cuda", "cuda:N", "mps"],
+        "metric": list(METRICS),
         "on_divergence": ["continue", "stop"],
         "optimizer": list(OPTIMIZERS),
         "schedule": list(SCHEDULES),
@@ -421,6 +426,8 @@ def validate(config: Config) -> None:
     if not str(c.model).startswith("torchvision:"):
         name_in("model", MODELS.names())
     name_in("scope", SCOPES_SAP if c.pruner == "sap" else SCOPES_FIXED)
+    if not str(c.metric).startswith(CALLABLE_PREFIX):
+        name_in("metric", METRICS)
     if c.if_skip != default_value("if_skip") and c.stop != "if":
         problems.append(
             f"if_skip: {c.if_skip!r} would be ignored: only the information-flow rule (stop: if)"

@@ -5,10 +5,11 @@ channel with the train split's mean and standard deviation (so train pixels have
 standard deviation 1 per channel), and int64 class labels of shape (N,).
 
 Datasets are looked up by name in :data:`DATASETS`. ``digits`` (the 8x8 digits scikit-learn
-bundles, shipped inside this package) needs no files. ``mnist``, ``fashion-mnist`` and ``cifar10`` read the files of their standard
-distributions from a data directory: the ``data_dir`` argument, else the ``INCOP_DATA_DIR``
-environment variable, else ``~/.cache/incop/data``. With ``download=True`` missing files are
-fetched from the canonical sources and checked against their published MD5 sums.
+bundles, shipped inside this package) needs no files. ``mnist``, ``fashion-mnist`` and
+``cifar10`` read the files of their standard distributions from a data directory: the
+``data_dir`` argument, else the ``INCOP_DATA_DIR`` environment variable, else
+``~/.cache/incop/data``. With ``download=True`` missing files are fetched from the canonical
+sources and checked against their published MD5 sums.
 """
 
 from __future__ import annotations

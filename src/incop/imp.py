@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -33,10 +33,11 @@ from incop.masks import (
     unmatched_layer_patterns,
     unmatched_patterns,
 )
+from incop.metrics import Metric, MetricFn
 from incop.outputs import NullWriter, RunWriter
 from incop.progress import Progress
 from incop.rewind import snapshot
-from incop.sources import BatchSource, check_sources, make_probe
+from incop.sources import BatchSource, MappedSource, check_sources, make_probe
 from incop.stopping import STOP_REASONS, Reference
 from incop.training import (
     DivergenceError,
@@ -50,7 +51,9 @@ from incop.training import (
 
 @dataclass
 class LevelResult:
-    """One level (0 = the dense network). Seconds are wall-clock; accuracy a fraction in [0, 1].
+    """One level (0 = the dense network). Seconds are wall-clock; accuracy a fraction in [0, 1]
+    (None when the task is not classification); ``val_metric``: the run's metric, the number
+    its decisions read.
 
     Fields are readable as attributes or keys (``level.val_accuracy`` or ``level["val_accuracy"]``).
     """
@@ -58,7 +61,7 @@ class LevelResult:
     level: int
     remaining_fraction: float
     epochs: int
-    val_accuracy: float
+    val_accuracy: float | None
     val_loss: float
     train_seconds: float
     eval_seconds: float
@@ -66,6 +69,7 @@ class LevelResult:
     stop_reason: str
     macs_fraction: float
     distance: float | None = None
+    val_metric: float | None = None
 
     def __getitem__(self, key: str) -> Any:
         return getattr(self, key)
@@ -78,20 +82,22 @@ class LevelResult:
 class Result:
     """What :func:`prune` returns. ``masks``: the final ticket's masks, parameter name -> bool
     tensor; ``level_masks[k]``: level k's masks; ``sparsity``: the final ticket's per-layer
-    sparsity, compression and MACs."""
+    sparsity, compression and MACs; ``dense_metric``: the metric of theta* (a*)."""
 
     levels: list[LevelResult]
     masks: Masks
-    dense_accuracy: float
+    dense_accuracy: float | None
     config: Config
     level_masks: list[Masks] = field(default_factory=list)
     sparsity: SparsityReport | None = None
+    dense_metric: float | None = None
 
     def summary(self) -> dict[str, Any]:
         """The content of ``summary.json``."""
         return {
             "levels": [level.to_dict() for level in self.levels],
             "dense_accuracy": self.dense_accuracy,
+            "dense_metric": self.dense_metric,
             "config": self.config.to_dict(),
             # Results are bitwise reproducible only at the same thread count (README, "Trust").
             "threads": torch.get_num_threads(),
@@ -99,15 +105,20 @@ class Result:
 
     def table(self) -> str:
         """The level table printed at the end of a run."""
+        metric = self.config.metric
+        # The metric that decided gets a column of its own unless it is the accuracy.
+        extra = "" if metric == "accuracy" else f" {('val ' + metric)[:12]:>12}"
         head = (
-            f"{'level':>5} {'remaining':>9} {'MACs':>7} {'epochs':>6} {'val acc':>8}"
+            f"{'level':>5} {'remaining':>9} {'MACs':>7} {'epochs':>6} {'val acc':>8}{extra}"
             f" {'train s':>8} {'eval s':>7} {'flow s':>7}  stop"
         )
         rows = [head, "-" * len(head)]
         for r in self.levels:
+            acc = f"{r.val_accuracy:>8.2%}" if r.val_accuracy is not None else f"{'-':>8}"
+            value = "" if metric == "accuracy" else f" {r.val_metric:>12.6g}"
             rows.append(
                 f"{r.level:>5} {r.remaining_fraction:>9.2%} {r.macs_fraction:>7.1%} {r.epochs:>6}"
-                f" {r.val_accuracy:>8.2%} {r.train_seconds:>8.1f} {r.eval_seconds:>7.1f}"
+                f" {acc}{value} {r.train_seconds:>8.1f} {r.eval_seconds:>7.1f}"
                 f" {r.flow_seconds:>7.1f}  {r.stop_reason}"
             )
         reasons = dict.fromkeys(r.stop_reason for r in self.levels)
@@ -180,12 +191,14 @@ class IMP:
         loss_fn: LossFn = F.cross_entropy,
         writer: NullWriter | None = None,
         progress: bool = False,
+        metric: Metric | None = None,
     ) -> None:
         self.config = config
         self.model = model
         self.train_data = train_data
         self.val_data = val_data
         self.loss_fn = loss_fn
+        self.metric = metric or Metric.named(config.metric)
         self.writer = writer or NullWriter()
         self.progress = progress
         self.device = resolve_device(config.device)
@@ -224,8 +237,15 @@ class IMP:
 
     def _evaluate(self, clock: _Clock) -> dict[str, float]:
         with clock("eval"):
-            stats = evaluate(self.model, self.val_data, loss_fn=self.loss_fn, device=self.device)
-        return {"val_loss": stats.loss, "val_accuracy": stats.accuracy}
+            stats = evaluate(
+                self.model,
+                self.val_data,
+                loss_fn=self.loss_fn,
+                device=self.device,
+                metric_fn=self.metric.fn,
+            )
+        value = self.metric.value(stats.loss, stats.accuracy, stats.custom)
+        return {"val_loss": stats.loss, "val_accuracy": stats.accuracy, "val_metric": value}
 
     def _log(self, level: int, epoch: int, clock: _Clock, record: dict[str, Any]) -> dict[str, Any]:
         """Write the full epoch record and return it."""
@@ -239,7 +259,7 @@ class IMP:
             **{f"{k}_seconds": v for k, v in clock.seconds.items()},
         }
         self.writer.epoch(full)
-        self.bar.show(level=level, acc=f"{full.get('val_accuracy', 0):.3f}")
+        self.bar.show(level=level, **{self.metric.name[:8]: f"{full['val_metric']:.4g}"})
         return full
 
     def _finish_level(
@@ -251,6 +271,7 @@ class IMP:
             remaining_fraction=report.remaining_fraction,
             epochs=epochs,
             val_accuracy=last["val_accuracy"],
+            val_metric=last["val_metric"],
             val_loss=last["val_loss"],
             train_seconds=clock.seconds["train"],
             eval_seconds=clock.seconds["eval"],
@@ -263,6 +284,10 @@ class IMP:
         self.level_masks.append({k: v.clone() for k, v in self.masks.items()})
         self.levels.append(result)
         self.bar.settle(self._planned(level), epochs)
+
+    def _score(self, record: dict[str, Any]) -> float:
+        """The record's validation metric, higher is better: what every decision compares."""
+        return self.metric.score(record["val_metric"])
 
     def _planned(self, level: int) -> int:
         """The most epochs ``level`` can take."""
@@ -344,7 +369,9 @@ class IMP:
                 self.scheduler.load_state_dict(state["scheduler"])
         if self.levels:
             self.dense_accuracy = self.levels[0].val_accuracy
-            reference = Reference(self.model, self.masks, self.dense_accuracy, self.probe)
+            self.dense_metric = self.levels[0].val_metric
+            score = self.metric.score(self.dense_metric)
+            reference = Reference(self.model, self.masks, score, self.probe)
             self.rule.load_state_dict(state["rule"], reference)
 
     # --- the loop -------------------------------------------------------------------------------
@@ -421,7 +448,7 @@ class IMP:
             trained = epoch
             records.append(self._log(0, epoch, clock, record))
             self.bar.advance()
-            if self.best is None or record["val_accuracy"] > self.best["val_accuracy"]:
+            if self.best is None or self._score(record) > self._score(self.best):
                 self.best = record
                 self.snapshots["dense"] = snapshot(self.model)
             if self.rewind.mode == "epoch" and epoch == self.rewind.epoch:
@@ -445,13 +472,14 @@ class IMP:
         self.epoch_counter = warmup.epoch_counter
         self.model.load_state_dict(self.snapshots["dense"])
         self.dense_accuracy = warmup.best["val_accuracy"]
+        self.dense_metric = warmup.best["val_metric"]
         clock = _Clock(self.device)
         clock.seconds.update(warmup.seconds)
         if shared:
             for record in warmup.records:
                 self.writer.epoch(record)
         with clock("flow"):
-            reference = Reference(self.model, self.masks, self.dense_accuracy, self.probe)
+            reference = Reference(self.model, self.masks, self._score(warmup.best), self.probe)
             self.rule.prepare(reference)
         reason = "diverged" if warmup.diverged else "warmup"
         self._finish_level(0, warmup.epochs, clock, warmup.best, reason)
@@ -487,7 +515,7 @@ class IMP:
                     self.record = self._evaluate(clock)
             else:
                 self.record = record
-                reason = self.rule.decide(epoch, record["val_accuracy"], record.get("distance"))
+                reason = self.rule.decide(epoch, self._score(record), record.get("distance"))
                 self._log(level, epoch, clock, record)
                 if epoch > 0:
                     self.bar.advance()
@@ -615,6 +643,7 @@ class IMP:
             levels=self.levels,
             masks={k: v.clone() for k, v in self.masks.items()},
             dense_accuracy=self.dense_accuracy,
+            dense_metric=self.dense_metric,
             config=c,
             level_masks=self.level_masks,
             sparsity=sparsity_report(self.model, self.masks, self.example_input),
@@ -638,6 +667,9 @@ def prune(
     seed: int = 0,
     out: str | None = None,
     loss_fn: LossFn = F.cross_entropy,
+    metric: str | MetricFn | None = None,
+    higher_is_better: bool = True,
+    batch_fn: Callable[[Any], tuple[torch.Tensor, torch.Tensor]] | None = None,
     progress: bool = False,
     **options: Any,
 ) -> Result:
@@ -650,11 +682,24 @@ def prune(
     ``warmup_epochs``, each retraining at most ``max_epochs``. ``options``: any
     other :class:`incop.config.Config` field (``p=1, q=2, rewind="init", eps=0.2``...).
     ``out``: a folder to write the run to (config, metrics, summary, checkpoints).
-    Unset arguments take the method's and the config's defaults.
+    ``loss_fn(outputs, targets)``: the training loss (a mean over the batch).
+    ``metric``: what every decision reads on ``val_data`` (best dense epoch, accuracy rule,
+    the flow rules' accuracy clause): ``"accuracy"`` (default; classification),
+    ``"loss"`` (any task, e.g. regression), or a callable ``(outputs, targets) -> float``,
+    the mean over one batch, oriented by ``higher_is_better``.
+    ``batch_fn(batch) -> (inputs, targets)``: unpacks batches that are not pairs (dicts,
+    longer tuples). Unset arguments take the method's and the config's defaults.
     """
     if method is None:
         raise UserError("method: None is not a method; allowed: " + ", ".join(METHODS.names()))
+    chosen_metric = None
+    if callable(metric):
+        chosen_metric = Metric.from_callable(metric, higher_is_better)
+        metric = chosen_metric.name
+    if batch_fn is not None:
+        train_data, val_data = MappedSource(train_data, batch_fn), MappedSource(val_data, batch_fn)
     overrides = {
+        "metric": metric,
         "method": method,
         "levels": levels,
         "max_epochs": max_epochs,
@@ -666,6 +711,13 @@ def prune(
     config = resolve(overrides)
     writer = RunWriter(out) if out is not None else None
     imp = IMP(
-        config, model, train_data, val_data, loss_fn=loss_fn, writer=writer, progress=progress
+        config,
+        model,
+        train_data,
+        val_data,
+        loss_fn=loss_fn,
+        writer=writer,
+        progress=progress,
+        metric=chosen_metric,
     )
     return imp.run()

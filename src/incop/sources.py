@@ -24,11 +24,33 @@ BatchSource = Iterable[Batch]
 _CLASS_LOSSES = (F.cross_entropy, F.nll_loss)
 
 
+class MappedSource:
+    """``source`` with every batch passed through ``batch_fn(batch) -> (inputs, targets)``:
+    how dict batches, or tuples with more than two parts, reach the loop. ``set_epoch`` and
+    ``len`` pass through to ``source``."""
+
+    def __init__(self, source: Iterable, batch_fn: Callable[[object], Batch]) -> None:
+        self.source = source
+        self.batch_fn = batch_fn
+
+    def __iter__(self) -> Iterator[Batch]:
+        for batch in self.source:
+            yield self.batch_fn(batch)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.source, "set_epoch"):
+            self.source.set_epoch(epoch)
+
+
 def _first_batch(name: str, data: BatchSource) -> Batch:
-    if isinstance(data, Iterator):
+    underlying = data.source if isinstance(data, MappedSource) else data
+    if isinstance(underlying, Iterator):
         raise UserError(
-            f"{name}: a one-shot {type(data).__name__} is used up after one epoch; pass something"
-            " iterable once per epoch (a list of batches, a DataLoader, incop.data.Batches)"
+            f"{name}: a one-shot {type(underlying).__name__} is used up after one epoch; pass"
+            " something iterable once per epoch (a list of batches, a DataLoader, Batches)"
         )
     try:
         batch = next(iter(data))
@@ -37,9 +59,14 @@ def _first_batch(name: str, data: BatchSource) -> Batch:
     except StopIteration:
         raise UserError(f"{name}: is empty (it gives no batch)") from None
     if not (isinstance(batch, tuple | list) and len(batch) == 2):
+        got = type(batch).__name__
+        if isinstance(batch, tuple | list):
+            got += f" of length {len(batch)}"
+        elif isinstance(batch, dict):
+            got += f" with keys {', '.join(map(repr, batch))}"
         raise UserError(
-            f"{name}: each batch must be a pair (inputs, targets), got {type(batch).__name__}"
-            + (f" of length {len(batch)}" if isinstance(batch, tuple | list) else "")
+            f"{name}: each batch must be a pair (inputs, targets), got {got}; pass"
+            " batch_fn=lambda batch: (inputs, targets) to unpack yours"
         )
     return batch[0], batch[1]
 

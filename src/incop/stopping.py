@@ -4,8 +4,10 @@ The IMP loop asks a rule two things after every epoch (and once before the
 first, "epoch 0"): :meth:`StoppingRule.measure` — a flow distance, or None for
 rules that need none (the loop times this as flow time) — and
 :meth:`StoppingRule.decide` — the reason to stop, or None to go on. ``decide``
-is a pure function of the epoch, the validation accuracy and the distance, so
-rules can be checked on scripted sequences.
+is a pure function of the epoch, the validation score and the distance, so
+rules can be checked on scripted sequences. The score is the run's validation
+metric oriented so that higher is better (:class:`incop.metrics.Metric`):
+accuracy as it is, a loss negated.
 
 Every rule stops at the cap ``max_epochs`` (E) and never before ``min_epochs``.
 """
@@ -26,7 +28,7 @@ from incop.registry import Registry
 STOP_REASONS = {
     "warmup": "the dense network (level 0), trained warmup_epochs",
     "cap": "retrained the full max_epochs (E)",
-    "accuracy": "validation accuracy reached the dense network's a* (minus delta)",
+    "accuracy": "the validation metric reached the dense network's (a*, minus delta)",
     "flow": "the flow distance fell below eps",
     "diverged": "the loss became NaN or infinite; the last good epoch's weights were kept",
 }
@@ -34,7 +36,8 @@ STOP_REASONS = {
 
 @dataclass
 class Reference:
-    """What retraining aims back at: the trained dense network theta* and its accuracy a*.
+    """What retraining aims back at: the trained dense network theta* and its validation
+    score a* (the metric oriented so that higher is better).
 
     ``probe`` is the fixed probe set (batches of ``(inputs, targets)``) that every
     flow measurement of the run uses; ``masks`` are the dense (all-ones) masks.
@@ -42,7 +45,7 @@ class Reference:
 
     model: nn.Module
     masks: Masks
-    accuracy: float
+    score: float
     probe: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
@@ -59,41 +62,42 @@ class StoppingRule:
 
     def prepare(self, reference: Reference) -> None:
         """Called once, after the dense warm-up, before the first prune."""
-        self.dense_accuracy = reference.accuracy
+        self.target = reference.score
 
     def state_dict(self) -> dict:
         """What :meth:`prepare` computed, for resuming a run."""
-        return {"dense_accuracy": self.dense_accuracy}
+        return {"target": self.target}
 
     def load_state_dict(self, state: dict, reference: Reference) -> None:
         """Take up a saved state instead of :meth:`prepare` (``reference.model`` is unused)."""
-        self.dense_accuracy = state["dense_accuracy"]
+        self.target = state["target"]
 
     def measure(self, model: nn.Module, masks: Masks) -> float | None:
         return None
 
-    def met(self, accuracy: float, distance: float | None) -> str | None:
+    def met(self, score: float, distance: float | None) -> str | None:
         """The rule's own criterion, without cap or minimum."""
         return None
 
-    def decide(self, epoch: int, accuracy: float, distance: float | None) -> str | None:
+    def decide(self, epoch: int, score: float, distance: float | None) -> str | None:
         """Reason to stop after ``epoch`` epochs (0 = before training), or None."""
         if epoch >= self.max_epochs:
             return "cap"
         if epoch >= self.min_epochs:
-            return self.met(accuracy, distance)
+            return self.met(score, distance)
         return None
 
 
 @dataclass
 class AccuracyRule(StoppingRule):
-    """``accuracy(delta)``: stop once validation accuracy >= a* - delta (accuracy as a fraction)."""
+    """``accuracy(delta)``: stop once the validation score >= a* - delta (for accuracy, a
+    fraction; for a loss, stop once it is <= the dense loss + delta)."""
 
     delta: float = 0.0
     name: str = field(default="accuracy", init=False)
 
-    def met(self, accuracy: float, distance: float | None) -> str | None:
-        return "accuracy" if accuracy >= self.dense_accuracy - self.delta else None
+    def met(self, score: float, distance: float | None) -> str | None:
+        return "accuracy" if score >= self.target - self.delta else None
 
 
 @dataclass
@@ -127,10 +131,10 @@ class FlowRule(StoppingRule):
     def measure(self, model: nn.Module, masks: Masks) -> float:
         return flow_distance(self.flow(model, masks), self.reference_flow, self.distance)
 
-    def met(self, accuracy: float, distance: float | None) -> str | None:
+    def met(self, score: float, distance: float | None) -> str | None:
         if distance is not None and distance < self.eps:
             return "flow"
-        return "accuracy" if accuracy >= self.dense_accuracy else None
+        return "accuracy" if score >= self.target else None
 
 
 @dataclass

@@ -26,11 +26,18 @@ class DivergenceError(RuntimeError):
 
 @dataclass(frozen=True)
 class EpochStats:
-    """Mean loss (per example) and accuracy (fraction in [0, 1]) over ``examples`` examples."""
+    """Mean loss (per example) and accuracy (fraction in [0, 1]; None unless every batch was
+    classification) over ``examples`` examples; ``custom``: a metric callable's weighted mean."""
 
     loss: float
-    accuracy: float
+    accuracy: float | None
     examples: int
+    custom: float | None = None
+
+
+def classifies(outputs: torch.Tensor, targets: torch.Tensor) -> bool:
+    """Whether a batch is classification: outputs (B, classes) and integer targets (B,)."""
+    return outputs.dim() == 2 and targets.dim() == 1 and not targets.is_floating_point()
 
 
 def _to_device(batch: Batch, device: torch.device | None) -> Batch:
@@ -59,7 +66,7 @@ def train_epoch(
     model.train()
     total_loss = torch.zeros((), dtype=torch.float64)
     correct = torch.zeros((), dtype=torch.int64)
-    seen = 0
+    seen, all_classify = 0, True
     for batch in batches:
         x, y = _to_device(batch, device)
         optimizer.zero_grad(set_to_none=True)
@@ -73,14 +80,18 @@ def train_epoch(
             enforcer.after_step(optimizer)
         # Accumulate on-device: no host sync per step.
         total_loss = total_loss.to(loss.device) + loss.detach().double() * y.shape[0]
-        correct = correct.to(loss.device) + (out.detach().argmax(1) == y).sum()
+        if classifies(out, y):
+            correct = correct.to(loss.device) + (out.detach().argmax(1) == y).sum()
+        else:
+            all_classify = False
         seen += y.shape[0]
     if scheduler is not None:
         scheduler.step()
     mean_loss = float(total_loss) / max(seen, 1)
     if not math.isfinite(mean_loss):
         raise DivergenceError(f"training loss became {mean_loss}")
-    return EpochStats(mean_loss, int(correct) / max(seen, 1), seen)
+    accuracy = int(correct) / max(seen, 1) if all_classify else None
+    return EpochStats(mean_loss, accuracy, seen)
 
 
 @torch.no_grad()
@@ -90,21 +101,30 @@ def evaluate(
     *,
     loss_fn: LossFn = F.cross_entropy,
     device: torch.device | None = None,
+    metric_fn: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
 ) -> EpochStats:
-    """Mean loss and accuracy of ``model`` (in eval mode) over ``batches``."""
+    """Mean loss, accuracy (classification only) and ``metric_fn`` (a per-batch mean,
+    averaged weighted by batch size) of ``model`` in eval mode over ``batches``."""
     was_training = model.training
     model.eval()
-    total_loss = 0.0
-    correct = 0
-    seen = 0
+    total_loss = total_custom = 0.0
+    correct = seen = 0
+    all_classify = True
     for batch in batches:
         x, y = _to_device(batch, device)
         out = model(x)
         total_loss += float(loss_fn(out, y)) * y.shape[0]
-        correct += int((out.argmax(1) == y).sum())
+        if classifies(out, y):
+            correct += int((out.argmax(1) == y).sum())
+        else:
+            all_classify = False
+        if metric_fn is not None:
+            total_custom += float(metric_fn(out, y)) * y.shape[0]
         seen += y.shape[0]
     model.train(was_training)
-    return EpochStats(total_loss / max(seen, 1), correct / max(seen, 1), seen)
+    n = max(seen, 1)
+    accuracy = correct / n if all_classify else None
+    return EpochStats(total_loss / n, accuracy, seen, total_custom / n if metric_fn else None)
 
 
 def make_optimizer(
