@@ -150,8 +150,8 @@ def main() -> None:
     info = dataset.info
     torch.manual_seed(config.seed)
     model = build_model(config.model, info.channels, info.image_size, info.num_classes)
-    train, val = build_batches(config, dataset)
-    study = Study(config, model, train, val)
+    splits = build_batches(config, dataset)
+    study = Study(config, model, splits.train, splits.val)
     result = study.run()
     rows, dense = study.rule.rows, result.dense_accuracy
     print(result.table())

@@ -53,6 +53,7 @@ LEVEL_FIELDS = (
     "remaining_fraction",
     "epochs",
     "val_accuracy",
+    "test_accuracy",
     "train_seconds",
     "eval_seconds",
     "flow_seconds",
@@ -164,7 +165,8 @@ def _compare(out, overrides, methods, seeds, first, dataset, progress, mode) -> 
     warmup_seconds = []
     bar = tqdm(total=len(seeds) * len(methods), desc="compare", unit="run", disable=not progress)
     for seed in seeds:
-        train, val = build_batches(resolve({**overrides, "seed": seed}), dataset)
+        splits = build_batches(resolve({**overrides, "seed": seed}), dataset)
+        train, val = splits.train, splits.val
 
         def fresh_model(seed: int = seed) -> torch.nn.Module:
             torch.manual_seed(seed)
@@ -181,7 +183,8 @@ def _compare(out, overrides, methods, seeds, first, dataset, progress, mode) -> 
                 config = resolve({**overrides, "method": method, "seed": seed, "out": str(folder)})
                 going_on = mode == "resume" and (folder / "config.yaml").exists()
                 writer = RunWriter(folder, mode="resume" if going_on else "new")
-                imp = IMP(config, fresh_model(), train, val, writer=writer, progress=progress)
+                imp = IMP(config, fresh_model(), train, val, writer=writer, progress=progress,
+                          test_data=splits.test)  # fmt: skip
                 summaries[method].append(imp.run(warmup, resume=going_on).summary())
             bar.update(1)
     bar.close()
@@ -235,7 +238,7 @@ def shared_warmup(
 def format_table(comparison: dict[str, Any]) -> str:
     """The comparison table printed at the end of ``incop compare``: mean ± std over trials."""
     head = (
-        f"{'method':<10} {'epochs':>13} {'final acc':>15} {'remaining':>9}"
+        f"{'method':<10} {'epochs':>13} {'val acc':>15} {'test acc':>15} {'remaining':>9}"
         f" {'wall s':>13} {'epochs/sap':>10} {'wall/sap':>8}"
     )
     rows = [head, "-" * len(head)]
@@ -244,7 +247,7 @@ def format_table(comparison: dict[str, Any]) -> str:
         ratio = comparison["ratios"][method]
         rows.append(
             f"{method:<10} {t['retrain_epochs']['mean']:>6.1f} ± {t['retrain_epochs']['std']:<4.1f}"
-            f" {t['final_accuracy']['mean']:>7.2%} ± {t['final_accuracy']['std']:<5.2%}"
+            f" {_pm(t['final_accuracy'])} {_pm(t['final_test_accuracy'])}"
             f" {t['final_remaining_fraction']['mean']:>9.2%}"
             f" {t['wall_seconds']['mean']:>6.1f} ± {t['wall_seconds']['std']:<4.1f}"
             f" {_ratio_cell(ratio.get('epochs_vs_sap'), 10)}"
@@ -253,12 +256,22 @@ def format_table(comparison: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def _pm(stat: dict[str, float | None]) -> str:
+    """``mean ± std`` as percentages, or a dash where there is no value."""
+    if stat["mean"] is None:
+        return f"{'-':>15}"
+    return f"{stat['mean']:>7.2%} ± {stat['std']:<5.2%}"
+
+
 def _ratio_cell(value: float | None, width: int) -> str:
     return f"{value:>{width}.2f}" if value is not None else f"{'-':>{width}}"
 
 
-def mean_std(values: Sequence[float]) -> dict[str, float]:
-    """Mean and sample standard deviation (0 for a single trial)."""
+def mean_std(values: Sequence[float | None]) -> dict[str, float | None]:
+    """Mean and sample standard deviation (0 for a single trial); both None if any value is
+    missing (a run without test data)."""
+    if any(v is None for v in values):
+        return {"mean": None, "std": None}
     values = [float(v) for v in values]
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return {"mean": statistics.fmean(values), "std": std}
@@ -273,6 +286,7 @@ def run_totals(summary: dict[str, Any]) -> dict[str, float]:
         "retrain_epochs": sum(lv["epochs"] for lv in retrain),
         "final_remaining_fraction": levels[-1]["remaining_fraction"],
         "final_accuracy": levels[-1]["val_accuracy"],
+        "final_test_accuracy": levels[-1].get("test_accuracy"),
         "dense_accuracy": summary["dense_accuracy"],
         "train_seconds": sum(lv["train_seconds"] for lv in retrain),
         "eval_seconds": sum(lv["eval_seconds"] for lv in retrain),
@@ -301,7 +315,9 @@ def aggregate(summaries: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "levels": [
                 {
                     "level": k,
-                    **{f: mean_std([run["levels"][k][f] for run in runs]) for f in LEVEL_FIELDS},
+                    **{
+                        f: mean_std([run["levels"][k].get(f) for run in runs]) for f in LEVEL_FIELDS
+                    },
                 }
                 for k in range(n_levels)
             ],

@@ -51,6 +51,9 @@ class Config:
     warmup_epochs: int = 10
     max_epochs: int = 10
     min_epochs: int = 1
+    # Data splits: validation held out of the training split, the same for every run
+    val_fraction: float = 0.1
+    split_seed: int = 0
     # Training
     batch_size: int = 64
     eval_batch_size: int = 1000
@@ -185,6 +188,10 @@ FIELD_HELP = {
     "max_epochs": "cap E on the retraining epochs of a level",
     "min_epochs": "a stopping rule never stops a level before this many epochs (0: may stop "
     "on the measurement right after rewinding)",
+    "val_fraction": "share of each class of the training split held out for validation"
+    " (built-in datasets; every decision reads validation, the test split is only reported)",
+    "split_seed": "seed of the validation split, apart from the run's seed so that every"
+    " method and seed of a comparison shares one validation set",
     "batch_size": "training batch size",
     "eval_batch_size": "batch size for evaluation and flow measurements",
     "metric": "the validation number every decision reads (best dense epoch, accuracy rule,"
@@ -436,8 +443,11 @@ def validate(config: Config) -> None:
     for name in ("levels", "warmup_epochs", "max_epochs", "min_epochs"):
         if getattr(c, name) < 0:
             bad(name, "must be >= 0")
-    if not 0 <= c.seed <= MAX_SEED:
-        bad("seed", f"must be in 0..{MAX_SEED}")
+    for name in ("seed", "split_seed"):
+        if not 0 <= getattr(c, name) <= MAX_SEED:
+            bad(name, f"must be in 0..{MAX_SEED}")
+    if not 0 < c.val_fraction < 1:
+        bad("val_fraction", "must be in (0, 1)")
     for name in ("batch_size", "eval_batch_size", "probe_size"):
         if getattr(c, name) < 1:
             bad(name, "must be >= 1")

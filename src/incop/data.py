@@ -142,6 +142,27 @@ class Batches:
         return Batches(self.x[idx], self.y[idx], batch_size or self.batch_size)
 
 
+def validation_split(
+    labels: torch.Tensor, fraction: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices ``(train, val)`` of a split of ``labels`` (shape (N,)) stratified by class:
+    from each class, ``round(fraction * n_c)`` of its examples, drawn with ``seed``, go to
+    validation (at least one, and never all, of a class with two or more examples). Both
+    index tensors are sorted, int64, disjoint and together cover 0..N-1."""
+    generator = torch.Generator().manual_seed(seed)
+    empty = torch.zeros(0, dtype=torch.int64)
+    train, val = [empty], [empty]
+    for cls in torch.unique(labels):
+        members = (labels == cls).nonzero().squeeze(1)
+        members = members[torch.randperm(len(members), generator=generator)]
+        count = round(fraction * len(members))
+        if len(members) >= 2:
+            count = min(max(count, 1), len(members) - 1)
+        val.append(members[:count])
+        train.append(members[count:])
+    return torch.cat(train).sort().values, torch.cat(val).sort().values
+
+
 Loader = Callable[[Path | None, bool], Dataset]
 DATASETS: Registry[Loader] = Registry("dataset")
 

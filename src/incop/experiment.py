@@ -2,28 +2,47 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from incop.config import Config
-from incop.data import Batches, Dataset, load_dataset
+from incop.data import Batches, Dataset, load_dataset, validation_split
 from incop.imp import IMP, Result, resolve_device
 from incop.models import build_model
 from incop.outputs import RunWriter
 
 
-def build_batches(config: Config, dataset: Dataset) -> tuple[Batches, Batches]:
-    """Shuffled training batches and held-out (test split) evaluation batches, on the device."""
+@dataclass(frozen=True)
+class Splits:
+    """The batches of a run, on its device: ``train`` (shuffled by the run's seed), ``val``
+    (held out of the training split: every decision reads it) and ``test`` (the dataset's
+    test split: evaluated and reported, never used to decide)."""
+
+    train: Batches
+    val: Batches
+    test: Batches
+
+
+def build_batches(config: Config, dataset: Dataset) -> Splits:
+    """``val_fraction`` of the training split, stratified by class and drawn with
+    ``split_seed`` (not the run's seed: every method and seed of a comparison sees the same
+    validation set), becomes the validation split; the rest trains."""
     device = resolve_device(config.device)
+    train_idx, val_idx = validation_split(dataset.train_y, config.val_fraction, config.split_seed)
     train = Batches(
-        dataset.train_x,
-        dataset.train_y,
+        dataset.train_x[train_idx],
+        dataset.train_y[train_idx],
         config.batch_size,
         shuffle=True,
         seed=config.seed,
         device=device,
     )
-    val = Batches(dataset.test_x, dataset.test_y, config.eval_batch_size, device=device)
-    return train, val
+    val = Batches(
+        dataset.train_x[val_idx], dataset.train_y[val_idx], config.eval_batch_size, device=device
+    )
+    test = Batches(dataset.test_x, dataset.test_y, config.eval_batch_size, device=device)
+    return Splits(train, val, test)
 
 
 def run_experiment(config: Config, *, progress: bool = False, mode: str = "new") -> Result:
@@ -38,6 +57,14 @@ def run_experiment(config: Config, *, progress: bool = False, mode: str = "new")
     # The seed fixes the initial weights too, so a run is reproducible from its config alone.
     torch.manual_seed(config.seed)
     model = build_model(config.model, info.channels, info.image_size, info.num_classes)
-    train, val = build_batches(config, dataset)
-    imp = IMP(config, model, train, val, writer=writer, progress=progress)
+    splits = build_batches(config, dataset)
+    imp = IMP(
+        config,
+        model,
+        splits.train,
+        splits.val,
+        test_data=splits.test,
+        writer=writer,
+        progress=progress,
+    )
     return imp.run(resume=mode == "resume")

@@ -53,7 +53,8 @@ from incop.training import (
 class LevelResult:
     """One level (0 = the dense network). Seconds are wall-clock; accuracy a fraction in [0, 1]
     (None when the task is not classification); ``val_metric``: the run's metric, the number
-    its decisions read.
+    its decisions read. ``test_accuracy`` / ``test_loss``: the level's ticket on the test
+    data, evaluated once the level is decided and read by nothing (None without test data).
 
     Fields are readable as attributes or keys (``level.val_accuracy`` or ``level["val_accuracy"]``).
     """
@@ -70,6 +71,8 @@ class LevelResult:
     macs_fraction: float
     distance: float | None = None
     val_metric: float | None = None
+    test_accuracy: float | None = None
+    test_loss: float | None = None
 
     def __getitem__(self, key: str) -> Any:
         return getattr(self, key)
@@ -108,22 +111,28 @@ class Result:
         metric = self.config.metric
         # The metric that decided gets a column of its own unless it is the accuracy.
         extra = "" if metric == "accuracy" else f" {('val ' + metric)[:12]:>12}"
+        tested = any(r.test_accuracy is not None for r in self.levels)
         head = (
             f"{'level':>5} {'remaining':>9} {'MACs':>7} {'epochs':>6} {'val acc':>8}{extra}"
-            f" {'train s':>8} {'eval s':>7} {'flow s':>7}  stop"
+            + (f" {'test acc':>8}" if tested else "")
+            + f" {'train s':>8} {'eval s':>7} {'flow s':>7}  stop"
         )
         rows = [head, "-" * len(head)]
         for r in self.levels:
-            acc = f"{r.val_accuracy:>8.2%}" if r.val_accuracy is not None else f"{'-':>8}"
             value = "" if metric == "accuracy" else f" {r.val_metric:>12.6g}"
+            test = f" {_percent(r.test_accuracy)}" if tested else ""
             rows.append(
                 f"{r.level:>5} {r.remaining_fraction:>9.2%} {r.macs_fraction:>7.1%} {r.epochs:>6}"
-                f" {acc}{value} {r.train_seconds:>8.1f} {r.eval_seconds:>7.1f}"
-                f" {r.flow_seconds:>7.1f}  {r.stop_reason}"
+                f" {_percent(r.val_accuracy)}{value}{test} {r.train_seconds:>8.1f}"
+                f" {r.eval_seconds:>7.1f} {r.flow_seconds:>7.1f}  {r.stop_reason}"
             )
         reasons = dict.fromkeys(r.stop_reason for r in self.levels)
         rows += ["", "stop:"] + [f"  {why:<9} {STOP_REASONS.get(why, '')}" for why in reasons]
         return "\n".join(rows)
+
+
+def _percent(value: float | None) -> str:
+    return f"{value:>8.2%}" if value is not None else f"{'-':>8}"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -192,11 +201,13 @@ class IMP:
         writer: NullWriter | None = None,
         progress: bool = False,
         metric: Metric | None = None,
+        test_data: BatchSource | None = None,
     ) -> None:
         self.config = config
         self.model = model
         self.train_data = train_data
         self.val_data = val_data
+        self.test_data = test_data
         self.loss_fn = loss_fn
         self.metric = metric or Metric.named(config.metric)
         self.writer = writer or NullWriter()
@@ -272,6 +283,7 @@ class IMP:
             epochs=epochs,
             val_accuracy=last["val_accuracy"],
             val_metric=last["val_metric"],
+            **self._test(),
             val_loss=last["val_loss"],
             train_seconds=clock.seconds["train"],
             eval_seconds=clock.seconds["eval"],
@@ -284,6 +296,14 @@ class IMP:
         self.level_masks.append({k: v.clone() for k, v in self.masks.items()})
         self.levels.append(result)
         self.bar.settle(self._planned(level), epochs)
+
+    def _test(self) -> dict[str, float | None]:
+        """The current weights on the test data, for the record only: nothing reads it to
+        decide (a test shuffles the test labels and checks every decision is unchanged)."""
+        if self.test_data is None:
+            return {"test_accuracy": None, "test_loss": None}
+        stats = evaluate(self.model, self.test_data, loss_fn=self.loss_fn, device=self.device)
+        return {"test_accuracy": stats.accuracy, "test_loss": stats.loss}
 
     def _score(self, record: dict[str, Any]) -> float:
         """The record's validation metric, higher is better: what every decision compares."""
@@ -534,12 +554,10 @@ class IMP:
         torch.manual_seed(c.seed)
         self.generator = torch.Generator().manual_seed(c.seed)
         self.model.to(self.device)
-        self.example_input = check_sources(
-            self.model,
-            {"train_data": self.train_data, "val_data": self.val_data},
-            self.loss_fn,
-            self.device,
-        )
+        sources = {"train_data": self.train_data, "val_data": self.val_data}
+        if self.test_data is not None:
+            sources["test_data"] = self.test_data
+        self.example_input = check_sources(self.model, sources, self.loss_fn, self.device)
         unmatched = unmatched_patterns(self.model, c.include, c.exclude)
         if c.stop == "if" and c.if_skip != default_value("if_skip"):
             unmatched += unmatched_layer_patterns(self.model, c.if_skip, c.include, c.exclude)
@@ -660,7 +678,8 @@ def prune(
     train_data: BatchSource,
     val_data: BatchSource,
     *,
-    method: str = "sap",
+    test_data: BatchSource | None = None,
+    method: str = "incop-gf",
     levels: int | None = None,
     max_epochs: int | None = None,
     warmup_epochs: int | None = None,
@@ -676,7 +695,9 @@ def prune(
     """Find sparse networks in ``model`` by IMP; ``model`` is pruned in place.
 
     ``train_data`` / ``val_data``: iterables of ``(inputs, targets)`` batches
-    (e.g. a ``torch.utils.data.DataLoader`` or :class:`incop.data.Batches`).
+    (e.g. a ``torch.utils.data.DataLoader`` or :class:`incop.data.Batches`); every decision
+    reads ``val_data``. ``test_data`` (optional): evaluated at the end of every level and
+    reported as ``test_accuracy`` / ``test_loss``, never used to decide.
     ``method``: ``lth``, ``random``, ``sap``, ``sap-acc``, ``incop-if`` or
     ``incop-gf``; ``levels`` pruning rounds after the dense warm-up of
     ``warmup_epochs``, each retraining at most ``max_epochs``. ``options``: any
@@ -698,6 +719,8 @@ def prune(
         metric = chosen_metric.name
     if batch_fn is not None:
         train_data, val_data = MappedSource(train_data, batch_fn), MappedSource(val_data, batch_fn)
+        if test_data is not None:
+            test_data = MappedSource(test_data, batch_fn)
     overrides = {
         "metric": metric,
         "method": method,
@@ -719,5 +742,6 @@ def prune(
         writer=writer,
         progress=progress,
         metric=chosen_metric,
+        test_data=test_data,
     )
     return imp.run()

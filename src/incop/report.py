@@ -34,7 +34,8 @@ PER_RUN = ("method", "seed", "out")
 SUMMARY_COLUMNS = (
     ("retraining epochs", "retrain_epochs", 1, 1),
     ("final remaining (%)", "final_remaining_fraction", 100, 2),
-    ("final accuracy (%)", "final_accuracy", 100, 2),
+    ("final val accuracy (%)", "final_accuracy", 100, 2),
+    ("final test accuracy (%)", "final_test_accuracy", 100, 2),
     ("train (s)", "train_seconds", 1, 2),
     ("eval (s)", "eval_seconds", 1, 2),
     ("flow (s)", "flow_seconds", 1, 2),
@@ -51,7 +52,8 @@ RATIO_COLUMNS = (
 LEVEL_COLUMNS = (
     ("remaining (%)", "remaining_fraction", 100, 2),
     ("epochs", "epochs", 1, 1),
-    ("accuracy (%)", "val_accuracy", 100, 2),
+    ("val accuracy (%)", "val_accuracy", 100, 2),
+    ("test accuracy (%)", "test_accuracy", 100, 2),
 )
 STYLE = {
     "font.size": 10,
@@ -343,6 +345,8 @@ def _distance_figure(
 
 
 def _cell(entry: dict[str, Any], key: str, scale: float, decimals: int) -> str:
+    if entry.get(key, {}).get("mean") is None:
+        return "–"
     mean, std = _stat(entry, key, scale)
     return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
 
