@@ -82,3 +82,13 @@ def test_incop_compare_writes_every_file_and_report_rebuilds_the_same(tmp_path, 
     (out / "report.md").unlink()
     assert main(["report", str(out)]) == 0
     assert (out / "report.md").read_text() == report
+
+
+@pytest.mark.parametrize("flag", [["--accuracy-clause", "false"], ["--no-accuracy-clause"]])
+def test_flow_rules_without_the_accuracy_clause_on_the_default_dataset(tmp_path, flag):
+    out = tmp_path / "run"
+    settings = ["--levels", "3", "--warmup-epochs", "2", "--max-epochs", "3"]
+    assert main(["run", "--method", "incop-gf", *flag, *settings, "--out", str(out)]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["accuracy_clause"] is False
+    reasons = [lv["stop_reason"] for lv in json.loads((out / "summary.json").read_text())["levels"]]
+    assert "accuracy" not in reasons and set(reasons[1:]) <= {"flow", "cap"}

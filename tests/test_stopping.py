@@ -1,5 +1,7 @@
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from incop.config import resolve
 from incop.stopping import (
@@ -78,3 +80,40 @@ def test_methods_build_their_rules_with_every_part_overridable(method, rule_type
     assert (rule.max_epochs, rule.eps, rule.distance) == (7, 0.3, "cosine")
     assert isinstance(resolve({"method": "sap-acc"}).build_stopping_rule(), AccuracyRule)
     assert type(resolve({"method": "sap"}).build_stopping_rule()) is StoppingRule
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    scores=st.lists(st.floats(0, 1), min_size=1, max_size=12),
+    distances=st.lists(st.floats(0, 2), min_size=12, max_size=12),
+    eps=st.floats(0.01, 1),
+    max_epochs=st.integers(0, 11),
+)
+def test_without_the_accuracy_clause_a_flow_rule_never_stops_on_accuracy(
+    scores, distances, eps, max_epochs
+):
+    clause_off = FlowRule(max_epochs=max_epochs, eps=eps, accuracy_clause=False)
+    found = first_stop(clause_off, scores, distances[: len(scores)])
+    assert found is None or found[1] in ("flow", "cap")
+    if found and found[1] == "flow":
+        assert distances[found[0]] < eps
+    # and it is the clause that makes the difference: with it, a score >= a* stops
+    with_clause = first_stop(
+        FlowRule(max_epochs=max_epochs, eps=eps), scores, distances[: len(scores)]
+    )
+    reached = [e for e, s in enumerate(scores) if e >= 1 and s >= 0.9 and distances[e] >= eps]
+    if reached and (found is None or found[0] > reached[0]) and reached[0] < max_epochs:
+        assert with_clause == (reached[0], "accuracy")
+
+
+def test_accuracy_clause_flag_is_refused_where_no_flow_rule_would_use_it():
+    from incop.errors import UserError
+
+    assert (
+        resolve({"method": "incop-gf", "accuracy_clause": False})
+        .build_stopping_rule()
+        .accuracy_clause
+        is False
+    )
+    with pytest.raises(UserError, match="accuracy_clause: false would be ignored"):
+        resolve({"method": "sap", "accuracy_clause": False})

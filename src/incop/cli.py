@@ -65,9 +65,14 @@ def _add_config_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] 
         flag = "--" + name.replace("_", "-")
         kind = field_type(name)
         if kind is bool:
+            # --flag, --flag false (as YAML spells it) and --no-flag all work.
             parser.add_argument(
-                flag, dest=name, action=argparse.BooleanOptionalAction, help=field_help(name)
+                flag, dest=name, nargs="?", const="true", metavar="BOOL", help=field_help(name)
             )
+            parser.add_argument(
+                "--no-" + flag[2:], dest=name, action="store_const", const="false",
+                help=argparse.SUPPRESS,
+            )  # fmt: skip
         else:
             # Strings here; the config coerces and validates with messages naming the field.
             metavar = "A,B" if kind is list else kind.__name__.upper()

@@ -86,6 +86,7 @@ class Config:
     if_summary: str = "mean"
     if_skip: list[str] = field(default_factory=lambda: ["*downsample*", "*shortcut*"])
     gf_normalize: bool = False
+    accuracy_clause: bool = True
 
     # --- parts ----------------------------------------------------------------------------
 
@@ -106,6 +107,7 @@ class Config:
             "summary": self.if_summary,
             "skip": tuple(self.if_skip),
             "normalize": self.gf_normalize,
+            "accuracy_clause": self.accuracy_clause,
         }
         accepted = {f.name for f in fields(cls) if f.init}
         return cls(**{k: v for k, v in options.items() if k in accepted})
@@ -222,6 +224,8 @@ FIELD_HELP = {
     "if_summary": "information flow: how each correlation matrix is summarised",
     "if_skip": "information flow: module-name patterns left out (residual projections)",
     "gf_normalize": "gradient flow: divide each layer's norm by its alive weights",
+    "accuracy_clause": "flow rules also stop once the validation metric reaches a* (the"
+    " research code's behaviour); off: the flow distance alone decides",
 }
 
 
@@ -435,6 +439,11 @@ def validate(config: Config) -> None:
     name_in("scope", SCOPES_SAP if c.pruner == "sap" else SCOPES_FIXED)
     if not str(c.metric).startswith(CALLABLE_PREFIX):
         name_in("metric", METRICS)
+    if not c.accuracy_clause and c.stop not in ("if", "gf"):
+        problems.append(
+            f"accuracy_clause: false would be ignored: only the flow rules (stop: if, gf) have"
+            f" it, and this run stops with {c.stop!r}"
+        )
     if c.if_skip != default_value("if_skip") and c.stop != "if":
         problems.append(
             f"if_skip: {c.if_skip!r} would be ignored: only the information-flow rule (stop: if)"

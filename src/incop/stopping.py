@@ -102,14 +102,16 @@ class AccuracyRule(StoppingRule):
 
 @dataclass
 class FlowRule(StoppingRule):
-    """Stop once the flow distance to the dense flow is below ``eps``, or once validation
-    accuracy reaches a* (as the original code does).
+    """Stop once the flow distance to the dense flow is below ``eps``, or, with the
+    ``accuracy_clause`` (default, as the original code does), once the validation score
+    reaches a*; without it the flow alone decides (besides the cap and divergence).
 
     ``distance`` is ``l2``, ``relative`` or ``cosine`` (see :func:`incop.flows.flow_distance`).
     """
 
     eps: float = 0.1
     distance: str = "l2"
+    accuracy_clause: bool = True
     needs_probe = True
 
     def flow(self, model: nn.Module, masks: Masks) -> torch.Tensor:
@@ -134,7 +136,7 @@ class FlowRule(StoppingRule):
     def met(self, score: float, distance: float | None) -> str | None:
         if distance is not None and distance < self.eps:
             return "flow"
-        return "accuracy" if score >= self.target else None
+        return "accuracy" if self.accuracy_clause and score >= self.target else None
 
 
 @dataclass
