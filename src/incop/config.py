@@ -108,6 +108,7 @@ class Config:
             "skip": tuple(self.if_skip),
             "normalize": self.gf_normalize,
             "accuracy_clause": self.accuracy_clause,
+            "pruner": self.build_pruner(),
         }
         accepted = {f.name for f in fields(cls) if f.init}
         return cls(**{k: v for k, v in options.items() if k in accepted})
@@ -123,6 +124,8 @@ class Config:
 
 #: Method name -> the config values it sets. Everything stays overridable.
 METHODS: Registry[dict[str, Any]] = Registry("method")
+#: sap-mask's eps: fraction of alive weights whose next-prune decision may still change.
+MASK_EPS = 0.01
 METHODS.register("lth")({"pruner": "lth", "rate": 0.2, "stop": "fixed"})
 METHODS.register("random")({"pruner": "random", "rate": 0.2, "stop": "fixed"})
 METHODS.register("sap")({"pruner": "sap", "stop": "fixed"})
@@ -135,6 +138,8 @@ METHODS.register("incop-if")(
     {"pruner": "sap", "stop": "if", "eps": 0.02, "distance": "l2", "if_summary": "mean"}
 )
 METHODS.register("incop-gf")({"pruner": "sap", "stop": "gf", "eps": 0.2, "distance": "relative"})
+# eps: see docs/mask.md for how it was chosen from logged mask distances.
+METHODS.register("sap-mask")({"pruner": "sap", "stop": "mask", "eps": MASK_EPS})
 
 
 #: Named settings for whole experiments (``--preset``): the published protocol (METHOD.md

@@ -14,7 +14,7 @@ Every rule stops at the cap ``max_epochs`` (E) and never before ``min_epochs``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -30,6 +30,7 @@ STOP_REASONS = {
     "cap": "retrained the full max_epochs (E)",
     "accuracy": "the validation metric reached the dense network's (a*, minus delta)",
     "flow": "the flow distance fell below eps",
+    "mask": "the next prune's mask changed in fewer than eps of the alive weights",
     "diverged": "the loss became NaN or infinite; the last good epoch's weights were kept",
 }
 
@@ -170,8 +171,59 @@ class GradientFlowRule(FlowRule):
         )
 
 
+@dataclass
+class MaskRule(StoppingRule):
+    """``mask(eps)``, mask stability: after every epoch (and at epoch 0) compute the mask the
+    pruner would produce next from the current weights, and stop once the fraction of alive
+    weights whose keep/prune decision differs from the previous epoch's next mask is below
+    ``eps``. With dense rewinding only the next mask survives a retraining phase, so this
+    watches the one thing the phase produces (after Early-Bird tickets, You et al. 2020, and
+    EPI, Shen et al. 2022). The distance is None at epoch 0 of a level: nothing to compare.
+
+    ``pruner``: the run's pruner; it is called on a throwaway generator, so the run's own
+    random state is untouched.
+    """
+
+    eps: float = 0.01
+    pruner: Callable | None = None
+    name: str = field(default="mask", init=False)
+
+    def prepare(self, reference: Reference) -> None:
+        super().prepare(reference)
+        self.previous: tuple[Masks, Masks] | None = None
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "previous": self.previous}
+
+    def load_state_dict(self, state: dict, reference: Reference) -> None:
+        super().load_state_dict(state, reference)
+        self.previous = state["previous"]
+
+    @torch.no_grad()
+    def measure(self, model: nn.Module, masks: Masks) -> float | None:
+        weights = {name: model.get_parameter(name).detach() for name in masks}
+        upcoming = self.pruner(weights, masks, torch.Generator().manual_seed(0))
+        distance = None
+        if self.previous is not None and _same(self.previous[0], masks):
+            earlier = self.previous[1]
+            changed = sum(int(((upcoming[n] != earlier[n]) & masks[n]).sum()) for n in masks)
+            alive = sum(int(m.sum()) for m in masks.values())
+            distance = changed / alive if alive else 0.0
+        # Kept with the masks it was computed under: after the next prune, a new level starts.
+        self.previous = ({n: m.clone() for n, m in masks.items()}, upcoming)
+        return distance
+
+    def met(self, score: float, distance: float | None) -> str | None:
+        return "mask" if distance is not None and distance < self.eps else None
+
+
+def _same(a: Masks, b: Masks) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+
+
 STOPPING_RULES: Registry[type[StoppingRule]] = Registry("stopping rule")
 STOPPING_RULES.register("fixed")(StoppingRule)
 STOPPING_RULES.register("accuracy")(AccuracyRule)
 STOPPING_RULES.register("if")(InformationFlowRule)
 STOPPING_RULES.register("gf")(GradientFlowRule)
+STOPPING_RULES.register("mask")(MaskRule)
