@@ -92,3 +92,18 @@ def test_flow_rules_without_the_accuracy_clause_on_the_default_dataset(tmp_path,
     assert yaml.safe_load((out / "config.yaml").read_text())["accuracy_clause"] is False
     reasons = [lv["stop_reason"] for lv in json.loads((out / "summary.json").read_text())["levels"]]
     assert "accuracy" not in reasons and set(reasons[1:]) <= {"flow", "cap"}
+
+
+def test_sap_mask_with_a_fine_tune_on_the_default_dataset(tmp_path):
+    out = tmp_path / "run"
+    flags = ["--levels", "3", "--warmup-epochs", "2", "--max-epochs", "6"]
+    assert (
+        main(["run", "--method", "sap-mask", "--finetune-epochs", "2", *flags, "--out", str(out)])
+        == 0
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final"]["epochs"] == 2
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    retrained = [r for r in records if r["level"] > 0 and r["epoch"] > 0 and "phase" not in r]
+    assert retrained and all(r["distance"] >= 0 for r in retrained)
+    assert any(lv["stop_reason"] == "mask" for lv in summary["levels"])

@@ -15,6 +15,8 @@ PLOTS = ("accuracy", "epochs", "time", "distance")
 #: The summary table's promise: header -> (key in totals, scale, decimals shown).
 SUMMARY = {
     "retraining epochs": ("retrain_epochs", 1, 1),
+    "fine-tune epochs": ("finetune_epochs", 1, 1),
+    "epochs in all": ("epochs", 1, 1),
     "final remaining (%)": ("final_remaining_fraction", 100, 2),
     "final val accuracy (%)": ("final_accuracy", 100, 2),
     "final test accuracy (%)": ("final_test_accuracy", 100, 2),

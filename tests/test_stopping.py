@@ -117,3 +117,47 @@ def test_accuracy_clause_flag_is_refused_where_no_flow_rule_would_use_it():
     )
     with pytest.raises(UserError, match="accuracy_clause: false would be ignored"):
         resolve({"method": "sap", "accuracy_clause": False})
+
+
+def scripted_pruner(masks_per_call):
+    """A pruner that returns the next mask of a script, whatever the weights."""
+    script = list(masks_per_call)
+    return lambda weights, masks, generator: {"w": script.pop(0)}
+
+
+def test_the_mask_rule_fires_once_the_next_mask_settles():
+    from incop.stopping import MaskRule
+
+    alive = torch.ones(10, dtype=torch.bool)
+    nexts = [
+        torch.tensor([1, 1, 1, 1, 1, 0, 0, 0, 0, 0], dtype=torch.bool),  # epoch 0
+        torch.tensor([1, 1, 1, 0, 0, 1, 1, 0, 0, 0], dtype=torch.bool),  # 4 of 10 changed
+        torch.tensor([1, 1, 1, 0, 0, 1, 0, 1, 0, 0], dtype=torch.bool),  # 2 of 10
+        torch.tensor([1, 1, 1, 0, 0, 1, 0, 1, 0, 0], dtype=torch.bool),  # 0 of 10
+    ]
+    rule = MaskRule(max_epochs=10, eps=0.25, pruner=scripted_pruner(nexts))
+    rule.prepare(Reference(model=None, masks={}, score=0.9))
+    model = torch.nn.Module()
+    model.register_parameter("w", torch.nn.Parameter(torch.zeros(10)))
+    distances = [rule.measure(model, {"w": alive}) for _ in nexts]
+    assert distances == [None, 0.4, 0.2, 0.0]
+    assert first_stop(rule, [0.0] * 4, distances) == (2, "mask")
+    # only alive weights count: of the 2 decisions that change, one is of a pruned weight
+    half = torch.tensor([1, 1, 1, 1, 1, 1, 1, 0, 0, 0], dtype=torch.bool)
+    rule = MaskRule(max_epochs=10, eps=0.25, pruner=scripted_pruner(nexts[1:3]))
+    rule.prepare(Reference(model=None, masks={}, score=0.9))
+    assert [rule.measure(model, {"w": half}) for _ in range(2)] == [None, 1 / 7]
+
+
+def test_the_mask_rule_starts_afresh_at_each_level():
+    from incop.stopping import MaskRule
+
+    same = torch.ones(4, dtype=torch.bool)
+    rule = MaskRule(max_epochs=10, eps=0.5, pruner=scripted_pruner([same] * 3))
+    rule.prepare(Reference(model=None, masks={}, score=0.9))
+    model = torch.nn.Module()
+    model.register_parameter("w", torch.nn.Parameter(torch.zeros(4)))
+    assert rule.measure(model, {"w": same}) is None
+    pruned = torch.tensor([1, 1, 1, 0], dtype=torch.bool)  # a prune happened: new level
+    assert rule.measure(model, {"w": pruned}) is None
+    assert rule.measure(model, {"w": pruned}) == 0.0

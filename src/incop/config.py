@@ -51,6 +51,7 @@ class Config:
     warmup_epochs: int = 10
     max_epochs: int = 10
     min_epochs: int = 1
+    finetune_epochs: int = 0
     # Data splits: validation held out of the training split, the same for every run
     val_fraction: float = 0.1
     split_seed: int = 0
@@ -154,6 +155,9 @@ _PAPER = {
     "warmup_epochs": 10,
     "levels": 15,
     "max_epochs": 20,
+    # The same final fine-tune for every method, so early stopping is not penalised at the
+    # sparsest level: E epochs, as a level of the fixed schedule.
+    "finetune_epochs": 20,
     "p": 0.5,
     "q": 1.0,
     "rewind": "dense",
@@ -171,6 +175,7 @@ PRESETS.register("cpu-small")(
         "warmup_epochs": 5,
         "levels": 5,
         "max_epochs": 5,
+        "finetune_epochs": 5,
     }
 )
 
@@ -193,6 +198,8 @@ FIELD_HELP = {
     "levels": "pruning rounds K after the dense warm-up",
     "warmup_epochs": "dense training epochs before the first prune",
     "max_epochs": "cap E on the retraining epochs of a level",
+    "finetune_epochs": "after the last level, train the final ticket this many more epochs"
+    " (masks kept, fresh optimiser and schedule), keeping the best validation epoch",
     "min_epochs": "a stopping rule never stops a level before this many epochs (0: may stop "
     "on the measurement right after rewinding)",
     "val_fraction": "share of each class of the training split held out for validation"
@@ -454,7 +461,7 @@ def validate(config: Config) -> None:
             f"if_skip: {c.if_skip!r} would be ignored: only the information-flow rule (stop: if)"
             f" uses it, and this run stops with {c.stop!r}"
         )
-    for name in ("levels", "warmup_epochs", "max_epochs", "min_epochs"):
+    for name in ("levels", "warmup_epochs", "max_epochs", "min_epochs", "finetune_epochs"):
         if getattr(c, name) < 0:
             bad(name, "must be >= 0")
     for name in ("seed", "split_seed"):

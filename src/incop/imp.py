@@ -22,6 +22,7 @@ from torch import nn
 
 from incop.config import METHODS, WHERE_FIELDS, Config, default_value, resolve, to_yaml
 from incop.errors import UserError
+from incop.finetune import FinalResult, finetune
 from incop.masks import (
     MaskEnforcer,
     Masks,
@@ -94,6 +95,7 @@ class Result:
     level_masks: list[Masks] = field(default_factory=list)
     sparsity: SparsityReport | None = None
     dense_metric: float | None = None
+    final: FinalResult | None = None
 
     def summary(self) -> dict[str, Any]:
         """The content of ``summary.json``."""
@@ -102,6 +104,7 @@ class Result:
             "dense_accuracy": self.dense_accuracy,
             "dense_metric": self.dense_metric,
             "config": self.config.to_dict(),
+            "final": self.final.to_dict() if self.final is not None else None,
             # Results are bitwise reproducible only at the same thread count (README, "Trust").
             "threads": torch.get_num_threads(),
         }
@@ -217,7 +220,7 @@ class IMP:
 
     # --- pieces -------------------------------------------------------------------------------
 
-    def _fresh_optimizer(self) -> None:
+    def fresh_optimizer(self) -> None:
         c = self.config
         self.optimizer = make_optimizer(
             self.model.parameters(),
@@ -258,7 +261,7 @@ class IMP:
         value = self.metric.value(stats.loss, stats.accuracy, stats.custom)
         return {"val_loss": stats.loss, "val_accuracy": stats.accuracy, "val_metric": value}
 
-    def _log(self, level: int, epoch: int, clock: _Clock, record: dict[str, Any]) -> dict[str, Any]:
+    def log(self, level: int, epoch: int, clock: _Clock, record: dict[str, Any]) -> dict[str, Any]:
         """Write the full epoch record and return it."""
         full = {
             "level": level,
@@ -283,7 +286,7 @@ class IMP:
             epochs=epochs,
             val_accuracy=last["val_accuracy"],
             val_metric=last["val_metric"],
-            **self._test(),
+            **self.test(),
             val_loss=last["val_loss"],
             train_seconds=clock.seconds["train"],
             eval_seconds=clock.seconds["eval"],
@@ -297,7 +300,7 @@ class IMP:
         self.levels.append(result)
         self.bar.settle(self._planned(level), epochs)
 
-    def _test(self) -> dict[str, float | None]:
+    def test(self) -> dict[str, float | None]:
         """The current weights on the test data, for the record only: nothing reads it to
         decide (a test shuffles the test labels and checks every decision is unchanged)."""
         if self.test_data is None:
@@ -305,7 +308,7 @@ class IMP:
         stats = evaluate(self.model, self.test_data, loss_fn=self.loss_fn, device=self.device)
         return {"test_accuracy": stats.accuracy, "test_loss": stats.loss}
 
-    def _score(self, record: dict[str, Any]) -> float:
+    def score(self, record: dict[str, Any]) -> float:
         """The record's validation metric, higher is better: what every decision compares."""
         return self.metric.score(record["val_metric"])
 
@@ -315,14 +318,18 @@ class IMP:
 
     # --- resume state -------------------------------------------------------------------------
 
-    def _save_state(self, phase: str, level: int, epoch: int, clock: _Clock) -> None:
+    def save_state(
+        self, phase: str, level: int, epoch: int, clock: _Clock, phase_state: Any = None
+    ) -> None:
         """Everything needed to go on after ``epoch`` of ``level`` (``phase``: ``warmup``,
-        ``retrain`` within a level, ``done`` once the level is finished)."""
+        ``retrain`` within a level, ``done`` once the level is finished, ``finetune``;
+        ``phase_state``: whatever that phase needs besides)."""
         if not self.writer.saves_state:
             return
         self.writer.state(
             {
                 "phase": phase,
+                "phase_state": phase_state,
                 "level": level,
                 "epoch": epoch,
                 "config": self.config.to_dict(),
@@ -380,7 +387,7 @@ class IMP:
         if state["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
         if state["optimizer"] is not None:
-            self._fresh_optimizer()
+            self.fresh_optimizer()
             epochs = c.warmup_epochs if state["phase"] == "warmup" else c.max_epochs
             self.scheduler = make_scheduler(self.optimizer, c.schedule, epochs)
             # After the scheduler, which starts from the base rate: the saved rate wins.
@@ -396,14 +403,15 @@ class IMP:
 
     # --- the loop -------------------------------------------------------------------------------
 
-    def _epoch(self, clock: _Clock, *, train: bool) -> dict[str, Any]:
-        """Train one epoch (if ``train``), evaluate, and measure the stopping rule's distance.
+    def run_epoch(self, clock: _Clock, *, train: bool, measure: bool = True) -> dict[str, Any]:
+        """Train one epoch (if ``train``), evaluate, and (``measure``) the stopping rule's
+        distance.
 
         Raises :class:`DivergenceError` if the training loss, the validation loss or the
         distance is not finite."""
         record = self._train_one_epoch(clock) if train else {}
         record.update(self._evaluate(clock))
-        if self.levels:  # the rule has its dense reference from level 0 on
+        if measure and self.levels:  # the rule has its dense reference from level 0 on
             with clock("flow"):
                 distance = self.rule.measure(self.model, self.masks)
             if distance is not None:
@@ -414,7 +422,10 @@ class IMP:
                 raise DivergenceError(f"{key.replace('_', ' ')} became {value}")
         return record
 
-    def _recover(self, exc: DivergenceError, last_good: dict[str, torch.Tensor]) -> None:
+    def new_clock(self) -> _Clock:
+        return _Clock(self.device)
+
+    def recover(self, exc: DivergenceError, last_good: dict[str, torch.Tensor]) -> None:
         """Put back the weights of the last good epoch after a divergence, and say so."""
         self.model.load_state_dict(last_good)
         warnings.warn(
@@ -435,7 +446,7 @@ class IMP:
             clock.seconds.update(state["clock"])
             start = state["epoch"] + 1
         else:
-            self._fresh_optimizer()
+            self.fresh_optimizer()
             self.scheduler = make_scheduler(self.optimizer, c.schedule, c.warmup_epochs)
             self.snapshots = {"init": snapshot(self.model)}
             self.snapshots["dense"] = self.snapshots["init"]
@@ -444,17 +455,17 @@ class IMP:
             self.best = None
             if c.warmup_epochs == 0:
                 try:
-                    self.best = self._epoch(clock, train=False)
+                    self.best = self.run_epoch(clock, train=False)
                 except DivergenceError as exc:
                     raise UserError(f"the initial dense network does not evaluate: {exc}") from None
-                records.append(self._log(0, 0, clock, self.best))
-            self._save_state("warmup", 0, 0, clock)
+                records.append(self.log(0, 0, clock, self.best))
+            self.save_state("warmup", 0, 0, clock)
             start = 1
         diverged, trained = False, start - 1
         for epoch in range(start, c.warmup_epochs + 1):
             last_good = snapshot(self.model)
             try:
-                record = self._epoch(clock, train=True)
+                record = self.run_epoch(clock, train=True)
             except DivergenceError as exc:
                 if self.best is None:
                     raise UserError(
@@ -462,18 +473,18 @@ class IMP:
                         f" learning rate than lr={c.lr} or a larger batch size than"
                         f" batch_size={c.batch_size}"
                     ) from None
-                self._recover(exc, last_good)
+                self.recover(exc, last_good)
                 diverged = True
                 break
             trained = epoch
-            records.append(self._log(0, epoch, clock, record))
+            records.append(self.log(0, epoch, clock, record))
             self.bar.advance()
-            if self.best is None or self._score(record) > self._score(self.best):
+            if self.best is None or self.score(record) > self.score(self.best):
                 self.best = record
                 self.snapshots["dense"] = snapshot(self.model)
             if self.rewind.mode == "epoch" and epoch == self.rewind.epoch:
                 self.snapshots["epoch"] = snapshot(self.model)
-            self._save_state("warmup", 0, epoch, clock)
+            self.save_state("warmup", 0, epoch, clock)
         return WarmUp(
             self.snapshots,
             self.best,
@@ -499,7 +510,7 @@ class IMP:
             for record in warmup.records:
                 self.writer.epoch(record)
         with clock("flow"):
-            reference = Reference(self.model, self.masks, self._score(warmup.best), self.probe)
+            reference = Reference(self.model, self.masks, self.score(warmup.best), self.probe)
             self.rule.prepare(reference)
         reason = "diverged" if warmup.diverged else "warmup"
         self._finish_level(0, warmup.epochs, clock, warmup.best, reason)
@@ -519,7 +530,7 @@ class IMP:
             if self.rewind.snapshot is not None:
                 self.model.load_state_dict(self.snapshots[self.rewind.snapshot])
             if self.rewind.restart_optimizer or self.optimizer is None:
-                self._fresh_optimizer()
+                self.fresh_optimizer()
             self.scheduler = make_scheduler(self.optimizer, c.schedule, c.max_epochs)
             self.enforcer.after_step(self.optimizer)
             self.record = {}
@@ -527,23 +538,23 @@ class IMP:
         while True:
             last_good = snapshot(self.model)
             try:
-                record = self._epoch(clock, train=epoch > 0)
+                record = self.run_epoch(clock, train=epoch > 0)
             except DivergenceError as exc:
-                self._recover(exc, last_good)
+                self.recover(exc, last_good)
                 reason, epoch = "diverged", max(epoch - 1, 0)
                 if not self.record:  # diverged right after the prune: nothing better to report
                     self.record = self._evaluate(clock)
             else:
                 self.record = record
-                reason = self.rule.decide(epoch, self._score(record), record.get("distance"))
-                self._log(level, epoch, clock, record)
+                reason = self.rule.decide(epoch, self.score(record), record.get("distance"))
+                self.log(level, epoch, clock, record)
                 if epoch > 0:
                     self.bar.advance()
             if reason is not None:
                 self._finish_level(level, epoch, clock, self.record, reason)
-                self._save_state("done", level, epoch, clock)
+                self.save_state("done", level, epoch, clock)
                 return
-            self._save_state("retrain", level, epoch, clock)
+            self.save_state("retrain", level, epoch, clock)
             epoch += 1
 
     def setup(self) -> None:
@@ -636,7 +647,7 @@ class IMP:
         within = state["epoch"] if state is not None and state["phase"] != "done" else 0
         unused = sum(self._planned(lv.level) - lv.epochs for lv in self.levels)
         self.bar = Progress(
-            c.warmup_epochs + c.levels * c.max_epochs - unused,
+            c.warmup_epochs + c.levels * c.max_epochs + c.finetune_epochs - unused,
             done=sum(lv.epochs for lv in self.levels) + within,
             enabled=self.progress,
         )
@@ -648,13 +659,17 @@ class IMP:
                 else:
                     self.bar.advance(warmup.epochs)
                     self.level_zero(warmup, shared=True)
-                self._save_state("done", 0, c.warmup_epochs, _Clock(self.device))
+                self.save_state("done", 0, c.warmup_epochs, _Clock(self.device))
             while len(self.levels) <= c.levels and not self._should_end():
                 level = len(self.levels)
                 within = (
                     state is not None and state["phase"] == "retrain" and state["level"] == level
                 )
                 self.retrain_level(level, state if within else None)
+            final = None
+            if c.finetune_epochs > 0:
+                going_on = state is not None and state["phase"] == "finetune"
+                final = finetune(self, state if going_on else None)
         finally:
             self.bar.close()
         result = Result(
@@ -662,6 +677,7 @@ class IMP:
             masks={k: v.clone() for k, v in self.masks.items()},
             dense_accuracy=self.dense_accuracy,
             dense_metric=self.dense_metric,
+            final=final,
             config=c,
             level_masks=self.level_masks,
             sparsity=sparsity_report(self.model, self.masks, self.example_input),

@@ -6,6 +6,7 @@ Layout (documented in the README)::
     metrics.jsonl               one JSON object per epoch, appended as they finish
     summary.json                {"levels": [...], "dense_accuracy": a*, "config": {...}}
     levels/<k>/checkpoint.pt    {"state_dict": ..., "masks": {name: bool tensor}}
+    final/checkpoint.pt         the same for the fine-tuned final ticket (finetune_epochs > 0)
     state.pt                    everything needed to resume after the last completed epoch
     .incop.lock                 held (flock) by the one process writing the folder
 
@@ -115,8 +116,9 @@ RUN_LAYOUT = Layout(
         r"summary\.json",
         r"state\.pt",
         r"levels/\d+/checkpoint\.pt",
-    ),  # fmt: skip
-    dirs=(r"levels", r"levels/\d+"),
+        r"final/checkpoint\.pt",
+    ),
+    dirs=(r"levels", r"levels/\d+", r"final"),
 )
 #: The files a resume without ``state.pt`` starts again from scratch (all but the config).
 _PROGRESS = Layout(RUN_LAYOUT.files[1:], RUN_LAYOUT.dirs)
@@ -143,6 +145,9 @@ class NullWriter:
         pass
 
     def level(self, level: int, state_dict: dict[str, torch.Tensor], masks: Masks) -> None:
+        pass
+
+    def final(self, state_dict: dict[str, torch.Tensor], masks: Masks) -> None:
         pass
 
     def summary(self, summary: dict[str, Any]) -> None:
@@ -201,7 +206,12 @@ class RunWriter(NullWriter):
         self.lines += 1
 
     def level(self, level: int, state_dict: dict[str, torch.Tensor], masks: Masks) -> None:
-        relative = f"levels/{level}/checkpoint.pt"
+        self._ticket(f"levels/{level}/checkpoint.pt", state_dict, masks)
+
+    def final(self, state_dict: dict[str, torch.Tensor], masks: Masks) -> None:
+        self._ticket("final/checkpoint.pt", state_dict, masks)
+
+    def _ticket(self, relative: str, state_dict: dict[str, torch.Tensor], masks: Masks) -> None:
         self.digests[relative] = atomic_torch_save(
             self.root / relative,
             {

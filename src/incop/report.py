@@ -33,6 +33,8 @@ PER_RUN = ("method", "seed", "out")
 #: Summary columns: header, key in a method's "totals", scale, decimals.
 SUMMARY_COLUMNS = (
     ("retraining epochs", "retrain_epochs", 1, 1),
+    ("fine-tune epochs", "finetune_epochs", 1, 1),
+    ("epochs in all", "epochs", 1, 1),
     ("final remaining (%)", "final_remaining_fraction", 100, 2),
     ("final val accuracy (%)", "final_accuracy", 100, 2),
     ("final test accuracy (%)", "final_test_accuracy", 100, 2),
