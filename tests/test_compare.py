@@ -6,8 +6,9 @@ from incop.compare import aggregate, run_comparison
 from incop.imp import IMP
 
 
-def summary(epochs, accuracies, remaining, seconds=1.0, flow=0.5):
+def summary(epochs, accuracies, remaining, seconds=1.0, flow=0.5, reasons=None, final=None):
     """A hand-made summary.json: level 0 (dense) then one entry per level."""
+    reasons = reasons or ["warmup"] + ["cap"] * (len(epochs) - 1)
     levels = [
         {
             "level": k,
@@ -18,10 +19,11 @@ def summary(epochs, accuracies, remaining, seconds=1.0, flow=0.5):
             "eval_seconds": 0.1,
             "flow_seconds": flow,
             "macs_fraction": r,
+            "stop_reason": why,
         }
-        for k, (e, a, r) in enumerate(zip(epochs, accuracies, remaining, strict=True))
+        for k, (e, a, r, why) in enumerate(zip(epochs, accuracies, remaining, reasons, strict=True))
     ]
-    return {"levels": levels, "dense_accuracy": accuracies[0], "config": {}}
+    return {"levels": levels, "dense_accuracy": accuracies[0], "config": {}, "final": final}
 
 
 def test_aggregate_means_stds_and_ratios_by_hand():
@@ -75,3 +77,32 @@ def test_one_warm_up_per_seed_shared_by_every_method_and_resume_reuses_it(tmp_pa
     calls.clear()
     again = run_comparison(settings, ["lth", "sap", "incop-gf"], [0, 1], out=out, mode="resume")
     assert calls == [] and again["methods"] == result["methods"]
+
+
+def test_stop_reasons_are_counted_and_the_fine_tune_is_in_the_totals():
+    tuned = {"epochs": 3, "train_seconds": 3.0, "eval_seconds": 0.3, "val_accuracy": 0.91,
+             "test_accuracy": 0.9}  # fmt: skip
+    runs = {
+        "sap": [summary([5, 10, 10], [0.9, 0.88, 0.86], [1, 0.8, 0.6], final=tuned)] * 2,
+        "incop-gf": [
+            summary([5, 2, 4], [0.9, 0.87, 0.85], [1, 0.8, 0.6],
+                    reasons=["warmup", "flow", "accuracy"], final=tuned),
+            summary([5, 4, 6], [0.9, 0.89, 0.87], [1, 0.8, 0.6],
+                    reasons=["warmup", "flow", "flow"], final=tuned),
+        ],
+    }  # fmt: skip
+    result = aggregate(runs)
+    gf = result["methods"]["incop-gf"]
+    assert gf["stopped_by"] == {"flow": 3, "accuracy": 1}
+    assert [lv["stop_reasons"] for lv in gf["levels"]] == [
+        {"warmup": 2},
+        {"flow": 2},
+        {"accuracy": 1, "flow": 1},
+    ]
+    assert gf["totals"]["retrain_epochs"]["mean"] == 8.0
+    assert gf["totals"]["finetune_epochs"]["mean"] == 3.0
+    assert gf["totals"]["epochs"]["mean"] == 11.0
+    assert gf["totals"]["final_accuracy"]["mean"] == pytest.approx(0.91)  # the fine-tuned one
+    assert gf["totals"]["final_test_accuracy"]["mean"] == pytest.approx(0.9)
+    assert gf["totals"]["wall_seconds"]["mean"] == pytest.approx(8 + 0.2 + 1.5 + 3.3)
+    assert result["ratios"]["incop-gf"]["epochs_vs_sap"] == pytest.approx(11 / 23)

@@ -20,8 +20,10 @@ import json
 import platform
 import re
 import statistics
+import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +197,7 @@ def _compare(out, overrides, methods, seeds, first, dataset, progress, mode) -> 
         warmup_seconds=mean_std(warmup_seconds),
         total_seconds=time.perf_counter() - started,
         hardware=hardware(resolve_device(first.device)),
+        incop=provenance(),
     )
     atomic_write_text(out / "comparison.json", to_json(comparison, indent=2))
     return comparison
@@ -321,12 +324,15 @@ def aggregate(summaries: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         methods[method] = {
             "trials": len(runs),
             "totals": {key: mean_std([t[key] for t in totals]) for key in totals[0]},
+            # Why retraining levels ended, over every seed: what decided, in counts.
+            "stopped_by": _count(lv["stop_reason"] for run in runs for lv in run["levels"][1:]),
             "levels": [
                 {
                     "level": k,
                     **{
                         f: mean_std([run["levels"][k].get(f) for run in runs]) for f in LEVEL_FIELDS
                     },
+                    "stop_reasons": _count(run["levels"][k]["stop_reason"] for run in runs),
                 }
                 for k in range(n_levels)
             ],
@@ -342,6 +348,28 @@ def aggregate(summaries: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                 value = entry["totals"][key]["mean"] / denominator if denominator else None
                 ratios[method][f"{name}_vs_{base}"] = value
     return {"methods": methods, "ratios": ratios}
+
+
+def _count(reasons: Iterable[str]) -> dict[str, int]:
+    """Reason -> how often, most frequent first."""
+    return dict(Counter(reasons).most_common())
+
+
+def provenance() -> dict[str, str | None]:
+    """Which incop made a result: its version and, in a git checkout, the commit."""
+    import incop
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(incop.__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except OSError:  # no git on this machine
+        commit = ""
+    return {"version": incop.__version__, "commit": commit or None}
 
 
 def hardware(device: torch.device) -> dict[str, Any]:

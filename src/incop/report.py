@@ -20,7 +20,7 @@ from matplotlib import colormaps, rc_context
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from incop.compare import DEFAULT_METHODS, load_comparison, mean_std, run_folder
 from incop.errors import UserError
@@ -204,35 +204,35 @@ def _stat(entry: dict[str, Any], key: str, scale: float = 1) -> tuple[float, flo
 
 
 def _accuracy_figure(comparison: dict[str, Any], styles: dict[str, Any]) -> Figure:
+    """Accuracy against remaining weights (log x, the field's standard): test split solid,
+    validation split dashed, one point per level."""
     with rc_context(STYLE):
         fig = _figure()
         ax = fig.add_subplot()
-        twin = ax.twinx()
-        twin.grid(False)
         handles = []
         for method, entry in comparison["methods"].items():
             levels = entry["levels"]
-            x = [lv["level"] for lv in levels]
-            acc = [_stat(lv, "val_accuracy", 100) for lv in levels]
-            mean, std = zip(*acc, strict=True)
-            handles.append(
-                _band(
-                    ax, x, mean, std, styles[method], markersize=6, fillstyle="none", label=method
-                )
-            )
-            remaining = [lv["remaining_fraction"]["mean"] * 100 for lv in levels]
-            twin.plot(x, remaining, color=styles[method]["color"], linestyle="--", alpha=0.8)
-        ax.set_xlabel("pruning level (0 = dense network)")
-        ax.set_ylabel("validation accuracy (%)")
-        twin.set_ylabel("remaining weights (%)")
-        twin.set_ylim(0, 105)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title("Accuracy and remaining weights per level (mean ± std over seeds)")
-        styles = [
-            Line2D([], [], color="grey", label="accuracy (left)"),
-            Line2D([], [], color="grey", linestyle="--", label="remaining (right)"),
+            x = [lv["remaining_fraction"]["mean"] * 100 for lv in levels]
+            for key, dashes in (("test_accuracy", "-"), ("val_accuracy", "--")):
+                if any(lv.get(key, {}).get("mean") is None for lv in levels):
+                    continue
+                mean, std = zip(*[_stat(lv, key, 100) for lv in levels], strict=True)
+                _band(ax, x, mean, std, {**styles[method], "linestyle": dashes}, markersize=5,
+                      fillstyle="none")  # fmt: skip
+            handles.append(Line2D([], [], **styles[method], label=method))
+        ax.set_xscale("log")
+        ax.invert_xaxis()
+        plain = FuncFormatter(lambda value, _: f"{value:g}")
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(plain)
+        ax.set_xlabel("remaining weights (%, log scale; dense at the left)")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title("Accuracy against remaining weights (mean ± std over seeds)")
+        splits = [
+            Line2D([], [], color="grey", label="test split"),
+            Line2D([], [], color="grey", linestyle="--", label="validation split"),
         ]
-        fig.legend(handles=handles + styles, loc="outside lower center", ncols=4)
+        fig.legend(handles=handles + splits, loc="outside lower center", ncols=4)
     return fig
 
 
@@ -353,6 +353,10 @@ def _cell(entry: dict[str, Any], key: str, scale: float, decimals: int) -> str:
     return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
 
 
+def _reasons(counts: dict[str, int]) -> str:
+    return ", ".join(f"{reason} {n}" for reason, n in counts.items()) or "–"
+
+
 def _ratio(value: float | None) -> str:
     return "–" if value is None or math.isnan(value) else f"{value:.2f}"
 
@@ -391,8 +395,13 @@ def _blocks(
             ),
         ]
     blocks += [
-        ("p", "Hardware:"),
-        ("table", ["", "value"], [[k, str(v)] for k, v in comparison["hardware"].items()]),
+        ("p", "Hardware and software:"),
+        (
+            "table",
+            ["", "value"],
+            [[k, str(v)] for k, v in comparison["hardware"].items()]
+            + [[f"incop {k}", str(v)] for k, v in comparison.get("incop", {}).items()],
+        ),
         (
             "p",
             f"Total time of the comparison: {comparison['total_seconds']:.1f} s, including the "
@@ -401,19 +410,30 @@ def _blocks(
         ("h", 2, "Summary"),
         (
             "p",
-            "Mean ± standard deviation over seeds. Retraining = levels 1 and up (the shared "
-            "warm-up is left out); flow seconds include measuring the dense reference. Ratios "
-            "are of the means, against sap and lth.",
+            "Mean ± standard deviation over seeds. Validation accuracy is on the validation "
+            "split held out of the training data, which made every decision; test accuracy is "
+            "on the test split, which decided nothing. Final accuracies are the fine-tuned "
+            "ticket's when there is a fine-tune. Retraining = levels 1 and up (the shared "
+            "warm-up is left out); epochs in all add the fine-tune; flow seconds include "
+            "measuring the dense reference. Ratios are of the means, against sap and lth; "
+            "'stopped by' counts why retraining levels ended, over every seed.",
         ),
         (
             "table",
-            ["method", "trials", *(c[0] for c in SUMMARY_COLUMNS), *(c[0] for c in RATIO_COLUMNS)],
+            [
+                "method",
+                "trials",
+                *(c[0] for c in SUMMARY_COLUMNS),
+                *(c[0] for c in RATIO_COLUMNS),
+                "stopped by",
+            ],
             [
                 [
                     method,
                     str(entry["trials"]),
                     *(_cell(entry["totals"], *c[1:]) for c in SUMMARY_COLUMNS),
                     *(_ratio(comparison["ratios"][method].get(key)) for _, key in RATIO_COLUMNS),
+                    _reasons(entry.get("stopped_by", {})),
                 ]
                 for method, entry in methods.items()
             ],
@@ -421,8 +441,8 @@ def _blocks(
         ("h", 2, "Figures"),
     ]
     captions = {
-        "accuracy": "Validation accuracy per level (solid, left axis) and remaining weights "
-        "(dashed, right axis).",
+        "accuracy": "Accuracy against remaining weights, one point per level: test split "
+        "solid, validation split dashed.",
         "epochs": "Retraining epochs per level.",
         "time": "Retraining time per method, split into training, evaluation and flow "
         "computation; the error bar is the std of the total.",
@@ -437,11 +457,12 @@ def _blocks(
             ("h", 3, method),
             (
                 "table",
-                ["level", *(c[0] for c in LEVEL_COLUMNS)],
+                ["level", *(c[0] for c in LEVEL_COLUMNS), "stop"],
                 [
                     [
                         "0 (dense)" if lv["level"] == 0 else str(lv["level"]),
                         *(_cell(lv, *c[1:]) for c in LEVEL_COLUMNS),
+                        _reasons(lv.get("stop_reasons", {})),
                     ]
                     for lv in entry["levels"]
                 ],
