@@ -141,6 +141,9 @@ METHODS.register("incop-if")(
     {"pruner": "sap", "stop": "if", "eps": 0.02, "distance": "l2", "if_summary": "mean"}
 )
 METHODS.register("incop-gf")({"pruner": "sap", "stop": "gf", "eps": 0.2, "distance": "relative"})
+# The flow alone decides (no accuracy clause): what the InCoP claim is about.
+METHODS.register("incop-if-flow")({**METHODS.get("incop-if"), "accuracy_clause": False})
+METHODS.register("incop-gf-flow")({**METHODS.get("incop-gf"), "accuracy_clause": False})
 METHODS.register("sap-mask")({"pruner": "sap", "stop": "mask", "eps": MASK_EPS})
 
 
