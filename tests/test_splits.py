@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from helpers import SHARED
 from incop.config import resolve
 from incop.data import Batches, load_dataset, validation_split
+from incop.errors import UserError
 from incop.experiment import build_batches
 from incop.imp import IMP
 from incop.models import build_model
@@ -82,3 +83,26 @@ def test_builtin_validation_comes_from_train_and_is_shared_by_methods_and_seeds(
     for other in (splits(seed=7), splits(method="lth"), splits(method="sap-acc", seed=2)):
         assert torch.equal(other.val.x, base.val.x) and torch.equal(other.val.y, base.val.y)
     assert not torch.equal(splits(split_seed=1).val.y, base.val.y)
+
+
+def test_train_fraction_trains_on_a_stratified_share_of_the_training_part_only():
+    dataset = load_dataset("digits", None)
+    config = resolve({"train_fraction": 0.25})
+    full = build_batches(resolve({}), dataset)
+    part = build_batches(config, dataset)
+    assert torch.equal(part.val.x, full.val.x)  # validation does not move
+    assert len(part.train.x) == pytest.approx(0.25 * len(full.train.x), abs=10)
+    full_rows = {tuple(row.flatten().tolist()) for row in full.train.x}
+    assert all(tuple(row.flatten().tolist()) in full_rows for row in part.train.x)
+    counts = torch.bincount(part.train.y, minlength=10).float()
+    expected = 0.25 * torch.bincount(full.train.y, minlength=10).float()
+    assert torch.all((counts - expected).abs() <= 1)
+    assert torch.equal(
+        build_batches(resolve({"train_fraction": 0.25, "seed": 3}), dataset).train.x, part.train.x
+    )  # the same rows for every seed of a comparison
+
+
+@pytest.mark.parametrize("value", [0.0, -0.5, 1.5])
+def test_train_fraction_out_of_range_is_refused(value):
+    with pytest.raises(UserError, match=r"train_fraction.*\(0, 1\]"):
+        resolve({"train_fraction": value})

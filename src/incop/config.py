@@ -55,6 +55,7 @@ class Config:
     # Data splits: validation held out of the training split, the same for every run
     val_fraction: float = 0.1
     split_seed: int = 0
+    train_fraction: float = 1.0
     # Training
     batch_size: int = 64
     eval_batch_size: int = 1000
@@ -210,6 +211,8 @@ FIELD_HELP = {
     " (built-in datasets; every decision reads validation, the test split is only reported)",
     "split_seed": "seed of the validation split, apart from the run's seed so that every"
     " method and seed of a comparison shares one validation set",
+    "train_fraction": "share of each class of the rest of the training split that trains"
+    " (drawn with split_seed); below 1 for quick studies on a CPU",
     "batch_size": "training batch size",
     "eval_batch_size": "batch size for evaluation and flow measurements",
     "metric": "the validation number every decision reads (best dense epoch, accuracy rule,"
@@ -473,6 +476,8 @@ def validate(config: Config) -> None:
             bad(name, f"must be in 0..{MAX_SEED}")
     if not 0 < c.val_fraction < 1:
         bad("val_fraction", "must be in (0, 1)")
+    if not 0 < c.train_fraction <= 1:
+        bad("train_fraction", "must be in (0, 1]")
     for name in ("batch_size", "eval_batch_size", "probe_size"):
         if getattr(c, name) < 1:
             bad(name, "must be >= 1")

@@ -27,9 +27,15 @@ class Splits:
 def build_batches(config: Config, dataset: Dataset) -> Splits:
     """``val_fraction`` of the training split, stratified by class and drawn with
     ``split_seed`` (not the run's seed: every method and seed of a comparison sees the same
-    validation set), becomes the validation split; the rest trains."""
+    validation set), becomes the validation split; the rest trains, or ``train_fraction``
+    of each of its classes (also drawn with ``split_seed``)."""
     device = resolve_device(config.device)
     train_idx, val_idx = validation_split(dataset.train_y, config.val_fraction, config.split_seed)
+    if config.train_fraction < 1:
+        _, kept = validation_split(
+            dataset.train_y[train_idx], config.train_fraction, config.split_seed
+        )
+        train_idx = train_idx[kept]
     train = Batches(
         dataset.train_x[train_idx],
         dataset.train_y[train_idx],
