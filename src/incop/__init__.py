@@ -8,6 +8,9 @@ Public API::
     incop.information_flow(model, batches, layers=None) -> Flow
     incop.gradient_flow(model, batches, loss_fn=None, masks=None, normalize=False) -> Tensor
     incop.sparsity_report(model, masks, example_input) -> SparsityReport
+    incop.apply_masks(model, masks, optimizer=None) -> MaskHandle
+    incop.load_ticket(source, model=None, *, level=None) -> Ticket (model, masks)
+    incop.export_ticket(source, format, out, *, level=None, model=None) -> Path
 """
 
 from incop.config import Config
@@ -16,16 +19,22 @@ from incop.flows import Flow, gradient_flow, information_flow
 from incop.imp import LevelResult, Result, prune
 from incop.masks import prunable_parameters, sparsity_report
 from incop.pruning import pq_index, sap_prune_count
+from incop.ticket import MaskHandle, Ticket, apply_masks, export_ticket, load_ticket
 
 __all__ = [
     "Config",
     "DataError",
     "Flow",
     "LevelResult",
+    "MaskHandle",
     "Result",
+    "Ticket",
     "UserError",
+    "apply_masks",
+    "export_ticket",
     "gradient_flow",
     "information_flow",
+    "load_ticket",
     "pq_index",
     "prunable_parameters",
     "prune",

@@ -24,6 +24,7 @@ from incop.config import (
 )
 from incop.errors import StorageError, UserError
 from incop.registry import closest
+from incop.ticket.formats import FORMATS
 
 
 def field_help(name: str) -> str:
@@ -202,6 +203,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from incop.ticket import export_ticket
+
+    out = export_ticket(args.run, args.format, args.out, level=args.level)
+    print(f"{args.format}: {out} ({out.stat().st_size:,} bytes)")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from incop.config import METHODS, PRESETS
     from incop.data import DATASETS
@@ -242,6 +251,21 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="rebuild plots and report of a comparison folder")
     report.add_argument("folder", help="a folder written by `incop compare`")
     report.set_defaults(handler=cmd_report)
+    export = commands.add_parser(
+        "export", help="write a run's ticket in a format other programs load"
+    )
+    export.add_argument("run", metavar="RUN_DIR", help="a run folder (or one of its checkpoints)")
+    export.add_argument(
+        "--format",
+        required=True,
+        help="the file format: "
+        + "; ".join(f"{name}: {FORMATS.get(name).description}" for name in FORMATS.names()),
+    )
+    export.add_argument("--out", required=True, help="the file to write (must not exist)")
+    export.add_argument(
+        "--level", type=int, help="the level (default: the fine-tuned ticket, else the last)"
+    )
+    export.set_defaults(handler=cmd_export)
     listing = commands.add_parser("list", help="list methods, models and datasets")
     listing.set_defaults(handler=cmd_list)
     return parser

@@ -52,6 +52,19 @@ class DatasetInfo:
     num_classes: int
 
 
+#: Inputs and outputs of each built-in dataset, known before its files are read, so a run's
+#: saved config alone rebuilds its model.
+DATASET_INFO: dict[str, DatasetInfo] = {
+    info.name: info
+    for info in (
+        DatasetInfo("digits", channels=1, image_size=8, num_classes=10),
+        DatasetInfo("mnist", channels=1, image_size=28, num_classes=10),
+        DatasetInfo("fashion-mnist", channels=1, image_size=28, num_classes=10),
+        DatasetInfo("cifar10", channels=3, image_size=32, num_classes=10),
+    )
+}
+
+
 @dataclass
 class Dataset:
     """A train/test split held as tensors.
@@ -239,8 +252,9 @@ def _load_digits(data_dir: Path | None, download: bool) -> Dataset:
     with np.load(DIGITS_FILE) as arrays:
         x, y = arrays["images"][:, None], arrays["labels"]
         train, test = arrays["train"], arrays["test"]
-    info = DatasetInfo("digits", channels=1, image_size=8, num_classes=10)
-    return _to_dataset(info, "digits", (x[train], y[train]), (x[test], y[test]), scale=16)
+    return _to_dataset(
+        DATASET_INFO["digits"], "digits", (x[train], y[train]), (x[test], y[test]), scale=16
+    )
 
 
 # --- files and downloads ---------------------------------------------------------------------
@@ -391,8 +405,8 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
 
 
 def _register_idx(name: str, torchvision_folder: str) -> None:
-    """Register an MNIST-like dataset: 1 channel 28x28, 10 classes, in the four IDX files."""
-    info = DatasetInfo(name, channels=1, image_size=28, num_classes=10)
+    """Register an MNIST-like dataset (its :data:`DATASET_INFO`) stored in the four IDX files."""
+    info = DATASET_INFO[name]
 
     @DATASETS.register(name)
     def load(data_dir: Path | None, download: bool) -> Dataset:
@@ -507,5 +521,4 @@ def _load_cifar10(data_dir: Path | None, download: bool) -> Dataset:
         raise _not_found("cifar10", expected, searched, root)
     batches = [_parse_cifar_batch(where, blob) for where, blob in _cifar_blobs(source)]
     train_x, train_y = (np.concatenate(parts) for parts in zip(*batches[:-1], strict=True))
-    info = DatasetInfo("cifar10", channels=3, image_size=32, num_classes=10)
-    return _to_dataset(info, source, (train_x, train_y), batches[-1], scale=255)
+    return _to_dataset(DATASET_INFO["cifar10"], source, (train_x, train_y), batches[-1], scale=255)

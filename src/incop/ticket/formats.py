@@ -1,0 +1,205 @@
+"""Export formats of a ticket (issue 11): one :class:`Format` entry per format in
+:data:`FORMATS`, and :func:`export_ticket`, which loads a ticket and writes one."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from incop.errors import UserError
+from incop.masks import Masks
+from incop.outputs import atomic_path
+from incop.registry import Registry
+
+
+@dataclass(frozen=True)
+class ExportInput:
+    """What a format writer gets: the ticket (pruned weights zero), the run's saved config
+    as YAML text (or None) and an example input batch (or None)."""
+
+    model: nn.Module
+    masks: Masks
+    config: str | None
+    example: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class Format:
+    """An export format: ``write(ticket, path)`` and, if it needs one, the pip extra."""
+
+    description: str
+    write: Callable[[ExportInput, Path], None]
+    extra: str | None = None
+    module: str | None = None  # what the extra installs: checked before any work
+
+
+FORMATS: Registry[Format] = Registry("export format")
+
+
+def _state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def _write_state_dict(ticket: ExportInput, path: Path) -> None:
+    torch.save(_state_dict(ticket.model), path)
+
+
+def _write_torch_prune(ticket: ExportInput, path: Path) -> None:
+    state = _state_dict(ticket.model)
+    for name, mask in ticket.masks.items():
+        weight = state.pop(name)
+        state[f"{name}_orig"] = weight
+        state[f"{name}_mask"] = mask.cpu().to(weight.dtype)
+    torch.save(state, path)
+
+
+SPARSE_FORMAT = "incop-sparse-1"
+
+
+def _write_sparse(ticket: ExportInput, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tensors = _state_dict(ticket.model)
+    shapes = {}
+    for name, mask in ticket.masks.items():
+        weight = tensors.pop(name)
+        mask = mask.cpu()
+        shapes[name] = list(weight.shape)
+        tensors[f"{name}::values"] = weight[mask].contiguous()
+        tensors[f"{name}::bits"] = torch.from_numpy(np.packbits(mask.flatten().numpy()))
+    metadata = {
+        "format": SPARSE_FORMAT,
+        "shapes": json.dumps(shapes),
+        "config": ticket.config or "",
+    }
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def sparse_config(path: Path) -> str:
+    """The run config (YAML text, possibly empty) a ``sparse`` export holds."""
+    return _sparse_metadata(path).get("config", "")
+
+
+def _sparse_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            metadata = file.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types for garbage
+        raise UserError(f"{path}: not a safetensors file ({exc})") from None
+    if metadata.get("format") != SPARSE_FORMAT:
+        raise UserError(f"{path}: a safetensors file, but not a sparse ticket incop wrote")
+    return metadata
+
+
+def read_sparse(path: Path) -> tuple[dict[str, torch.Tensor], Masks]:
+    """The dense state dict (pruned weights zero) and the masks of a ``sparse`` export."""
+    from safetensors.torch import load_file
+
+    shapes = json.loads(_sparse_metadata(path)["shapes"])
+    tensors = load_file(str(path))
+    masks: Masks = {}
+    for name, shape in shapes.items():
+        numel = int(np.prod(shape))
+        bits = tensors.pop(f"{name}::bits").numpy()
+        mask = torch.from_numpy(np.unpackbits(bits, count=numel).astype(bool)).view(shape)
+        values = tensors.pop(f"{name}::values")
+        weight = torch.zeros(shape, dtype=values.dtype)
+        weight[mask] = values
+        tensors[name], masks[name] = weight, mask
+    return tensors, masks
+
+
+def _write_onnx(ticket: ExportInput, path: Path) -> None:
+    if ticket.example is None:
+        raise UserError("the onnx format needs an example input (example_input=)")
+    model = ticket.model.eval()
+    torch.onnx.export(
+        model,
+        (ticket.example,),
+        str(path),
+        input_names=["input"],
+        output_names=["output"],
+        dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+        dynamo=False,
+    )
+
+
+FORMATS.register("state_dict")(
+    Format(
+        "a plain dense state dict, pruned weights zero (torch.load + load_state_dict)",
+        _write_state_dict,
+    )
+)
+FORMATS.register("torch-prune")(
+    Format(
+        "torch.nn.utils.prune's layout: <name>_orig and <name>_mask per pruned weight",
+        _write_torch_prune,
+    )
+)
+FORMATS.register("sparse")(
+    Format(
+        "safetensors: alive values plus a bitmask per pruned weight, and the run's config",
+        _write_sparse,
+    )
+)
+FORMATS.register("onnx")(
+    Format("ONNX graph with the masks folded in", _write_onnx, extra="onnx", module="onnx")
+)
+
+
+def export_ticket(
+    source: str | os.PathLike[str],
+    format: str,
+    out: str | os.PathLike[str],
+    *,
+    level: int | None = None,
+    model: nn.Module | None = None,
+    example_input: torch.Tensor | None = None,
+) -> Path:
+    """Write the ticket in ``source`` (anything :func:`incop.load_ticket` reads) to ``out``
+    in ``format`` (a name in :data:`FORMATS`). ``out`` must not exist (nothing is
+    overwritten); the file is written under a temporary name and renamed. For ``onnx``,
+    ``example_input`` (shape (B, C, H, W)) defaults to one zero image of the run's dataset.
+    Returns ``out``."""
+    from incop.ticket.loading import load_ticket, ticket_config
+
+    chosen = FORMATS.get(format)
+    if chosen.module and importlib.util.find_spec(chosen.module) is None:
+        raise UserError(
+            f"the {format} format needs the {chosen.extra!r} extra:"
+            f' pip install "incop[{chosen.extra}]"'
+        )
+    out = Path(out)
+    if out.exists() or out.is_symlink():
+        raise UserError(f"{out} exists; export writes a new file only (choose another --out)")
+    if not out.parent.is_dir():
+        raise UserError(f"{out.parent} is not a folder; create it first")
+    model, masks = load_ticket(source, model, level=level)
+    config = ticket_config(Path(source))
+    if example_input is None and config is not None:
+        example_input = example_from_config(config)
+    with atomic_path(out) as tmp:
+        chosen.write(ExportInput(model.cpu(), masks, config, example_input), tmp)
+        # Some writers replace the file rather than fill it, so its mode is set after.
+        os.chmod(tmp, 0o644)
+    return out
+
+
+def example_from_config(text: str) -> torch.Tensor | None:
+    """One zero image of the dataset a saved config names, where incop knows its shape."""
+    import yaml
+
+    from incop.data import DATASET_INFO
+
+    info = DATASET_INFO.get((yaml.safe_load(text) or {}).get("dataset", "digits"))
+    return None if info is None else torch.zeros(1, info.channels, info.image_size, info.image_size)

@@ -1,0 +1,197 @@
+"""Load a ticket back (issue 11): :func:`load_ticket` reads a run folder, one of its level
+checkpoints, or a ``state_dict``, ``torch-prune`` or ``sparse`` export."""
+
+from __future__ import annotations
+
+import os
+import re
+import zipfile
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import yaml
+from torch import nn
+
+from incop.errors import UserError
+from incop.masks import Masks, prunable_parameters
+from incop.ticket.masking import masked_parameters
+
+
+class Ticket(NamedTuple):
+    """A pruned model and its masks (parameter name -> bool tensor, True = alive)."""
+
+    model: nn.Module
+    masks: Masks
+
+
+def run_checkpoint(run: Path, level: int | None) -> Path:
+    """The checkpoint of ``level`` in run folder ``run``; by default the fine-tuned final
+    ticket where there is one, else the last level."""
+    levels = sorted(
+        int(p.parent.name)
+        for p in run.glob("levels/*/checkpoint.pt")
+        if re.fullmatch(r"\d+", p.parent.name)
+    )
+    if level is None:
+        if (run / "final" / "checkpoint.pt").is_file():
+            return run / "final" / "checkpoint.pt"
+        if levels:
+            return run / "levels" / str(levels[-1]) / "checkpoint.pt"
+        raise UserError(f"{run}: no level checkpoint (levels/<k>/checkpoint.pt); is it a run?")
+    if level not in levels:
+        have = ", ".join(map(str, levels)) or "none"
+        raise UserError(f"level {level} is not in {run}; its levels: {have}")
+    return run / "levels" / str(level) / "checkpoint.pt"
+
+
+def config_text(run: Path) -> str:
+    path = run / "config.yaml"
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read the run's config ({exc})") from None
+
+
+def model_from_config(text: str, where: str) -> nn.Module:
+    """A fresh model of the architecture a saved config names (built-in models and
+    ``torchvision:`` ones; data is read only for a dataset incop does not know the shape of)."""
+    from incop.config import resolve
+    from incop.data import DATASET_INFO, load_dataset
+    from incop.models import build_model
+
+    try:
+        settings = yaml.safe_load(text)
+        config = resolve(settings if isinstance(settings, dict) else {})
+    except (yaml.YAMLError, UserError) as exc:
+        raise UserError(f"{where}: the saved config does not load: {exc}") from None
+    info = DATASET_INFO.get(config.dataset)
+    if info is None:
+        info = load_dataset(config.dataset, config.data_dir, config.download).info
+    return build_model(config.model, info.channels, info.image_size, info.num_classes)
+
+
+def is_safetensors(path: Path) -> bool:
+    """Whether ``path`` starts like a safetensors file: a little-endian u64 header length,
+    then a JSON object that fits in the file."""
+    with path.open("rb") as file:
+        head = file.read(9)
+        size = path.stat().st_size
+    if len(head) < 9:
+        return False
+    return head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size
+
+
+def _torch_file(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for garbage
+        raise UserError(
+            f"{path}: not a ticket incop can read (run folder, checkpoint.pt, or a state_dict,"
+            f" torch-prune or sparse export): {type(exc).__name__}"
+        ) from None
+
+
+def _checked_model(model: nn.Module | None, path: Path, kind: str) -> nn.Module:
+    if model is None:
+        raise UserError(
+            f"{path} is a {kind} export, which holds no config: pass the model it belongs to"
+            " (load_ticket(path, model))"
+        )
+    return model
+
+
+def _from_torch_prune(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Masks]:
+    masks = {key[: -len("_mask")]: state[key].bool() for key in state if key.endswith("_mask")}
+    plain = {k: v for k, v in state.items() if not k.endswith(("_mask", "_orig"))}
+    for name in masks:
+        plain[name] = state[f"{name}_orig"] * state[f"{name}_mask"]
+    return plain, masks
+
+
+def _read(path: Path, model: nn.Module | None) -> tuple[nn.Module, dict[str, torch.Tensor], Masks]:
+    from incop.ticket.formats import read_sparse, sparse_config
+
+    if not zipfile.is_zipfile(path):  # every torch.save file is a zip archive
+        if not is_safetensors(path):
+            raise UserError(
+                f"{path}: not a ticket incop can read: load_ticket reads a run folder, a"
+                " checkpoint.pt, or a state_dict, torch-prune or sparse export (an onnx export"
+                " is for inference runtimes such as onnxruntime)"
+            )
+        text = sparse_config(path)
+        if model is None:
+            model = (
+                model_from_config(text, str(path)) if text else _checked_model(None, path, "sparse")
+            )
+        state, masks = read_sparse(path)
+        return model, state, masks
+    obj = _torch_file(path)
+    if isinstance(obj, dict) and set(obj) == {"state_dict", "masks"}:
+        if model is None:
+            text = ticket_config(path)
+            if text is None:
+                raise UserError(f"{path}: not inside a run folder (no config.yaml); pass the model")
+            model = model_from_config(text, str(path))
+        return model, obj["state_dict"], obj["masks"]
+    if not (isinstance(obj, dict) and all(torch.is_tensor(v) for v in obj.values())):
+        raise UserError(f"{path}: holds {type(obj).__name__}, not a ticket incop wrote")
+    if any(key.endswith("_mask") for key in obj):
+        state, masks = _from_torch_prune(obj)
+        return _checked_model(model, path, "torch-prune"), state, masks
+    model = _checked_model(model, path, "state_dict")
+    # A plain state dict keeps no masks: a weight is pruned exactly where it is zero.
+    return model, obj, {n: obj[n] != 0 for n in prunable_parameters(model) if n in obj}
+
+
+def load_ticket(
+    source: str | os.PathLike[str], model: nn.Module | None = None, *, level: int | None = None
+) -> Ticket:
+    """The ticket in ``source`` as ``(model, masks)``, pruned weights exactly zero.
+
+    ``source``: a run folder (``level`` picks the level; by default the fine-tuned final
+    ticket where there is one, else the last level), a ``levels/<k>/checkpoint.pt`` or
+    ``final/checkpoint.pt``, or a file ``incop export`` wrote in the ``state_dict``,
+    ``torch-prune`` or ``sparse`` format. ``model``: the module to load into (changed in
+    place and returned); it may be omitted where the source holds a config of a built-in or
+    torchvision model (run folders, their checkpoints, ``sparse`` exports). Masks of a
+    ``state_dict`` export are recovered as the non-zero weights of the model's Conv/Linear
+    layers (exact unless a trained weight is exactly zero). Apply them to a training loop
+    with :func:`incop.apply_masks`.
+    """
+    path = Path(source)
+    if not path.exists():
+        raise UserError(f"{path}: no such run folder or file")
+    if path.is_dir():
+        checkpoint = run_checkpoint(path, level)
+        if model is None:
+            model = model_from_config(config_text(path), str(path / "config.yaml"))
+        path = checkpoint
+    elif level is not None:
+        raise UserError(f"level={level} picks a level of a run folder; {path} is a file")
+    model, state, masks = _read(path, model)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise UserError(f"{path} does not fit the model: {exc}") from None
+    with torch.no_grad():
+        for name, p in masked_parameters(model, masks).items():
+            p.mul_(masks[name].to(p.device))
+    return Ticket(model, {n: m.bool() for n, m in masks.items()})
+
+
+def ticket_config(source: Path) -> str | None:
+    """The saved config (YAML text) that comes with ``source``, or None: a run folder's, that
+    of the run a checkpoint sits in, or the one a ``sparse`` export holds."""
+    from incop.ticket.formats import sparse_config
+
+    if source.is_dir():
+        return config_text(source)
+    if source.is_file() and is_safetensors(source):
+        return sparse_config(source) or None
+    # levels/<k>/checkpoint.pt sits two folders down in its run, final/checkpoint.pt one.
+    depth = 2 if source.parent.parent.name == "levels" else 1
+    run = source.parents[depth] if len(source.parents) > depth else None
+    if source.name == "checkpoint.pt" and run and (run / "config.yaml").is_file():
+        return config_text(run)
+    return None
