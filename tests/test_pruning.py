@@ -225,3 +225,43 @@ def test_the_stall_example_from_the_report_removes_weights_every_round():
         masks = MagnitudePruner(rate=0.2)(weights, masks, torch.Generator())
         left.append(count_alive(masks))
     assert left == [10, 8, 6, 5, 4, 3]  # today: 10, 8, 6, 5, 5, 5
+
+
+def channel_case():
+    """Two hidden layers with hand-set row norms (A: 1, 2, 3, 0.5; B: 0.5, 4) and a classifier."""
+    a = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0], [0.3, 0.4]])
+    b = torch.tensor([[0.3, 0.4, 0.0, 0.0], [0.0, 0.0, 4.0, 0.0]])
+    c = torch.ones(2, 2) * 0.01
+    weights = {"a.weight": a, "b.weight": b, "c.weight": c}
+    return weights, {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
+
+
+def test_channel_scope_removes_whole_units_of_each_layer_by_norm_and_keeps_the_classifier():
+    weights, masks = channel_case()
+    new = MagnitudePruner(rate=0.5, scope="channel")(weights, masks, torch.Generator())
+    # A: round(0.5 * 4) = 2 go, norms 0.5 and 1; B: round(0.5 * 2) = 1 goes, norm 0.5.
+    assert new["a.weight"].all(dim=1).tolist() == [False, True, True, False]
+    assert new["b.weight"].all(dim=1).tolist() == [False, True]
+    assert torch.equal(new["c.weight"], masks["c.weight"])  # the classifier's tiny weights stay
+    for name in ("a.weight", "b.weight"):  # every unit wholly alive or wholly dead
+        assert torch.equal(new[name].all(dim=1), new[name].any(dim=1))
+    again = MagnitudePruner(rate=0.5, scope="channel")(weights, new, torch.Generator())
+    assert again["a.weight"].any(dim=1).tolist() == [False, False, True, False]
+
+
+def test_channel_scope_never_empties_a_layer():
+    weights, masks = channel_case()
+    new = MagnitudePruner(rate=0.99, scope="channel")(weights, masks, torch.Generator())
+    assert new["a.weight"].any(dim=1).tolist() == [False, False, True, False]
+    assert new["b.weight"].any(dim=1).tolist() == [False, True]
+
+
+def test_channel_scope_sap_counts_on_each_layers_vector_of_unit_norms():
+    weights, masks = channel_case()
+    pruner = SAPPruner(p=0.5, q=1.0, eta_r=0.5, scope="channel")
+    new = pruner(weights, masks, torch.Generator())
+    for name, norms in (("a.weight", [1.0, 2.0, 3.0, 0.5]), ("b.weight", [0.5, 4.0])):
+        norms = torch.tensor(norms)
+        expected = sap_prune_count(len(norms), pq_index(norms, 0.5, 1.0), 0.5, 1.0, eta_r=0.5)
+        assert int((~new[name].any(dim=1)).sum()) == min(expected, len(norms) - 1)
+    assert int((~new["a.weight"].any(dim=1)).sum()) >= 1

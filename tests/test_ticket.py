@@ -13,6 +13,9 @@ import incop
 from helpers import TinyNet, blobs
 from incop.cli import main
 from incop.errors import UserError
+from incop.models import build_model
+from incop.pruning import MagnitudePruner
+from incop.ticket.compact import compact
 from incop.ticket.formats import FORMATS
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -204,7 +207,7 @@ def test_onnx_without_its_extra_names_the_extra(run_dir, tmp_path, monkeypatch):
 
 def test_sparse_file_at_10_percent_is_at_most_a_quarter_of_the_state_dict(tmp_path):
     torch.manual_seed(0)
-    model = incop.models.build_model("lenet5", 1, 28, 10)
+    model = build_model("lenet5", 1, 28, 10)
     masks = random_masks(model, keep=0.1)
     incop.apply_masks(model, masks)
     torch.save({"state_dict": model.state_dict(), "masks": masks}, tmp_path / "checkpoint.pt")
@@ -214,7 +217,7 @@ def test_sparse_file_at_10_percent_is_at_most_a_quarter_of_the_state_dict(tmp_pa
     sparse = incop.export_ticket(tmp_path / "checkpoint.pt", "sparse", tmp_path / "s", model=model)
     ratio = sparse.stat().st_size / dense.stat().st_size
     assert ratio <= 0.25, ratio
-    back, back_masks = incop.load_ticket(sparse, incop.models.build_model("lenet5", 1, 28, 10))
+    back, back_masks = incop.load_ticket(sparse, build_model("lenet5", 1, 28, 10))
     assert all(torch.equal(back_masks[n], masks[n]) for n in masks)
     x = torch.randn(4, 1, 28, 28)
     assert torch.equal(outputs(back, x), outputs(model, x))
@@ -235,4 +238,106 @@ def test_cli_export_writes_only_new_files(run_dir, tmp_path, capsys):
     assert "exists" in capsys.readouterr().err
     assert target.read_text() == "the user's own file"
     assert main(["export", str(run_dir), "--format", "nosuch", "--out", str(tmp_path / "n")]) == 2
-    assert sorted(FORMATS.names()) == sorted(["state_dict", "torch-prune", "sparse", "onnx"])
+    assert sorted(FORMATS.names()) == sorted(
+        ["state_dict", "torch-prune", "sparse", "compact", "onnx"]
+    )
+
+
+def channel_ticket(name, shape, rate=0.5, seed=0):
+    """A built-in model with half its units (per layer) pruned, BatchNorm statistics set."""
+    torch.manual_seed(seed)
+    model = build_model(name, shape[0], shape[1], 10)
+    with torch.no_grad():
+        for _ in range(2):  # running statistics away from their initial 0 / 1
+            model.train()(torch.randn(8, *shape))
+    params = incop.prunable_parameters(model)
+    masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}
+    masks = MagnitudePruner(rate=rate, scope="channel")(params, masks, torch.Generator())
+    incop.apply_masks(model, masks)
+    return model.eval(), masks
+
+
+def count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "name, shape",
+    [
+        ("lenet5", (1, 28, 28)),
+        ("resnet20", (3, 32, 32)),
+        pytest.param("vgg11", (3, 32, 32), marks=pytest.mark.slow),
+    ],
+)
+def test_compact_gives_the_same_outputs_with_fewer_parameters(name, shape):
+    model, _ = channel_ticket(name, shape)
+    result = compact(model, torch.zeros(1, *shape))
+    assert count(result.model) < 0.9 * count(model)
+    assert result.removed and all(n > 0 for n in result.removed.values())
+    x = torch.randn(6, *shape)
+    torch.testing.assert_close(outputs(result.model, x), outputs(model, x), atol=1e-5, rtol=1e-5)
+
+
+def test_compact_folds_the_constant_of_a_dead_neuron_with_a_bias():
+    torch.manual_seed(0)
+    model = build_model("mlp", 1, 8, 10)
+    with torch.no_grad():
+        model.fc1.bias.fill_(0.5)  # a dead fc1 neuron still sends relu(0.5) to fc2
+    masks = {"fc1.weight": torch.ones(300, 64, dtype=torch.bool)}
+    masks["fc1.weight"][:100] = False
+    incop.apply_masks(model, masks)
+    result = compact(model, torch.zeros(1, 1, 8, 8))
+    assert result.removed == {"fc1": 100}
+    assert result.model.fc2.in_features == 200
+    x = torch.randn(6, 1, 8, 8)
+    torch.testing.assert_close(outputs(result.model, x), outputs(model, x), atol=1e-5, rtol=1e-5)
+
+
+def test_compact_keeps_dead_units_whose_constant_it_cannot_fold():
+    # A dead conv filter with a positive bias feeds a padded conv: at the borders the padding
+    # breaks the constant, so the filter must stay.
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 3, padding=1))
+    with torch.no_grad():
+        model[0].weight[1].zero_()
+        model[0].bias[1] = 1.0
+        model[0].weight[2].zero_()
+        model[0].bias[2] = -1.0  # relu(-1) = 0: this one can go
+    result = compact(model, torch.zeros(1, 1, 6, 6))
+    assert result.removed == {"0": 1}
+    x = torch.randn(3, 1, 6, 6)
+    torch.testing.assert_close(outputs(result.model, x), outputs(model, x), atol=1e-6, rtol=0)
+
+
+def test_compact_export_round_trip(tmp_path):
+    model, masks = channel_ticket("lenet5", (1, 28, 28))
+    torch.save({"state_dict": model.state_dict(), "masks": masks}, tmp_path / "checkpoint.pt")
+    out = incop.export_ticket(
+        tmp_path / "checkpoint.pt",
+        "compact",
+        tmp_path / "small.pt2",
+        model=model,
+        example_input=torch.zeros(1, 1, 28, 28),
+    )
+    small, small_masks = incop.load_ticket(out)
+    assert count(small) < 0.5 * count(model)
+    assert all(m.all() for m in small_masks.values())  # channel scope: alive units are whole
+    x = torch.randn(5, 1, 28, 28)
+    with torch.no_grad():  # an exported program is fixed in eval mode: it has no .eval()
+        got = small(x)
+    torch.testing.assert_close(got, outputs(model, x), atol=1e-5, rtol=1e-5)
+    with pytest.raises(UserError, match="holds its own, smaller model"):
+        incop.load_ticket(out, model)
+
+
+def test_compact_without_torch_pruning_names_the_extra(run_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch_pruning", None)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "torch_pruning" else real(name, *a),
+    )
+    with pytest.raises(UserError, match=r'pip install "incop\[compact\]"'):
+        incop.export_ticket(run_dir, "compact", tmp_path / "t.pt2")
+    with pytest.raises(UserError, match=r'pip install "incop\[compact\]"'):
+        compact(nn.Linear(2, 2), torch.zeros(1, 2))

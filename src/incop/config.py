@@ -225,7 +225,8 @@ FIELD_HELP = {
     "weight_decay": "L2 weight decay",
     "schedule": "learning-rate schedule of each phase (warm-up, every retraining level)",
     "pruner": "which weights to remove and how many",
-    "scope": "where weights compete: all together, per tensor, or (SAP) per output unit",
+    "scope": "where weights compete: all together, per tensor, (SAP) per output unit, or"
+    " channel: whole output units by their L2 norm, the classifier kept (docs/channel.md)",
     "rate": "fraction of the alive weights removed per level (lth, random)",
     "p": "SAP's p (0 < p < q)",
     "q": "SAP's q",

@@ -17,8 +17,8 @@ import torch
 from incop.masks import Masks
 from incop.registry import Registry
 
-SCOPES_FIXED = ("global", "layer")
-SCOPES_SAP = ("global", "layer", "neuron")
+SCOPES_FIXED = ("global", "layer", "channel")
+SCOPES_SAP = ("global", "layer", "neuron", "channel")
 
 Weights = dict[str, torch.Tensor]
 Pruner = Callable[[Weights, Masks, torch.Generator], Masks]
@@ -150,9 +150,30 @@ def _prune_each(
     return new
 
 
+def _prune_channels(scores: Weights, masks: Masks, count_for: Callable) -> Masks:
+    """Channel scope (docs/channel.md): whole output units (a Conv filter, a Linear row) go,
+    within each layer, ranked by the L2 norm of their alive scores, the count coming from
+    that layer's vector of alive units' norms. The largest-norm unit of a layer is kept. The
+    last prunable layer is the classifier, whose units are the classes: it is never pruned."""
+    new = dict(masks)
+    for name in list(masks)[:-1]:
+        mask = masks[name].flatten(1)
+        alive = mask.any(dim=1)
+        if not alive.any():
+            continue
+        norms = (scores[name].flatten(1) * mask).norm(dim=1)
+        keep = torch.zeros_like(alive)
+        keep[int(norms.masked_fill(~alive, -1.0).argmax())] = True
+        units = _remove_smallest(norms, alive, keep, count_for(norms[alive]))
+        new[name] = masks[name] & units.view(-1, *[1] * (masks[name].dim() - 1))
+    return new
+
+
 def _prune(
     scores: Weights, weights: Weights, masks: Masks, scope: str, count_for: Callable
 ) -> Masks:
+    if scope == "channel":
+        return _prune_channels(scores, masks, count_for)
     keep = _largest_alive(weights, masks)
     if scope == "global":
         return _prune_global(scores, masks, keep, count_for)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 from collections.abc import Callable
@@ -134,6 +135,20 @@ def _write_onnx(ticket: ExportInput, path: Path) -> None:
     )
 
 
+def _write_compact(ticket: ExportInput, path: Path) -> None:
+    from incop.ticket.compact import compact
+
+    if ticket.example is None:
+        raise UserError("the compact format needs an example input (example_input=)")
+    compacted = compact(ticket.model, ticket.example).model
+    batch = torch.export.Dim("batch", min=1)
+    example = ticket.example.expand(2, *ticket.example.shape[1:])  # batch 1 would be fixed
+    program = torch.export.export(compacted, (example,), dynamic_shapes=({0: batch},))
+    buffer = io.BytesIO()  # torch.export wants a .pt2 name, and the temporary file has none
+    torch.export.save(program, buffer)
+    path.write_bytes(buffer.getvalue())
+
+
 FORMATS.register("state_dict")(
     Format(
         "a plain dense state dict, pruned weights zero (torch.load + load_state_dict)",
@@ -152,6 +167,15 @@ FORMATS.register("sparse")(
         _write_sparse,
     )
 )
+FORMATS.register("compact")(
+    Format(
+        "dead units removed (Torch-Pruning): a smaller model with the same outputs, saved"
+        " by torch.export (torch.export.load(path).module())",
+        _write_compact,
+        extra="compact",
+        module="torch_pruning",
+    )
+)
 FORMATS.register("onnx")(
     Format("ONNX graph with the masks folded in", _write_onnx, extra="onnx", module="onnx")
 )
@@ -168,8 +192,9 @@ def export_ticket(
 ) -> Path:
     """Write the ticket in ``source`` (anything :func:`incop.load_ticket` reads) to ``out``
     in ``format`` (a name in :data:`FORMATS`). ``out`` must not exist (nothing is
-    overwritten); the file is written under a temporary name and renamed. For ``onnx``,
-    ``example_input`` (shape (B, C, H, W)) defaults to one zero image of the run's dataset.
+    overwritten); the file is written under a temporary name and renamed. For ``onnx`` and
+    ``compact``, ``example_input`` (shape (B, C, H, W)) defaults to one zero image of the
+    run's dataset.
     Returns ``out``."""
     from incop.ticket.loading import load_ticket, ticket_config
 

@@ -82,6 +82,21 @@ def is_safetensors(path: Path) -> bool:
     return head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size
 
 
+def is_exported_program(path: Path) -> bool:
+    """Whether ``path`` is a zip archive ``torch.export.save`` wrote (the compact format)."""
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/archive_format") for name in archive.namelist())
+
+
+def _from_compact(path: Path) -> Ticket:
+    try:
+        model = torch.export.load(str(path)).module()
+    except Exception as exc:  # torch.export raises many kinds for a damaged archive
+        raise UserError(f"{path}: a torch.export archive that does not load ({exc})") from None
+    # Dead units are gone; what zeros remain are the alive units' own pruned weights.
+    return Ticket(model, {n: p != 0 for n, p in model.named_parameters() if p.dim() > 1})
+
+
 def _torch_file(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -116,8 +131,8 @@ def _read(path: Path, model: nn.Module | None) -> tuple[nn.Module, dict[str, tor
         if not is_safetensors(path):
             raise UserError(
                 f"{path}: not a ticket incop can read: load_ticket reads a run folder, a"
-                " checkpoint.pt, or a state_dict, torch-prune or sparse export (an onnx export"
-                " is for inference runtimes such as onnxruntime)"
+                " checkpoint.pt, or a state_dict, torch-prune, sparse or compact export (an onnx"
+                " export is for inference runtimes such as onnxruntime)"
             )
         text = sparse_config(path)
         if model is None:
@@ -152,9 +167,11 @@ def load_ticket(
     ``source``: a run folder (``level`` picks the level; by default the fine-tuned final
     ticket where there is one, else the last level), a ``levels/<k>/checkpoint.pt`` or
     ``final/checkpoint.pt``, or a file ``incop export`` wrote in the ``state_dict``,
-    ``torch-prune`` or ``sparse`` format. ``model``: the module to load into (changed in
-    place and returned); it may be omitted where the source holds a config of a built-in or
-    torchvision model (run folders, their checkpoints, ``sparse`` exports). Masks of a
+    ``torch-prune``, ``sparse`` or ``compact`` format. ``model``: the module to load into
+    (changed in place and returned); it may be omitted where the source holds a config of a
+    built-in or torchvision model (run folders, their checkpoints, ``sparse`` exports), and
+    must be for ``compact``, whose smaller model comes from the file itself (its masks: its
+    Conv/Linear-like weights that are non-zero). Masks of a
     ``state_dict`` export are recovered as the non-zero weights of the model's Conv/Linear
     layers (exact unless a trained weight is exactly zero). Apply them to a training loop
     with :func:`incop.apply_masks`.
@@ -169,6 +186,10 @@ def load_ticket(
         path = checkpoint
     elif level is not None:
         raise UserError(f"level={level} picks a level of a run folder; {path} is a file")
+    if zipfile.is_zipfile(path) and is_exported_program(path):
+        if model is not None:
+            raise UserError(f"{path} is a compact export: it holds its own, smaller model")
+        return _from_compact(path)
     model, state, masks = _read(path, model)
     try:
         model.load_state_dict(state)
