@@ -57,7 +57,7 @@ def test_missing_data_files_are_named(tmp_path):
 def test_list_names_everything(capsys):
     assert main(["list"]) == 0
     printed = capsys.readouterr().out
-    for name in ("incop-gf", "resnet18", "fashion-mnist"):
+    for name in ("incop-gf", "resnet18", "fashion-mnist", "torch-prune", "compact"):
         assert name in printed
 
 

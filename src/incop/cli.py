@@ -221,6 +221,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         ("presets", PRESETS.names()),
         ("models", MODELS.names()),
         ("datasets", DATASETS.names()),
+        ("export formats", FORMATS.names()),
     ):
         print(f"{title}: {', '.join(names)}")
     return 0
