@@ -341,3 +341,25 @@ def test_compact_without_torch_pruning_names_the_extra(run_dir, tmp_path, monkey
         incop.export_ticket(run_dir, "compact", tmp_path / "t.pt2")
     with pytest.raises(UserError, match=r'pip install "incop\[compact\]"'):
         compact(nn.Linear(2, 2), torch.zeros(1, 2))
+
+
+@pytest.mark.parametrize("method", ["lth", "sap"])
+def test_channel_scope_run_prunes_whole_units_and_compacts(tmp_path, method):
+    out = tmp_path / "run"
+    args = ["run", "--method", method, "--scope", "channel", "--model", "lenet5", "--levels", "2"]
+    args += ["--warmup-epochs", "1", "--max-epochs", "1", "--out", str(out)]
+    if method == "sap":
+        args += ["--eta-r", "0.5"]  # enough units go at this small size
+    assert main(args) == 0
+    model, masks = incop.load_ticket(out)
+    names = list(masks)
+    assert masks[names[-1]].all()  # the classifier is never pruned
+    dead = 0
+    for name in names[:-1]:
+        rows = masks[name].flatten(1)
+        assert torch.equal(rows.all(dim=1), rows.any(dim=1)), name  # whole units only
+        assert rows.any(dim=1).any(), name  # no layer emptied
+        dead += int((~rows.any(dim=1)).sum())
+    assert dead > 0
+    small = compact(model.eval(), torch.zeros(1, 1, 8, 8)).model
+    assert count(small) < count(model)
