@@ -34,14 +34,16 @@ def test_include_and_exclude_by_name_pattern():
     assert list(prunable_modules(Net(), include=["c*"])) == ["conv.weight"]
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_pruned_weights_stay_exactly_zero_through_many_steps(optimizer):
+@pytest.mark.parametrize("optimizer, nesterov", [("sgd", False), ("sgd", True), ("adam", False)])
+def test_pruned_weights_stay_exactly_zero_through_many_steps(optimizer, nesterov):
     torch.manual_seed(0)
     model = Net()
     params = prunable_parameters(model)
     masks = full_masks(params)
     enforcer = MaskEnforcer(params, masks)
-    opt = make_optimizer(model.parameters(), optimizer, lr=0.05, momentum=0.9, weight_decay=5e-3)
+    opt = make_optimizer(
+        model.parameters(), optimizer, lr=0.05, momentum=0.9, nesterov=nesterov, weight_decay=5e-3
+    )
     x, y = torch.randn(16, 1, 6, 6), torch.randint(0, 3, (16,))
     # Train densely first so momentum / Adam moments are nonzero everywhere when the prune comes.
     for _ in range(5):
@@ -49,15 +51,16 @@ def test_pruned_weights_stay_exactly_zero_through_many_steps(optimizer):
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
     masks.update(MagnitudePruner(rate=0.5)({n: p.detach() for n, p in params.items()}, masks, None))
-    enforcer.after_step(opt)
-    for _ in range(200):
+    enforcer.after_step(opt)  # the masks changed: weights and state are masked once
+    for _ in range(200):  # then only gradients, as train_epoch does between its guards
         opt.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
         enforcer.mask_gradients()
         for name, p in params.items():
             assert (p.grad[~masks[name]] == 0).all()
         opt.step()
-        enforcer.after_step(opt)
+        for name, p in params.items():
+            assert (p[~masks[name]] == 0).all()
     for name, p in params.items():
         assert (p[~masks[name]] == 0).all()
         assert (p[masks[name]] != 0).any()

@@ -337,3 +337,18 @@ def test_same_seed_and_threads_give_bitwise_identical_weights(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["threads"] == torch.get_num_threads()
+
+
+def test_threads_option_sets_torchs_threads_and_is_recorded(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        x, y = blobs()
+        prune(TinyNet(), [(x, y)], [blobs(seed=1)], method="sap", levels=1, warmup_epochs=1,
+              max_epochs=1, threads=1, out=tmp_path / "r")  # fmt: skip
+        assert torch.get_num_threads() == 1
+        summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+        assert summary["threads"] == 1 and summary["config"]["threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(UserError, match="threads: 0 .*must be >= 1"):
+        prune(TinyNet(), [(x, y)], [blobs(seed=1)], threads=0)

@@ -45,6 +45,7 @@ class Config:
     download: bool = False
     seed: int = 0
     device: str = "auto"
+    threads: int | None = None
     out: str | None = None
     # The IMP schedule (METHOD.md section 1)
     levels: int = 5
@@ -213,6 +214,8 @@ FIELD_HELP = {
     " method and seed of a comparison shares one validation set",
     "train_fraction": "share of each class of the rest of the training split that trains"
     " (drawn with split_seed); below 1 for quick studies on a CPU",
+    "threads": "CPU threads torch may use (none: torch's own choice, one per core); 1 on a"
+    " machine other jobs share, where more threads wait on each other",
     "batch_size": "training batch size",
     "eval_batch_size": "batch size for evaluation and flow measurements",
     "metric": "the validation number every decision reads (best dense epoch, accuracy rule,"
@@ -479,6 +482,8 @@ def validate(config: Config) -> None:
         bad("val_fraction", "must be in (0, 1)")
     if not 0 < c.train_fraction <= 1:
         bad("train_fraction", "must be in (0, 1]")
+    if c.threads is not None and c.threads < 1:
+        bad("threads", "must be >= 1 (or none: torch's own choice)")
     for name in ("batch_size", "eval_batch_size", "probe_size"):
         if getattr(c, name) < 1:
             bad(name, "must be >= 1")

@@ -562,6 +562,8 @@ class IMP:
 
         Everything that can refuse the run happens here, before the writer opens its folder."""
         c = self.config
+        if c.threads is not None:
+            torch.set_num_threads(c.threads)
         torch.manual_seed(c.seed)
         self.generator = torch.Generator().manual_seed(c.seed)
         self.model.to(self.device)

@@ -124,21 +124,37 @@ def remaining_fraction(masks: Masks) -> float:
 class MaskEnforcer:
     """Keeps pruned weights exactly zero through training.
 
-    Call :meth:`mask_gradients` after ``backward()`` and :meth:`after_step` after
-    ``optimizer.step()``: the gradient, the weight and every optimiser state
-    tensor of the weight's shape (momentum, Adam moments) are multiplied by the
-    mask, so neither weight decay nor momentum can revive a pruned weight.
+    Call :meth:`mask_gradients` after every ``backward()``: one fused multiply of the
+    gradients by float masks (cached, rebuilt when a mask tensor is replaced). Call
+    :meth:`after_step` whenever the masks change (a prune, a rewind, a resume), and as a
+    guard once an epoch: it multiplies the weights and every optimiser state tensor of a
+    weight's shape (momentum, Adam's moments) by the mask. In between, a masked gradient
+    keeps a zero weight with zero state at zero under SGD (momentum, Nesterov, weight decay)
+    and Adam/AdamW, so nothing is re-masked per step. Optimisers that move weights with a
+    zero gradient need :meth:`after_step` after every step, as :func:`incop.apply_masks`
+    does when given the optimiser.
     """
 
     def __init__(self, params: dict[str, nn.Parameter], masks: Masks) -> None:
         self.params = params
         self.masks = masks
+        self._float: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _float_mask(self, name: str) -> torch.Tensor:
+        mask = self.masks[name]
+        cached = self._float.get(name)
+        if cached is None or cached[0] is not mask:
+            cached = (mask, mask.to(self.params[name].dtype))
+            self._float[name] = cached
+        return cached[1]
 
     @torch.no_grad()
     def mask_gradients(self) -> None:
-        for name, p in self.params.items():
-            if p.grad is not None:
-                p.grad.mul_(self.masks[name])
+        names = [name for name, p in self.params.items() if p.grad is not None]
+        if names:
+            torch._foreach_mul_(
+                [self.params[n].grad for n in names], [self._float_mask(n) for n in names]
+            )
 
     @torch.no_grad()
     def after_step(self, optimizer: torch.optim.Optimizer) -> None:

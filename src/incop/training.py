@@ -59,9 +59,10 @@ def train_epoch(
 ) -> EpochStats:
     """One pass over ``batches`` of ``(inputs (B, ...), targets (B,))``, updating ``model``.
 
-    Pruned weights stay exactly zero: ``enforcer`` masks gradients before and
-    weights/optimiser state after every step. ``scheduler`` (if any) is stepped
-    once per epoch, at the end. Raises :class:`DivergenceError` on a non-finite loss.
+    Pruned weights stay exactly zero: ``enforcer`` masks the gradients of every step and,
+    as a guard, the weights and optimiser state once at the end of the epoch. ``scheduler``
+    (if any) is stepped once per epoch, at the end. Raises :class:`DivergenceError` on a
+    non-finite loss.
     """
     model.train()
     total_loss = torch.zeros((), dtype=torch.float64)
@@ -76,8 +77,6 @@ def train_epoch(
         if enforcer is not None:
             enforcer.mask_gradients()
         optimizer.step()
-        if enforcer is not None:
-            enforcer.after_step(optimizer)
         # Accumulate on-device: no host sync per step.
         total_loss = total_loss.to(loss.device) + loss.detach().double() * y.shape[0]
         if classifies(out, y):
@@ -85,6 +84,8 @@ def train_epoch(
         else:
             all_classify = False
         seen += y.shape[0]
+    if enforcer is not None:
+        enforcer.after_step(optimizer)
     if scheduler is not None:
         scheduler.step()
     mean_loss = float(total_loss) / max(seen, 1)
