@@ -23,6 +23,7 @@ import yaml
 from incop.errors import UserError
 from incop.flows import DISTANCES, FLOW_SUMMARIES
 from incop.metrics import CALLABLE_PREFIX, METRICS
+from incop.precision import PRECISIONS
 from incop.pruning import PRUNERS, SCOPES_FIXED, SCOPES_SAP
 from incop.registry import Registry, closest
 from incop.rewind import REWIND_MODES, Rewind
@@ -58,6 +59,7 @@ class Config:
     split_seed: int = 0
     train_fraction: float = 1.0
     # Training
+    precision: str = "fp32"
     batch_size: int = 64
     eval_batch_size: int = 1000
     metric: str = "accuracy"
@@ -216,6 +218,8 @@ FIELD_HELP = {
     " (drawn with split_seed); below 1 for quick studies on a CPU",
     "threads": "CPU threads torch may use (none: torch's own choice, one per core); 1 on a"
     " machine other jobs share, where more threads wait on each other",
+    "precision": "arithmetic of training and evaluation: fp32, or bf16 / fp16 autocast (fp16"
+    " on CUDA only, with a gradient scaler); flows are always measured in fp32",
     "batch_size": "training batch size",
     "eval_batch_size": "batch size for evaluation and flow measurements",
     "metric": "the validation number every decision reads (best dense epoch, accuracy rule,"
@@ -273,6 +277,7 @@ def choices() -> dict[str, list[str]]:
         "device": ["auto", "cpu", "cuda", "cuda:N", "mps"],
         "metric": list(METRICS),
         "on_divergence": ["continue", "stop"],
+        "precision": list(PRECISIONS),
         "optimizer": list(OPTIMIZERS),
         "schedule": list(SCHEDULES),
         "pruner": PRUNERS.names(),
@@ -455,7 +460,7 @@ def validate(config: Config) -> None:
 
     allowed = choices()
     for name in ("method", "dataset", "pruner", "stop", "optimizer", "schedule", "distance",
-                 "if_summary", "on_divergence"):  # fmt: skip
+                 "if_summary", "on_divergence", "precision"):  # fmt: skip
         name_in(name, allowed[name])
     if not str(c.model).startswith("torchvision:"):
         name_in("model", MODELS.names())

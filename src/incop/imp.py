@@ -36,6 +36,7 @@ from incop.masks import (
 )
 from incop.metrics import Metric, MetricFn
 from incop.outputs import NullWriter, RunWriter
+from incop.precision import Precision
 from incop.progress import Progress
 from incop.rewind import snapshot
 from incop.sources import BatchSource, MappedSource, check_sources, make_probe
@@ -246,6 +247,7 @@ class IMP:
                 loss_fn=self.loss_fn,
                 device=self.device,
                 scheduler=self.scheduler,
+                precision=self.precision,
             )
         return {"train_loss": stats.loss, "train_accuracy": stats.accuracy, "lr": lr}
 
@@ -257,6 +259,7 @@ class IMP:
                 loss_fn=self.loss_fn,
                 device=self.device,
                 metric_fn=self.metric.fn,
+                precision=self.precision,
             )
         value = self.metric.value(stats.loss, stats.accuracy, stats.custom)
         return {"val_loss": stats.loss, "val_accuracy": stats.accuracy, "val_metric": value}
@@ -305,7 +308,13 @@ class IMP:
         decide (a test shuffles the test labels and checks every decision is unchanged)."""
         if self.test_data is None:
             return {"test_accuracy": None, "test_loss": None}
-        stats = evaluate(self.model, self.test_data, loss_fn=self.loss_fn, device=self.device)
+        stats = evaluate(
+            self.model,
+            self.test_data,
+            loss_fn=self.loss_fn,
+            device=self.device,
+            precision=self.precision,
+        )
         return {"test_accuracy": stats.accuracy, "test_loss": stats.loss}
 
     def score(self, record: dict[str, Any]) -> float:
@@ -336,6 +345,7 @@ class IMP:
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict() if self.optimizer else None,
                 "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+                "scaler": self.precision.state_dict(),
                 "masks": self.masks,
                 "snapshots": self.snapshots,
                 "best": self.best,
@@ -375,6 +385,7 @@ class IMP:
                 stacklevel=2,
             )
         self.model.load_state_dict(state["model"])
+        self.precision.load_state_dict(state.get("scaler"))
         self.masks.update(state["masks"])
         self.snapshots = state["snapshots"]
         self.best = state["best"]
@@ -584,6 +595,7 @@ class IMP:
             )
         self.masks = full_masks(self.params)
         self.enforcer = MaskEnforcer(self.params, self.masks)
+        self.precision = Precision(c.precision, self.device)
         self.pruner = c.build_pruner()
         self.rule = c.build_stopping_rule()
         self.rewind = c.build_rewind()

@@ -12,6 +12,7 @@ from torch import nn
 
 from incop.errors import UserError
 from incop.masks import MaskEnforcer
+from incop.precision import FP32, Precision
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -56,8 +57,11 @@ def train_epoch(
     loss_fn: LossFn = F.cross_entropy,
     device: torch.device | None = None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    precision: Precision = FP32,
 ) -> EpochStats:
     """One pass over ``batches`` of ``(inputs (B, ...), targets (B,))``, updating ``model``.
+
+    ``precision``: autocast for the forward pass and loss (and fp16's gradient scaler).
 
     Pruned weights stay exactly zero: ``enforcer`` masks the gradients of every step and,
     as a guard, the weights and optimiser state once at the end of the epoch. ``scheduler``
@@ -71,12 +75,13 @@ def train_epoch(
     for batch in batches:
         x, y = _to_device(batch, device)
         optimizer.zero_grad(set_to_none=True)
-        out = model(x)
-        loss = loss_fn(out, y)
-        loss.backward()
+        with precision.autocast():
+            out = model(x)
+            loss = loss_fn(out, y)
+        precision.backward(loss)
         if enforcer is not None:
-            enforcer.mask_gradients()
-        optimizer.step()
+            enforcer.mask_gradients()  # scaled or not: a zero stays zero
+        precision.step(optimizer)
         # Accumulate on-device: no host sync per step.
         total_loss = total_loss.to(loss.device) + loss.detach().double() * y.shape[0]
         if classifies(out, y):
@@ -103,9 +108,11 @@ def evaluate(
     loss_fn: LossFn = F.cross_entropy,
     device: torch.device | None = None,
     metric_fn: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
+    precision: Precision = FP32,
 ) -> EpochStats:
     """Mean loss, accuracy (classification only) and ``metric_fn`` (a per-batch mean,
-    averaged weighted by batch size) of ``model`` in eval mode over ``batches``."""
+    averaged weighted by batch size) of ``model`` in eval mode over ``batches``, the forward
+    pass under ``precision``'s autocast."""
     was_training = model.training
     model.eval()
     total_loss = total_custom = 0.0
@@ -113,7 +120,10 @@ def evaluate(
     all_classify = True
     for batch in batches:
         x, y = _to_device(batch, device)
-        out = model(x)
+        with precision.autocast():
+            out = model(x)
+        if out.dtype in (torch.float16, torch.bfloat16):  # losses and argmax in fp32
+            out = out.float()
         total_loss += float(loss_fn(out, y)) * y.shape[0]
         if classifies(out, y):
             correct += int((out.argmax(1) == y).sum())

@@ -1,0 +1,42 @@
+"""Mixed precision (issue 12): bf16 autocast end to end on CPU; fp16 only where it can run."""
+
+import json
+
+import pytest
+import torch
+
+from incop.cli import main
+from incop.errors import UserError
+from incop.precision import Precision
+
+
+def test_bf16_runs_end_to_end_on_cpu_with_masks_exact(tmp_path):
+    out = tmp_path / "bf16"
+    args = ["run", "--method", "sap", "--precision", "bf16", "--levels", "2"]
+    assert main([*args, "--warmup-epochs", "2", "--max-epochs", "2", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["precision"] == "bf16"
+    assert summary["levels"][-1]["val_accuracy"] > 0.8  # digits: bf16 still learns
+    checkpoint = torch.load(out / "levels" / "2" / "checkpoint.pt", weights_only=True)
+    for name, mask in checkpoint["masks"].items():
+        weight = checkpoint["state_dict"][name]
+        assert weight.dtype == torch.float32  # autocast: the weights stay fp32
+        assert torch.all(weight[~mask] == 0)
+
+
+def test_bf16_autocast_computes_in_bf16_and_fp32_does_not():
+    layer = torch.nn.Linear(4, 4)
+    x = torch.randn(2, 4)
+    with Precision("bf16", torch.device("cpu")).autocast():
+        assert layer(x).dtype == torch.bfloat16
+    with Precision("fp32", torch.device("cpu")).autocast():
+        assert layer(x).dtype == torch.float32
+
+
+def test_fp16_on_cpu_is_refused_before_any_work(tmp_path):
+    out = tmp_path / "fp16"
+    with pytest.raises(UserError, match="fp16 needs a CUDA device.*use bf16"):
+        Precision("fp16", torch.device("cpu"))
+    assert main(["run", "--precision", "fp16", "--device", "cpu", "--out", str(out)]) == 2
+    assert not out.exists()
+    assert main(["run", "--precision", "fp8", "--out", str(out)]) == 2
