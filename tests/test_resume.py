@@ -249,3 +249,20 @@ def test_a_comparison_killed_during_its_shared_warmup_resumes_from_the_last_epoc
         for f in (whole, killed)
     )
     assert a == b and [e for lvl, e, _ in a if lvl == 0] == [1, 2, 3, 4, 5, 6]
+
+
+def test_state_holds_what_changes_per_epoch_and_snapshots_are_written_once(tmp_path):
+    out = tmp_path / "r"
+    args = ["run", "--method", "sap", "--levels", "2", "--warmup-epochs", "3", "--max-epochs", "2"]
+    assert main([*args, "--rewind", "epoch:1", "--out", str(out)]) == 0
+    state = torch.load(out / "state.pt", weights_only=False)
+    # Model plus optimiser state, saved alone, against the whole resume state.
+    alone = tmp_path / "alone.pt"
+    torch.save({"model": state["model"], "optimizer": state["optimizer"]}, alone)
+    assert (out / "state.pt").stat().st_size <= 1.1 * alone.stat().st_size
+    # theta_0, theta* and epoch K: files on disk, each named by the epoch it was taken at.
+    files = sorted(p.name for p in (out / "snapshots").iterdir())
+    dense = [name for name in files if name.startswith("dense-")]
+    assert len(dense) == 1 and sorted({"init-0.pt", "epoch-1.pt", *dense}) == files
+    assert set(state["snapshots"]) == {"init", "dense", "epoch"}
+    assert all((out / relative).is_file() for relative in state["snapshots"].values())

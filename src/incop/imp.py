@@ -28,11 +28,13 @@ from incop.masks import (
     Masks,
     SparsityReport,
     full_masks,
+    pack_mask,
     prunable_parameters,
     remaining_fraction,
     sparsity_report,
     unmatched_layer_patterns,
     unmatched_patterns,
+    unpack_mask,
 )
 from incop.metrics import Metric, MetricFn
 from incop.outputs import NullWriter, RunWriter
@@ -346,11 +348,12 @@ class IMP:
                 "optimizer": self.optimizer.state_dict() if self.optimizer else None,
                 "scheduler": self.scheduler.state_dict() if self.scheduler else None,
                 "scaler": self.precision.state_dict(),
-                "masks": self.masks,
-                "snapshots": self.snapshots,
+                # Bits: masks as bool tensors would add 1 byte per weight to each save.
+                "masks": {n: (tuple(m.shape), pack_mask(m)) for n, m in self.masks.items()},
+                # Written once each (snapshots/, levels/): the state only refers to them.
+                "snapshots": dict(self.snapshot_files),
                 "best": self.best,
                 "levels": [lv.to_dict() for lv in self.levels],
-                "level_masks": self.level_masks,
                 "clock": dict(clock.seconds),
                 "record": self.record,
                 "rule": self.rule.state_dict() if self.levels else None,
@@ -386,12 +389,24 @@ class IMP:
             )
         self.model.load_state_dict(state["model"])
         self.precision.load_state_dict(state.get("scaler"))
-        self.masks.update(state["masks"])
-        self.snapshots = state["snapshots"]
+        self.masks.update(
+            {
+                n: unpack_mask(bits, shape).to(self.device)
+                for n, (shape, bits) in state["masks"].items()
+            }
+        )
+        self.snapshot_files = dict(state["snapshots"])
+        self.snapshots = {
+            name: self.writer.read(relative, self.device)
+            for name, relative in self.snapshot_files.items()
+        }
         self.best = state["best"]
         self.record = state["record"]
         self.levels = [LevelResult(**lv) for lv in state["levels"]]
-        self.level_masks = state["level_masks"]
+        self.level_masks = [
+            self.writer.read(f"levels/{lv.level}/checkpoint.pt", self.device)["masks"]
+            for lv in self.levels
+        ]
         self.epoch_counter = state["epoch_counter"]
         self.generator.set_state(state["generator"].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())
@@ -446,6 +461,16 @@ class IMP:
             stacklevel=3,
         )
 
+    def keep_snapshot(self, name: str, epoch: int) -> None:
+        """Keep the current weights as snapshot ``name`` (in memory and, once, on disk)."""
+        self.snapshots[name] = snapshot(self.model)
+        self.snapshot_files[name] = self.writer.snapshot(f"{name}-{epoch}", self.snapshots[name])
+
+    def share_snapshot(self, name: str, same_as: str) -> None:
+        """Snapshot ``name`` is the same weights as ``same_as`` (and the same file)."""
+        self.snapshots[name] = self.snapshots[same_as]
+        self.snapshot_files[name] = self.snapshot_files[same_as]
+
     def train_dense(self, state: dict[str, Any] | None = None) -> WarmUp:
         """Train densely for ``warmup_epochs``; keep the best-validation weights as theta*.
 
@@ -459,10 +484,10 @@ class IMP:
         else:
             self.fresh_optimizer()
             self.scheduler = make_scheduler(self.optimizer, c.schedule, c.warmup_epochs)
-            self.snapshots = {"init": snapshot(self.model)}
-            self.snapshots["dense"] = self.snapshots["init"]
+            self.keep_snapshot("init", 0)
+            self.share_snapshot("dense", "init")
             if self.rewind.mode == "epoch" and self.rewind.epoch == 0:
-                self.snapshots["epoch"] = self.snapshots["init"]
+                self.share_snapshot("epoch", "init")
             self.best = None
             if c.warmup_epochs == 0:
                 try:
@@ -492,9 +517,9 @@ class IMP:
             self.bar.advance()
             if self.best is None or self.score(record) > self.score(self.best):
                 self.best = record
-                self.snapshots["dense"] = snapshot(self.model)
+                self.keep_snapshot("dense", epoch)
             if self.rewind.mode == "epoch" and epoch == self.rewind.epoch:
-                self.snapshots["epoch"] = snapshot(self.model)
+                self.keep_snapshot("epoch", epoch)
             self.save_state("warmup", 0, epoch, clock)
         return WarmUp(
             self.snapshots,
@@ -509,7 +534,11 @@ class IMP:
     def level_zero(self, warmup: WarmUp, *, shared: bool = False) -> None:
         """Take up a dense warm-up and prepare the stopping rule; ``shared``: trained by another
         run, so its epoch records are logged here too."""
-        self.snapshots = dict(warmup.snapshots)
+        if shared:  # trained elsewhere: this run folder gets its own copies, for resume
+            self.snapshots, self.snapshot_files = {}, {}
+            for name, weights in warmup.snapshots.items():
+                self.snapshots[name] = weights
+                self.snapshot_files[name] = self.writer.snapshot(f"{name}-0", weights)
         self.best = warmup.best
         self.epoch_counter = warmup.epoch_counter
         self.model.load_state_dict(self.snapshots["dense"])
@@ -600,6 +629,7 @@ class IMP:
         self.rule = c.build_stopping_rule()
         self.rewind = c.build_rewind()
         self.snapshots: dict[str, dict[str, torch.Tensor]] = {}
+        self.snapshot_files: dict[str, str | None] = {}
         self.levels: list[LevelResult] = []
         self.level_masks: list[Masks] = []
         self.best: dict[str, Any] | None = None

@@ -12,6 +12,7 @@ import fnmatch
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -105,6 +106,19 @@ def prunable_parameters(
 def full_masks(params: dict[str, nn.Parameter]) -> Masks:
     """All-ones masks (nothing pruned) for ``params``."""
     return {name: torch.ones_like(p, dtype=torch.bool) for name, p in params.items()}
+
+
+def pack_mask(mask: torch.Tensor) -> torch.Tensor:
+    """A bool mask as bits, 8 to a byte (uint8, shape (ceil(numel / 8),), on the CPU)."""
+    return torch.from_numpy(np.packbits(mask.detach().cpu().flatten().numpy()))
+
+
+def unpack_mask(bits: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """The bool mask of ``shape`` that :func:`pack_mask` packed into ``bits``."""
+    numel = int(np.prod(shape))
+    return torch.from_numpy(np.unpackbits(bits.cpu().numpy(), count=numel).astype(bool)).view(
+        *shape
+    )
 
 
 def count_alive(masks: Masks) -> int:

@@ -7,11 +7,14 @@ Layout (documented in the README)::
     summary.json                {"levels": [...], "dense_accuracy": a*, "config": {...}}
     levels/<k>/checkpoint.pt    {"state_dict": ..., "masks": {name: bool tensor}}
     final/checkpoint.pt         the same for the fine-tuned final ticket (finetune_epochs > 0)
-    state.pt                    everything needed to resume after the last completed epoch
+    snapshots/<name>-<e>.pt     weights the run rewinds to (theta_0, theta*, epoch K), each
+                                written once, where it is produced (e: the epoch it was taken)
+    state.pt                    what changes per epoch (model, optimiser, scheduler, RNGs,
+                                counters), and which snapshots it needs
     .incop.lock                 held (flock) by the one process writing the folder
 
 ``state.pt`` also records the SHA-256 of ``config.yaml``, of every level
-checkpoint and of the first ``metrics_lines`` lines of ``metrics.jsonl``, so a
+checkpoint and snapshot, and of the first ``metrics_lines`` lines of ``metrics.jsonl``, so a
 resume either continues exactly the run those files describe or refuses,
 naming the file that does not fit. No file ever holds NaN or Infinity: JSON
 gets ``null`` for a non-finite number.
@@ -117,13 +120,15 @@ RUN_LAYOUT = Layout(
         r"state\.pt",
         r"levels/\d+/checkpoint\.pt",
         r"final/checkpoint\.pt",
+        r"snapshots/[a-z]+-\d+\.pt",
     ),
-    dirs=(r"levels", r"levels/\d+", r"final"),
+    dirs=(r"levels", r"levels/\d+", r"final", r"snapshots"),
 )
 #: The files a resume without ``state.pt`` starts again from scratch (all but the config).
 _PROGRESS = Layout(RUN_LAYOUT.files[1:], RUN_LAYOUT.dirs)
 #: Bumped when the content of ``state.pt`` changes incompatibly.
-STATE_FORMAT = 2
+STATE_FORMAT = 3
+SNAPSHOTS = "snapshots"
 
 
 class NullWriter:
@@ -149,6 +154,9 @@ class NullWriter:
 
     def final(self, state_dict: dict[str, torch.Tensor], masks: Masks) -> None:
         pass
+
+    def snapshot(self, name: str, state_dict: dict[str, torch.Tensor]) -> str | None:
+        return None
 
     def summary(self, summary: dict[str, Any]) -> None:
         pass
@@ -220,10 +228,39 @@ class RunWriter(NullWriter):
             },
         )
 
+    def snapshot(self, name: str, state_dict: dict[str, torch.Tensor]) -> str:
+        """Write weights the run rewinds to (theta_0, theta*, epoch K) once, under a new name
+        (``snapshots/<name>.pt``, the name unique), so a state saved before still finds the
+        file it refers to; returns the relative path for the state."""
+        relative = f"{SNAPSHOTS}/{name}.pt"
+        self.digests[relative] = atomic_torch_save(
+            self.root / relative, {k: v.detach().cpu() for k, v in state_dict.items()}
+        )
+        return relative
+
+    def read(self, relative: str, device: torch.device) -> Any:
+        """A tensor file of this folder (its digest was checked by :meth:`load_state`)."""
+        return torch.load(self.root / relative, map_location=device, weights_only=True)
+
+    def _drop_snapshots(self, kept: set[str]) -> None:
+        """Remove the snapshot files no saved state refers to any more."""
+        for relative in [r for r in self.digests if r.startswith(f"{SNAPSHOTS}/")]:
+            if relative not in kept:
+                del self.digests[relative]
+        folder = self.root / SNAPSHOTS
+        for path in folder.glob("*.pt") if folder.is_dir() else []:
+            if f"{SNAPSHOTS}/{path.name}" not in kept:
+                path.unlink(missing_ok=True)
+
     def summary(self, summary: dict[str, Any]) -> None:
         atomic_write_text(self.root / "summary.json", to_json(summary, indent=2))
 
     def state(self, state: dict[str, Any]) -> None:
+        """Save the resume state. ``state["snapshots"]`` maps names to the snapshot files it
+        needs; once it is saved, the others are removed."""
+        kept = set(state["snapshots"].values())
+        files = {r: d for r, d in self.digests.items() if not r.startswith(f"{SNAPSHOTS}/")}
+        files.update({r: self.digests[r] for r in kept})
         atomic_torch_save(
             self.root / STATE_FILE,
             {
@@ -231,9 +268,10 @@ class RunWriter(NullWriter):
                 "format": STATE_FORMAT,
                 "metrics_lines": self.lines,
                 "metrics_sha256": self._metrics_hash.hexdigest(),
-                "files": dict(self.digests),
+                "files": files,
             },
         )
+        self._drop_snapshots(kept)
 
     def load_state(self, device: torch.device) -> dict[str, Any] | None:
         """The saved resume state, after checking that every file it refers to is the one it
@@ -266,6 +304,8 @@ class RunWriter(NullWriter):
         self.lines = len(kept)
         self._metrics_hash = hashlib.sha256(b"".join(kept))
         self.digests = dict(state["files"])
+        # A snapshot written after the state was saved belongs to the epoch that was lost.
+        self._drop_snapshots(set(state["snapshots"].values()))
         return state
 
     def _verify(self, relative: str, digest: str) -> None:

@@ -11,12 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from incop.errors import UserError
-from incop.masks import Masks
+from incop.masks import Masks, pack_mask, unpack_mask
 from incop.outputs import atomic_path
 from incop.registry import Registry
 
@@ -75,7 +74,7 @@ def _write_sparse(ticket: ExportInput, path: Path) -> None:
         mask = mask.cpu()
         shapes[name] = list(weight.shape)
         tensors[f"{name}::values"] = weight[mask].contiguous()
-        tensors[f"{name}::bits"] = torch.from_numpy(np.packbits(mask.flatten().numpy()))
+        tensors[f"{name}::bits"] = pack_mask(mask)
     metadata = {
         "format": SPARSE_FORMAT,
         "shapes": json.dumps(shapes),
@@ -110,9 +109,7 @@ def read_sparse(path: Path) -> tuple[dict[str, torch.Tensor], Masks]:
     tensors = load_file(str(path))
     masks: Masks = {}
     for name, shape in shapes.items():
-        numel = int(np.prod(shape))
-        bits = tensors.pop(f"{name}::bits").numpy()
-        mask = torch.from_numpy(np.unpackbits(bits, count=numel).astype(bool)).view(shape)
+        mask = unpack_mask(tensors.pop(f"{name}::bits"), shape)
         values = tensors.pop(f"{name}::values")
         weight = torch.zeros(shape, dtype=values.dtype)
         weight[mask] = values
