@@ -84,7 +84,11 @@ def table(comparison: dict) -> list[str]:
                 f"{method}: epochs {epochs_ratio:.2f}x sap, test accuracy {gap:+.2f} pt:"
                 f" {'reaches' if reached else 'misses'} the target"
             )
-    return rows + ["", *verdicts]
+    # A rule stops a level after min_epochs (1) at the earliest, and every method fine-tunes
+    # the same E epochs: the fewest epochs any rule can use, as a ratio to sap's.
+    floor = (SETTINGS["levels"] * 1 + SETTINGS["finetune_epochs"]) / sap["epochs"]["mean"]
+    floor_line = f"floor: no rule can go below {floor:.2f}x sap's epochs (min_epochs 1 a level)"
+    return rows + ["", *verdicts, floor_line]
 
 
 def main() -> None:

@@ -84,7 +84,7 @@ def main() -> None:
         files = {f: export_ticket(run, f, work / f"{run.name}.{f}") for f in FORMATS.names()}
         dense = files["state_dict"].stat().st_size
         sizes.append(
-            f"{label:<19} {result.levels[-1].remaining:>8.2%} "
+            f"{label:<19} {result.levels[-1].remaining_fraction:>8.2%} "
             + " ".join(f"{files[f].stat().st_size / dense:>11.3f}" for f in FORMATS.names())
             + f" {dense / 1024:>9.0f}"
         )
