@@ -193,6 +193,24 @@ def test_onnx_export_folds_the_masks_and_computes_the_same_outputs(run_dir, tmp_
     assert zeros >= sum(int((~m).sum()) for m in masks.values())
     (got,) = ReferenceEvaluator(graph).run(None, {"input": IMAGES.numpy()})
     torch.testing.assert_close(torch.from_numpy(got), outputs(model, IMAGES), atol=1e-5, rtol=0)
+    back, back_masks = incop.load_ticket(out)  # the graph carries the run's config
+    assert torch.equal(outputs(back, IMAGES), outputs(model, IMAGES))
+    assert all(torch.equal(back_masks[n], masks[n]) for n in masks)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnx") is None, reason="the onnx extra")
+def test_onnx_of_a_batchnorm_model_is_refused_by_load_ticket_saying_why(tmp_path):
+    model, masks = channel_ticket("resnet20", (3, 32, 32))
+    torch.save({"state_dict": model.state_dict(), "masks": masks}, tmp_path / "checkpoint.pt")
+    out = incop.export_ticket(
+        tmp_path / "checkpoint.pt",
+        "onnx",
+        tmp_path / "t.onnx",
+        model=model,
+        example_input=torch.zeros(1, 3, 32, 32),
+    )
+    with pytest.raises(UserError, match="folds BatchNorm"):
+        incop.load_ticket(out, build_model("resnet20", 3, 32, 10))
 
 
 def test_onnx_without_its_extra_names_the_extra(run_dir, tmp_path, monkeypatch):

@@ -130,6 +130,35 @@ def _write_onnx(ticket: ExportInput, path: Path) -> None:
         dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
         dynamo=False,
     )
+    import onnx
+
+    graph = onnx.load(str(path))
+    onnx.helper.set_model_props(graph, {ONNX_CONFIG_KEY: ticket.config or ""})
+    onnx.save(graph, str(path))
+
+
+ONNX_CONFIG_KEY = "incop_config"
+
+
+def read_onnx(path: Path) -> tuple[str, dict[str, torch.Tensor]] | None:
+    """The run config (YAML text, possibly empty) and the named tensors of an ONNX file,
+    or None if ``path`` is not one (or the onnx extra is missing)."""
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError:
+        return None
+    try:
+        graph = onnx.load(str(path))
+    except Exception:  # protobuf's decode errors for anything that is not ONNX
+        return None
+    if not graph.graph.node:
+        return None
+    config = {p.key: p.value for p in graph.metadata_props}.get(ONNX_CONFIG_KEY, "")
+    tensors = {
+        t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in graph.graph.initializer
+    }
+    return config, tensors
 
 
 def _write_compact(ticket: ExportInput, path: Path) -> None:

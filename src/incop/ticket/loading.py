@@ -125,22 +125,31 @@ def _from_torch_prune(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.T
 
 
 def _read(path: Path, model: nn.Module | None) -> tuple[nn.Module, dict[str, torch.Tensor], Masks]:
-    from incop.ticket.formats import read_sparse, sparse_config
+    from incop.ticket.formats import read_onnx, read_sparse, sparse_config
 
     if not zipfile.is_zipfile(path):  # every torch.save file is a zip archive
-        if not is_safetensors(path):
+        if is_safetensors(path):
+            text = sparse_config(path)
+            state, masks = read_sparse(path)
+            return _model_for(model, text, path, "sparse"), state, masks
+        onnx_file = read_onnx(path)
+        if onnx_file is None:
             raise UserError(
                 f"{path}: not a ticket incop can read: load_ticket reads a run folder, a"
-                " checkpoint.pt, or a state_dict, torch-prune, sparse or compact export (an onnx"
-                " export is for inference runtimes such as onnxruntime)"
+                " checkpoint.pt, or a state_dict, torch-prune, sparse, compact or onnx export"
             )
-        text = sparse_config(path)
-        if model is None:
-            model = (
-                model_from_config(text, str(path)) if text else _checked_model(None, path, "sparse")
+        text, weights = onnx_file
+        model = _model_for(model, text, path, "onnx")
+        missing = [k for k in model.state_dict() if k not in weights]
+        if missing:
+            raise UserError(
+                f"{path}: its graph does not hold the model's tensors under their names"
+                f" ({', '.join(missing[:4])}...): the ONNX exporter folds BatchNorm into the"
+                " convolutions, so such a graph is for inference only; load the run folder or"
+                " a sparse export instead"
             )
-        state, masks = read_sparse(path)
-        return model, state, masks
+        state = {k: weights[k] for k in model.state_dict()}
+        return model, state, _nonzero_masks(model, state)
     obj = _torch_file(path)
     if isinstance(obj, dict) and set(obj) == {"state_dict", "masks"}:
         if model is None:
@@ -155,8 +164,19 @@ def _read(path: Path, model: nn.Module | None) -> tuple[nn.Module, dict[str, tor
         state, masks = _from_torch_prune(obj)
         return _checked_model(model, path, "torch-prune"), state, masks
     model = _checked_model(model, path, "state_dict")
-    # A plain state dict keeps no masks: a weight is pruned exactly where it is zero.
-    return model, obj, {n: obj[n] != 0 for n in prunable_parameters(model) if n in obj}
+    return model, obj, _nonzero_masks(model, obj)
+
+
+def _nonzero_masks(model: nn.Module, state: dict[str, torch.Tensor]) -> Masks:
+    """Masks of a file that keeps none: a weight is pruned exactly where it is zero."""
+    return {n: state[n] != 0 for n in prunable_parameters(model) if n in state}
+
+
+def _model_for(model: nn.Module | None, text: str, path: Path, kind: str) -> nn.Module:
+    """``model``, or the one the config ``text`` a file holds names."""
+    if model is not None:
+        return model
+    return model_from_config(text, str(path)) if text else _checked_model(None, path, kind)
 
 
 def load_ticket(
@@ -167,14 +187,16 @@ def load_ticket(
     ``source``: a run folder (``level`` picks the level; by default the fine-tuned final
     ticket where there is one, else the last level), a ``levels/<k>/checkpoint.pt`` or
     ``final/checkpoint.pt``, or a file ``incop export`` wrote in the ``state_dict``,
-    ``torch-prune``, ``sparse`` or ``compact`` format. ``model``: the module to load into
-    (changed in place and returned); it may be omitted where the source holds a config of a
-    built-in or torchvision model (run folders, their checkpoints, ``sparse`` exports), and
-    must be for ``compact``, whose smaller model comes from the file itself (its masks: its
-    Conv/Linear-like weights that are non-zero). Masks of a
-    ``state_dict`` export are recovered as the non-zero weights of the model's Conv/Linear
-    layers (exact unless a trained weight is exactly zero). Apply them to a training loop
-    with :func:`incop.apply_masks`.
+    ``torch-prune``, ``sparse``, ``compact`` or ``onnx`` format (an ONNX graph only for
+    models without BatchNorm, which the exporter folds into the convolutions).
+    ``model``: the module to load into (changed in place and returned); it may be
+    omitted where the source holds a config of a built-in or torchvision model (run
+    folders, their checkpoints, ``sparse`` and ``onnx`` exports), and must be left
+    out for ``compact``, whose smaller model comes from the file itself (its masks: its
+    Conv/Linear-like weights that are non-zero). Masks of a ``state_dict`` export are
+    recovered as the non-zero weights of the model's Conv/Linear layers (exact unless a
+    trained weight is exactly zero), and so are an ``onnx`` one's. Apply them to a
+    training loop with :func:`incop.apply_masks`.
     """
     path = Path(source)
     if not path.exists():
