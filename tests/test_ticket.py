@@ -200,15 +200,7 @@ def test_onnx_export_folds_the_masks_and_computes_the_same_outputs(run_dir, tmp_
 
 @pytest.mark.skipif(importlib.util.find_spec("onnx") is None, reason="the onnx extra")
 def test_onnx_of_a_batchnorm_model_is_refused_by_load_ticket_saying_why(tmp_path):
-    model, masks = channel_ticket("resnet20", (3, 32, 32))
-    torch.save({"state_dict": model.state_dict(), "masks": masks}, tmp_path / "checkpoint.pt")
-    out = incop.export_ticket(
-        tmp_path / "checkpoint.pt",
-        "onnx",
-        tmp_path / "t.onnx",
-        model=model,
-        example_input=torch.zeros(1, 3, 32, 32),
-    )
+    _, _, out = export_channel_ticket(tmp_path, "resnet20", (3, 32, 32), "onnx")
     with pytest.raises(UserError, match="folds BatchNorm"):
         incop.load_ticket(out, build_model("resnet20", 3, 32, 10))
 
@@ -275,6 +267,21 @@ def channel_ticket(name, shape, rate=0.5, seed=0):
     return model.eval(), masks
 
 
+def export_channel_ticket(tmp_path, name, shape, fmt):
+    """A channel ticket of a built-in model, saved as a checkpoint and exported: (model,
+    masks, the exported file)."""
+    model, masks = channel_ticket(name, shape)
+    torch.save({"state_dict": model.state_dict(), "masks": masks}, tmp_path / "checkpoint.pt")
+    out = incop.export_ticket(
+        tmp_path / "checkpoint.pt",
+        fmt,
+        tmp_path / f"ticket.{fmt}",
+        model=model,
+        example_input=torch.zeros(1, *shape),
+    )
+    return model, masks, out
+
+
 def count(model):
     return sum(p.numel() for p in model.parameters())
 
@@ -327,15 +334,7 @@ def test_compact_keeps_dead_units_whose_constant_it_cannot_fold():
 
 
 def test_compact_export_round_trip(tmp_path):
-    model, masks = channel_ticket("lenet5", (1, 28, 28))
-    torch.save({"state_dict": model.state_dict(), "masks": masks}, tmp_path / "checkpoint.pt")
-    out = incop.export_ticket(
-        tmp_path / "checkpoint.pt",
-        "compact",
-        tmp_path / "small.pt2",
-        model=model,
-        example_input=torch.zeros(1, 1, 28, 28),
-    )
+    model, _, out = export_channel_ticket(tmp_path, "lenet5", (1, 28, 28), "compact")
     small, small_masks = incop.load_ticket(out)
     assert count(small) < 0.5 * count(model)
     assert all(m.all() for m in small_masks.values())  # channel scope: alive units are whole
