@@ -515,11 +515,15 @@ class IMP:
             trained = epoch
             records.append(self.log(0, epoch, clock, record))
             self.bar.advance()
-            if self.best is None or self.score(record) > self.score(self.best):
+            improved = self.best is None or self.score(record) > self.score(self.best)
+            if improved:
                 self.best = record
                 self.keep_snapshot("dense", epoch)
             if self.rewind.mode == "epoch" and epoch == self.rewind.epoch:
-                self.keep_snapshot("epoch", epoch)
+                if improved:  # the same weights: one file serves both
+                    self.share_snapshot("epoch", "dense")
+                else:
+                    self.keep_snapshot("epoch", epoch)
             self.save_state("warmup", 0, epoch, clock)
         return WarmUp(
             self.snapshots,
