@@ -212,18 +212,27 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from incop.config import METHODS, PRESETS
+    from incop.config import FIELD_HELP, METHODS, PRESETS
     from incop.data import DATASETS
     from incop.models import MODELS
+    from incop.pruning import PRUNERS
 
+    for title, registry in (("methods", METHODS), ("pruners", PRUNERS)):
+        print(f"{title}:")
+        width = max(map(len, registry.names()))
+        for name in registry.names():
+            print(f"  {name:<{width}}  {registry.help(name)}")
     for title, names in (
-        ("methods", METHODS.names()),
         ("presets", PRESETS.names()),
         ("models", MODELS.names()),
         ("datasets", DATASETS.names()),
         ("export formats", FORMATS.names()),
     ):
         print(f"{title}: {', '.join(names)}")
+    print("settings (flags of `incop run`, keys of a config file):")
+    width = max(map(len, FIELD_HELP))
+    for name, text in FIELD_HELP.items():
+        print(f"  {name:<{width}}  {text}")
     return 0
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import yaml
 
+import incop.at_init  # noqa: F401  (registers the synflow and snip pruners)
 from incop.errors import UserError
 from incop.flows import DISTANCES, FLOW_SUMMARIES
 from incop.metrics import CALLABLE_PREFIX, METRICS
@@ -82,6 +83,10 @@ class Config:
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     rewind: str = "dense"
+    # One-shot pruning, e.g. at initialisation (METHOD.md section 8)
+    target_remaining: float | None = None
+    synflow_iterations: int = 100
+    snip_batch: int = 128
     # Stopping rule (METHOD.md section 6) and flows (section 4)
     stop: str = "fixed"
     delta: float = 0.0
@@ -96,12 +101,19 @@ class Config:
     # --- parts ----------------------------------------------------------------------------
 
     def build_pruner(self):
-        """The pruner callable ``(weights, masks, generator) -> masks``."""
+        """The pruner callable ``(weights, masks, generator) -> masks``; those that score with
+        the network (synflow, snip) need ``bind(context)`` before use."""
+        cls = PRUNERS.get(self.pruner)
         if self.pruner == "sap":
-            return PRUNERS.get("sap")(self.p, self.q, self.eta_r, self.gamma, self.beta, self.scope)
-        return PRUNERS.get(self.pruner)(rate=self.rate, scope=self.scope)
+            return cls(self.p, self.q, self.eta_r, self.gamma, self.beta, self.scope)
+        if self.pruner == "synflow":
+            return cls(self.target_remaining, self.synflow_iterations)
+        if self.pruner == "snip":
+            return cls(self.target_remaining, self.snip_batch)
+        return cls(rate=self.rate, scope=self.scope, target=self.target_remaining)
 
-    def build_stopping_rule(self) -> StoppingRule:
+    def build_stopping_rule(self, pruner=None) -> StoppingRule:
+        """The stopping rule; ``pruner``: the run's own (bound) pruner, for the mask rule."""
         cls = STOPPING_RULES.get(self.stop)
         options = {
             "max_epochs": self.max_epochs,
@@ -113,7 +125,7 @@ class Config:
             "skip": tuple(self.if_skip),
             "normalize": self.gf_normalize,
             "accuracy_clause": self.accuracy_clause,
-            "pruner": self.build_pruner(),
+            "pruner": pruner if pruner is not None else self.build_pruner(),
         }
         accepted = {f.name for f in fields(cls) if f.init}
         return cls(**{k: v for k, v in options.items() if k in accepted})
@@ -133,22 +145,51 @@ METHODS: Registry[dict[str, Any]] = Registry("method")
 #: lower quartile of the distances logged in retraining epochs >= 2 of fixed-E SAP runs
 #: (lenet5, Fashion-MNIST, validation split): 0.0602. docs/mask.md has the measurements.
 MASK_EPS = 0.06
-METHODS.register("lth")({"pruner": "lth", "rate": 0.2, "stop": "fixed"})
-METHODS.register("random")({"pruner": "random", "rate": 0.2, "stop": "fixed"})
-METHODS.register("sap")({"pruner": "sap", "stop": "fixed"})
-METHODS.register("sap-acc")({"pruner": "sap", "stop": "accuracy", "delta": 0.0})
+METHODS.register("lth", "Lottery Ticket IMP: 20% of the alive weights a level, E epochs")(
+    {"pruner": "lth", "rate": 0.2, "stop": "fixed"}
+)
+METHODS.register("random", "random pruning at 20% a level, E epochs (sanity baseline)")(
+    {"pruner": "random", "rate": 0.2, "stop": "fixed"}
+)
+METHODS.register("sap", "SAP: the PQ Index sets how many to prune, E epochs a level")(
+    {"pruner": "sap", "stop": "fixed"}
+)
+METHODS.register("sap-acc", "SAP, a level ends once validation accuracy is back at a*")(
+    {"pruner": "sap", "stop": "accuracy", "delta": 0.0}
+)
 # eps defaults: the lower quartile of the distances logged in retraining epochs >= 2 of
 # fixed-E SAP runs (lenet5, Fashion-MNIST, SAP (0.5, 1) and (1, 2)): stop once the flow is
 # as close to the dense one as a well retrained network gets. The upper quartile saved more
 # epochs but lost a point of accuracy at high sparsity; docs/eps.md has the measurements.
-METHODS.register("incop-if")(
+METHODS.register("incop-if", "InCoP-IF: SAP, a level ends once the information flow is back")(
     {"pruner": "sap", "stop": "if", "eps": 0.02, "distance": "l2", "if_summary": "mean"}
 )
-METHODS.register("incop-gf")({"pruner": "sap", "stop": "gf", "eps": 0.2, "distance": "relative"})
+METHODS.register("incop-gf", "InCoP-GF: SAP, a level ends once the gradient flow is back")(
+    {"pruner": "sap", "stop": "gf", "eps": 0.2, "distance": "relative"}
+)
 # The flow alone decides (no accuracy clause): what the InCoP claim is about.
-METHODS.register("incop-if-flow")({**METHODS.get("incop-if"), "accuracy_clause": False})
-METHODS.register("incop-gf-flow")({**METHODS.get("incop-gf"), "accuracy_clause": False})
-METHODS.register("sap-mask")({"pruner": "sap", "stop": "mask", "eps": MASK_EPS})
+METHODS.register("incop-if-flow", "incop-if without the accuracy clause: the flow alone")(
+    {**METHODS.get("incop-if"), "accuracy_clause": False}
+)
+METHODS.register("incop-gf-flow", "incop-gf without the accuracy clause: the flow alone")(
+    {**METHODS.get("incop-gf"), "accuracy_clause": False}
+)
+METHODS.register("sap-mask", "SAP, a level ends once the next prune's mask stops changing")(
+    {"pruner": "sap", "stop": "mask", "eps": MASK_EPS}
+)
+#: Pruning at initialisation: no warm-up, one prune of the untrained network to
+#: target_remaining, one training phase of max_epochs. 0.1 is the least sparse of the three
+#: fractions the frontier benchmark compares (10%, 5%, 2%).
+_AT_INIT = {"warmup_epochs": 0, "levels": 1, "stop": "fixed", "target_remaining": 0.1}
+METHODS.register("synflow", "SynFlow at init to target_remaining, then one training phase")(
+    {**_AT_INIT, "pruner": "synflow"}
+)
+METHODS.register("snip", "SNIP at init to target_remaining, then one training phase")(
+    {**_AT_INIT, "pruner": "snip"}
+)
+METHODS.register("random-init", "random at init to target_remaining (baseline)")(
+    {**_AT_INIT, "pruner": "random"}
+)
 
 
 #: Named settings for whole experiments (``--preset``): the published protocol (METHOD.md
@@ -243,6 +284,10 @@ FIELD_HELP = {
     "include": "shell patterns of weights to prune instead of every Conv/Linear weight",
     "exclude": "shell patterns of weights never to prune, e.g. fc3.weight",
     "rewind": "where surviving weights go after a prune",
+    "target_remaining": "prune once, straight to this fraction of the prunable weights (global"
+    " scope, levels 1): synflow and snip need it, lth and random accept it instead of rate",
+    "synflow_iterations": "synflow: rounds of scoring and pruning, on the exponential schedule",
+    "snip_batch": "snip: training examples in the one batch the sensitivities are taken on",
     "stop": "stopping rule of a retraining phase",
     "delta": "accuracy rule: stop once validation accuracy >= a* - delta (a fraction)",
     "eps": "flow rules: stop once the flow distance < eps (units of the distance)",
@@ -455,7 +500,9 @@ def validate(config: Config) -> None:
 
     for f in fields(Config):
         value = getattr(c, f.name)
-        if field_type(f.name) is float and not (math.isfinite(value) and abs(value) <= FLOAT_MAX):
+        if field_type(f.name) is not float or value is None:
+            continue
+        if not (math.isfinite(value) and abs(value) <= FLOAT_MAX):
             bad(f.name, f"must be a finite number of at most {FLOAT_MAX:.3g} (float32's range)")
 
     allowed = choices()
@@ -477,6 +524,7 @@ def validate(config: Config) -> None:
             f"if_skip: {c.if_skip!r} would be ignored: only the information-flow rule (stop: if)"
             f" uses it, and this run stops with {c.stop!r}"
         )
+    problems += _one_shot_problems(c)
     for name in ("levels", "warmup_epochs", "max_epochs", "min_epochs", "finetune_epochs"):
         if getattr(c, name) < 0:
             bad(name, "must be >= 0")
@@ -525,6 +573,55 @@ def validate(config: Config) -> None:
             )
     if problems:
         raise UserError("\n".join(problems))
+
+
+#: Pruners that prune once, straight to target_remaining, and the pruner-only options.
+AT_INIT_PRUNERS = ("synflow", "snip")
+PRUNER_OPTIONS = {"synflow_iterations": "synflow", "snip_batch": "snip"}
+
+
+def _one_shot_problems(c: Config) -> list[str]:
+    """target_remaining and the options of the at-init pruners: each must do something."""
+    problems = []
+    for name, pruner in PRUNER_OPTIONS.items():
+        if getattr(c, name) < 1:
+            problems.append(f"{name}: {getattr(c, name)!r} is not allowed; must be >= 1")
+        elif getattr(c, name) != default_value(name) and c.pruner != pruner:
+            problems.append(
+                f"{name}: {getattr(c, name)!r} would be ignored: only the {pruner} pruner uses"
+                f" it, and this run prunes with {c.pruner!r}"
+            )
+    target = c.target_remaining
+    if target is None:
+        if c.pruner in AT_INIT_PRUNERS:
+            problems.append(
+                f"target_remaining: the {c.pruner} pruner needs it (the fraction of prunable"
+                " weights to keep, e.g. 0.1)"
+            )
+        return problems
+    if not 0 < target < 1:
+        problems.append(f"target_remaining: {target!r} is not allowed; must be in (0, 1)")
+    if c.pruner == "sap":
+        problems.append(
+            f"target_remaining: {target!r} would be ignored: the sap pruner sets its own count"
+            f" from the PQ Index; use lth, random, {' or '.join(AT_INIT_PRUNERS)}"
+        )
+    if c.scope != "global":
+        problems.append(
+            f"scope: {c.scope!r} is not allowed with target_remaining; one-shot pruning ranks"
+            " all weights together (global)"
+        )
+    if c.levels != 1:
+        problems.append(
+            f"levels: {c.levels} is not allowed with target_remaining, which prunes once,"
+            " straight to it; set levels 1"
+        )
+    if c.pruner in ("lth", "random") and c.rate != default_value("rate"):
+        problems.append(
+            f"rate: {c.rate!r} would be ignored: target_remaining ({target!r}) sets how many"
+            " weights go"
+        )
+    return problems
 
 
 def check_device(name: str) -> str | None:

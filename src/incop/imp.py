@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from incop.at_init import PruneContext
 from incop.config import METHODS, WHERE_FIELDS, Config, default_value, resolve, to_yaml
 from incop.errors import UserError
 from incop.finetune import FinalResult, finetune
@@ -77,6 +78,7 @@ class LevelResult:
     val_metric: float | None = None
     test_accuracy: float | None = None
     test_loss: float | None = None
+    layer_remaining: dict[str, float] | None = None
 
     def __getitem__(self, key: str) -> Any:
         return getattr(self, key)
@@ -299,6 +301,8 @@ class IMP:
             stop_reason=reason,
             macs_fraction=report.macs_fraction,
             distance=last.get("distance"),
+            # Per tensor: layer collapse is how one-shot pruning at init is known to fail.
+            layer_remaining={layer.name: layer.alive / layer.total for layer in report.layers},
         )
         self.writer.level(level, self.model.state_dict(), self.masks)
         self.level_masks.append({k: v.clone() for k, v in self.masks.items()})
@@ -630,7 +634,12 @@ class IMP:
         self.enforcer = MaskEnforcer(self.params, self.masks)
         self.precision = Precision(c.precision, self.device)
         self.pruner = c.build_pruner()
-        self.rule = c.build_stopping_rule()
+        if hasattr(self.pruner, "bind"):  # it scores with the network itself (synflow, snip)
+            context = PruneContext(
+                self.model, self.train_data, self.loss_fn, c.seed, self.device, self.example_input
+            )
+            self.pruner = self.pruner.bind(context)
+        self.rule = c.build_stopping_rule(self.pruner)
         self.rewind = c.build_rewind()
         self.snapshots: dict[str, dict[str, torch.Tensor]] = {}
         self.snapshot_files: dict[str, str | None] = {}

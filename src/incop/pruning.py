@@ -169,6 +169,21 @@ def _prune_channels(scores: Weights, masks: Masks, count_for: Callable) -> Masks
     return new
 
 
+def keep_count(total: int, fraction: float) -> int:
+    """Weights left when ``fraction`` of ``total`` remain (rounded, at least 1)."""
+    return max(1, round(fraction * total))
+
+
+def prune_scores(scores: Weights, masks: Masks, keep: int) -> Masks:
+    """Global scope: remove the alive weights of smallest score until ``keep`` are left,
+    keeping each tensor's largest-score alive weight (METHOD.md: never empty a tensor)."""
+
+    def count(alive: torch.Tensor) -> int:
+        return max(0, alive.numel() - keep)
+
+    return _prune(scores, scores, masks, "global", count)
+
+
 def _prune(
     scores: Weights, weights: Weights, masks: Masks, scope: str, count_for: Callable
 ) -> Masks:
@@ -185,19 +200,27 @@ def _prune(
 
 @dataclass(frozen=True)
 class MagnitudePruner:
-    """LTH pruning: remove a fraction ``rate`` of the alive weights, smallest |w| first."""
+    """LTH pruning: remove a fraction ``rate`` of the alive weights, smallest |w| first; or,
+    given ``target``, remove in one prune down to that fraction of the prunable weights
+    (global scope only: one-shot pruning, e.g. at initialisation)."""
 
     rate: float = 0.2
     scope: str = "global"
+    target: float | None = None
 
     def scores(self, weights: Weights, generator: torch.Generator) -> Weights:
         return {n: w.detach().abs() for n, w in weights.items()}
 
     def __call__(self, weights: Weights, masks: Masks, generator: torch.Generator) -> Masks:
+        scores = self.scores(weights, generator)
+        if self.target is not None:
+            total = sum(mask.numel() for mask in masks.values())
+            return prune_scores(scores, masks, keep_count(total, self.target))
+
         def count(alive: torch.Tensor) -> int:
             return round(self.rate * alive.numel())
 
-        return _prune(self.scores(weights, generator), weights, masks, self.scope, count)
+        return _prune(scores, weights, masks, self.scope, count)
 
 
 @dataclass(frozen=True)
@@ -235,6 +258,12 @@ class SAPPruner:
 
 
 PRUNERS: Registry[type] = Registry("pruner")
-PRUNERS.register("lth")(MagnitudePruner)
-PRUNERS.register("random")(RandomPruner)
-PRUNERS.register("sap")(SAPPruner)
+PRUNERS.register(
+    "lth", "magnitude: smallest |w| first, rate of the alive weights or to target_remaining"
+)(MagnitudePruner)
+PRUNERS.register(
+    "random", "uniformly random, rate of the alive weights or to target_remaining (baseline)"
+)(RandomPruner)
+PRUNERS.register("sap", "magnitude, the count adapted to the PQ Index (Diao et al. 2023)")(
+    SAPPruner
+)

@@ -23,12 +23,16 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._help: dict[str, str] = {}
 
-    def register(self, name: str) -> Callable[[T], T]:
+    def register(self, name: str, help: str = "") -> Callable[[T], T]:
+        """Decorator adding ``entry`` as ``name``; ``help`` is its one-line description."""
+
         def add(entry: T) -> T:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             self._entries[name] = entry
+            self._help[name] = help
             return entry
 
         return add
@@ -41,6 +45,10 @@ class Registry(Generic[T]):
             hint = closest(str(name), valid)
             message = f"unknown {self.kind} {name!r}{hint}; valid: {', '.join(valid)}"
             raise UserError(message) from None
+
+    def help(self, name: str) -> str:
+        """The one-line description ``name`` was registered with ('' if none)."""
+        return self._help.get(name, "")
 
     def names(self) -> list[str]:
         return list(self._entries)

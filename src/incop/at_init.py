@@ -1,0 +1,158 @@
+"""Pruning at initialisation (METHOD.md section 8): SynFlow and SNIP.
+
+Both score every alive weight with the network itself, so unlike the magnitude pruners
+(``(weights, masks, generator) -> masks``) they need the model and, for SNIP, a batch of
+training data: the run hands them a :class:`PruneContext` through ``bind`` before the first
+prune. Both prune, in global scope, straight to ``target`` (a fraction of the prunable
+weights), keep at least one weight per tensor, and leave the model, its gradients and the
+run's random state as they found them (they score a copy).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from incop.errors import UserError
+from incop.masks import Masks
+from incop.pruning import PRUNERS, Weights, keep_count, prune_scores
+from incop.sources import BatchSource, make_probe
+
+
+@dataclass(frozen=True)
+class PruneContext:
+    """What a pruner that scores with the network needs: the ``model`` being pruned (its
+    prunable parameters are named as in the masks), the training data with the run's
+    ``seed`` (SNIP draws its batch from it), the loss, and the device."""
+
+    model: nn.Module
+    train_data: BatchSource
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    seed: int
+    device: torch.device
+    example_input: torch.Tensor
+
+
+def _scoring_copy(model: nn.Module, masks: Masks) -> nn.Module:
+    """A copy of ``model`` with the masks applied, whose gradients are its own."""
+    net = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, mask in masks.items():
+            net.get_parameter(name).mul_(mask)
+    net.zero_grad(set_to_none=True)
+    return net
+
+
+def synflow_scores(model: nn.Module, masks: Masks, example_input: torch.Tensor) -> Weights:
+    """SynFlow's ``|theta * dR/dtheta|`` per masked parameter (same shapes, float64).
+
+    ``R`` is the sum of the outputs of the linearised network: every parameter and floating
+    buffer replaced by its absolute value (BatchNorm in eval mode, so its running statistics
+    are used, as absolute values too), the pruned weights zero, fed one all-ones example
+    shaped like ``example_input[0]``. Computed in float64 on a copy: R grows with the
+    product of the layers' weight sums and overflows float32 in deep networks.
+    """
+    net = _scoring_copy(model, masks).double().eval()
+    with torch.no_grad():
+        for tensor in [*net.parameters(), *net.buffers()]:
+            if tensor.is_floating_point():
+                tensor.abs_()
+    ones = torch.ones(
+        (1, *example_input.shape[1:]), dtype=torch.float64, device=example_input.device
+    )
+    net(ones).sum().backward()
+    scores = {}
+    for name in masks:
+        weight = net.get_parameter(name)
+        scores[name] = (weight.grad * weight).detach().abs()
+    if not all(torch.isfinite(s).all() for s in scores.values()):
+        raise UserError("synflow: the scores overflowed float64; the network is too deep for it")
+    return scores
+
+
+def snip_scores(
+    model: nn.Module, masks: Masks, batch: tuple[torch.Tensor, torch.Tensor], loss_fn: Callable
+) -> Weights:
+    """SNIP's connection sensitivity ``|theta * dL/dtheta|`` per masked parameter (same shapes):
+    the loss of one batch ``(inputs, targets)``, the network in training mode (as Lee et al.),
+    computed on a copy so the model's BatchNorm statistics do not move."""
+    net = _scoring_copy(model, masks).train()
+    inputs, targets = batch
+    with torch.random.fork_rng(devices=[]):  # dropout must not advance the run's generator
+        loss_fn(net(inputs), targets).backward()
+    scores = {}
+    for name in masks:
+        weight = net.get_parameter(name)
+        grad = weight.grad if weight.grad is not None else torch.zeros_like(weight)
+        scores[name] = (grad * weight).detach().abs()
+    return scores
+
+
+class _AtInit:
+    """Shared by the pruners of this module: the context and the checks on it."""
+
+    context: PruneContext | None
+
+    def bind(self, context: PruneContext):
+        """This pruner, scoring with ``context``'s network and data."""
+        return replace(self, context=context)
+
+    def _context(self) -> PruneContext:
+        if self.context is None:
+            raise RuntimeError(f"{type(self).__name__} needs bind(context) before pruning")
+        return self.context
+
+
+@dataclass(frozen=True)
+class SynFlowPruner(_AtInit):
+    """SynFlow (Tanaka et al., 2020): ``iterations`` rounds of scoring and pruning on the
+    exponential schedule, round k keeping ``target ** (k / iterations)`` of the prunable
+    weights; global scope. Data-free."""
+
+    target: float = 0.1
+    iterations: int = 100
+    scope: str = "global"
+    context: PruneContext | None = None
+
+    def __call__(self, weights: Weights, masks: Masks, generator: torch.Generator) -> Masks:
+        context = self._context()
+        total = sum(mask.numel() for mask in masks.values())
+        new = dict(masks)
+        for k in range(1, self.iterations + 1):
+            keep = keep_count(total, self.target ** (k / self.iterations))
+            scores = synflow_scores(context.model, new, context.example_input)
+            new = prune_scores(scores, new, keep)
+        return new
+
+
+@dataclass(frozen=True)
+class SNIPPruner(_AtInit):
+    """SNIP (Lee et al., 2019): one prune to ``target`` by connection sensitivity on one batch
+    of ``batch_size`` training examples (drawn with the run's seed); global scope."""
+
+    target: float = 0.1
+    batch_size: int = 128
+    scope: str = "global"
+    context: PruneContext | None = None
+
+    def __call__(self, weights: Weights, masks: Masks, generator: torch.Generator) -> Masks:
+        context = self._context()
+        (inputs, targets), *_ = make_probe(
+            context.train_data, self.batch_size, context.seed, self.batch_size
+        )
+        batch = (inputs.to(context.device), targets.to(context.device))
+        scores = snip_scores(context.model, masks, batch, context.loss_fn)
+        total = sum(mask.numel() for mask in masks.values())
+        return prune_scores(scores, masks, keep_count(total, self.target))
+
+
+PRUNERS.register("synflow", "SynFlow at init: data-free, iterative, global (Tanaka et al. 2020)")(
+    SynFlowPruner
+)
+PRUNERS.register("snip", "SNIP at init: connection sensitivity on one batch (Lee et al. 2019)")(
+    SNIPPruner
+)
