@@ -1,8 +1,10 @@
 import json
 
 import pytest
+import yaml
 
 from incop.compare import aggregate, run_comparison
+from incop.errors import UserError
 from incop.imp import IMP
 
 
@@ -106,3 +108,35 @@ def test_stop_reasons_are_counted_and_the_fine_tune_is_in_the_totals():
     assert gf["totals"]["final_test_accuracy"]["mean"] == pytest.approx(0.9)
     assert gf["totals"]["wall_seconds"]["mean"] == pytest.approx(8 + 0.2 + 1.5 + 3.3)
     assert result["ratios"]["incop-gf"]["epochs_vs_sap"] == pytest.approx(11 / 23)
+
+
+def test_imp_and_pruning_at_init_in_one_comparison(tmp_path):
+    settings = {"levels": 2, "warmup_epochs": 2, "max_epochs": 1, "target_remaining": 0.05}
+    out = tmp_path / "cmp"
+    result = run_comparison(settings, ["sap", "synflow", "random-init"], seeds=[0], out=out)
+    levels = {m: entry["levels"] for m, entry in result["methods"].items()}
+    # sap follows the comparison's schedule; the at-init methods prune the untrained network
+    # once, to target_remaining, and train one phase.
+    assert [lv["epochs"]["mean"] for lv in levels["sap"]][0] == 2 and len(levels["sap"]) == 3
+    for method in ("synflow", "random-init"):
+        assert [lv["epochs"]["mean"] for lv in levels[method]] == [0, 1]
+        assert levels[method][1]["remaining_fraction"]["mean"] == pytest.approx(0.05, abs=0.002)
+    config = yaml.safe_load((out / "synflow" / "seed-0" / "config.yaml").read_text())
+    assert (config["levels"], config["warmup_epochs"]) == (1, 0)
+    assert (
+        yaml.safe_load((out / "sap" / "seed-0" / "config.yaml").read_text())["target_remaining"]
+        is None
+    )
+
+
+@pytest.mark.parametrize(
+    ("methods", "settings", "message"),
+    [
+        (["sap", "incop-gf"], {"target_remaining": 0.1}, "target_remaining: would be ignored"),
+        (["synflow", "snip"], {"levels": 3}, "levels: would be ignored: only IMP methods"),
+    ],
+)
+def test_a_comparison_setting_no_method_uses_is_refused(tmp_path, methods, settings, message):
+    with pytest.raises(UserError, match=message):
+        run_comparison(settings, methods, seeds=[0], out=tmp_path / "cmp")
+    assert not (tmp_path / "cmp").exists()

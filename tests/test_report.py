@@ -8,10 +8,10 @@ import pytest
 from incop.compare import aggregate, run_folder
 from incop.config import resolve, to_yaml
 from incop.errors import UserError
-from incop.report import write_report
+from incop.report import _frontier_figure, _styles, write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
-PLOTS = ("accuracy", "epochs", "time", "distance")
+PLOTS = ("accuracy", "frontier", "epochs", "time", "distance")
 #: The summary table's promise: header -> (key in totals, scale, decimals shown).
 SUMMARY = {
     "retraining epochs": ("retrain_epochs", 1, 1),
@@ -39,7 +39,7 @@ def fake_run(folder, method, seed, epochs):
     flow = config.stop in ("if", "gf")
     levels, records = [], []
     remaining = 1.0
-    for level, n in enumerate([3, *epochs]):
+    for level, n in enumerate([config.warmup_epochs, *epochs]):
         remaining *= 0.8 if level else 1.0
         accuracy = 0.9 - 0.01 * level + 0.003 * seed + (0.002 if flow else 0.0)
         levels.append(
@@ -55,6 +55,7 @@ def fake_run(folder, method, seed, epochs):
                 "stop_reason": "flow" if flow else "max_epochs",
                 "macs_fraction": remaining,
                 "distance": 0.05 if flow and level else None,
+                "test_accuracy": accuracy - 0.005,
             }
         )
         for epoch in range(n + 1) if level else range(1, n + 1):
@@ -72,7 +73,12 @@ def fake_run(folder, method, seed, epochs):
 
 def make_comparison(root, methods=("sap", "incop-if")):
     """Two seeds per method; the flow method stops after fewer epochs, differing by seed."""
-    schedules = {"sap": [[3, 3], [3, 3]], "incop-if": [[2, 1], [1, 2]], "lth": [[3, 3], [3, 3]]}
+    schedules = {
+        "sap": [[3, 3], [3, 3]],
+        "incop-if": [[2, 1], [1, 2]],
+        "lth": [[3, 3], [3, 3]],
+        "synflow": [[5], [5]],
+    }
     seeds = (0, 1)
     summaries = {
         m: [fake_run(run_folder(root, m, s), m, s, schedules[m][s]) for s in seeds] for m in methods
@@ -80,7 +86,7 @@ def make_comparison(root, methods=("sap", "incop-if")):
     comparison = aggregate(summaries)
     comparison.update(
         seeds=list(seeds),
-        config=resolve({"method": methods[0], "levels": 2}).to_dict(),
+        config=resolve({"method": methods[0]}).to_dict(),
         warmup_seconds={"mean": 3.5, "std": 0.25},
         total_seconds=42.125,
         hardware={"device": "cpu", "cpu_threads": 2},
@@ -182,3 +188,21 @@ def test_missing_run_file_is_a_user_error(tmp_path):
     (run_folder(tmp_path, "sap", 1) / "metrics.jsonl").unlink()
     with pytest.raises(UserError, match="metrics.jsonl"):
         write_report(tmp_path)
+
+
+def test_the_frontier_shows_every_trained_ticket_and_no_untrained_network(tmp_path):
+    comparison = make_comparison(tmp_path, methods=("sap", "synflow"))
+    figure = _frontier_figure(comparison, _styles(comparison["methods"]))
+    (ax,) = figure.axes
+    assert ax.get_xscale() == "log"
+    drawn = {bars.get_label(): bars.lines[0] for bars in ax.containers}
+    # sap: the dense network and both levels; synflow: its one trained ticket, not the
+    # untrained network it was pruned from (level 0, no warm-up).
+    sap = comparison["methods"]["sap"]["levels"]
+    assert list(drawn["sap"].get_xdata()) == pytest.approx(
+        [lv["remaining_fraction"]["mean"] * 100 for lv in sap]
+    )
+    assert list(drawn["sap"].get_ydata()) == pytest.approx(
+        [lv["test_accuracy"]["mean"] * 100 for lv in sap]
+    )
+    assert list(drawn["synflow"].get_xdata()) == pytest.approx([80.0])

@@ -166,7 +166,7 @@ def _seeds(args: argparse.Namespace) -> list[int]:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from incop.compare import check_plan, format_table, run_comparison
+    from incop.compare import check_plan, format_table, method_config, run_comparison
     from incop.report import write_report
 
     mode = _mode(args)
@@ -188,8 +188,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 " e.g. sap,incop-gf"
             )
         seeds = _seeds(args)
-        check_plan(methods, seeds)
-        out = overrides.pop("out", None) or default_out("compare", resolve(overrides))
+        check_plan(methods, seeds, overrides)
+        first = method_config(overrides, methods[0], seeds[0])
+        out = overrides.pop("out", None) or default_out("compare", first)
     comparison = run_comparison(overrides, methods, seeds, out=out, progress=True, mode=mode)
     print(format_table(comparison))
     print(f"\nreport: {write_report(out)}")

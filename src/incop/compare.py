@@ -7,7 +7,8 @@ Layout of a comparison folder::
     comparison.json                 aggregate (see :func:`aggregate`)
     warmup/seed-<s>/                the shared dense warm-up of each seed as it trains (a run
                                     folder holding level 0 only, resumable epoch by epoch)
-    warmup/seed-<s>.pt              the finished warm-up every method of seed s starts from
+    warmup/seed-<s>.pt              the finished warm-up the methods of seed s start from (those
+                                    with another dense phase, e.g. at init, train their own)
     <method>/seed-<s>/              each run folder exactly as ``incop run`` writes it
     plots/, report.md, report.html  written by :func:`incop.report.write_report`
     .incop.lock                     held (flock) by the one process writing the folder
@@ -31,7 +32,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from incop.config import MAX_SEED, METHODS, resolve
+from incop.config import MAX_SEED, METHODS, Config, dense_phase, resolve
 from incop.data import Batches, load_dataset
 from incop.errors import UserError
 from incop.experiment import build_batches
@@ -89,9 +90,36 @@ def compare_layout() -> Layout:
     )
 
 
-def check_plan(methods: Sequence[str], seeds: Sequence[int]) -> None:
-    """Refuse, before any work, an empty or repeated method or seed, or an unknown method."""
+#: The IMP schedule of a comparison (warm-up, levels) does not reach methods that prune once
+#: (a preset with target_remaining: synflow, snip, random-init), and target_remaining reaches
+#: only them: one command compares IMP with pruning at initialisation.
+ONE_SHOT_ONLY, IMP_ONLY = ("target_remaining",), ("warmup_epochs", "levels")
+
+
+def method_config(overrides: dict[str, Any], method: str, seed: int, **extra: Any) -> Config:
+    """The config of ``method`` at ``seed`` in a comparison of ``overrides``."""
+    one_shot = METHODS.get(method).get("target_remaining") is not None
+    skip = IMP_ONLY if one_shot else ONE_SHOT_ONLY
+    own = {k: v for k, v in overrides.items() if k.replace("-", "_") not in skip}
+    return resolve({**own, "method": method, "seed": seed, **extra})
+
+
+def check_plan(
+    methods: Sequence[str], seeds: Sequence[int], overrides: dict[str, Any] | None = None
+) -> None:
+    """Refuse, before any work, an empty or repeated method or seed, an unknown method, or a
+    setting in ``overrides`` that no method of the plan would use."""
     problems = []
+    known = [m for m in methods if m in METHODS]
+    one_shot = [m for m in known if METHODS.get(m).get("target_remaining") is not None]
+    for keys, users, who in ((ONE_SHOT_ONLY, one_shot, "methods that prune once (at init)"),
+                             (IMP_ONLY, set(known) - set(one_shot), "IMP methods")):  # fmt: skip
+        given = [k for k in (overrides or {}) if k.replace("-", "_") in keys]
+        if known and given and not users:
+            problems.append(
+                f"{', '.join(given)}: would be ignored: only {who} use it, and the plan has"
+                f" none ({', '.join(known)})"
+            )
     if not methods:
         problems.append("methods: none given; name at least one, e.g. sap,incop-gf")
     for method in methods:
@@ -132,11 +160,11 @@ def run_comparison(
     out = Path(out)
     # Everything is checked and loaded before the folder is made: a refused or failed start
     # leaves nothing behind.
-    check_plan(methods, seeds)
-    first = resolve({**overrides, "method": methods[0], "seed": seeds[0]})
+    check_plan(methods, seeds, overrides)
+    first = method_config(overrides, methods[0], seeds[0])
     for method in methods:
         for seed in seeds:
-            resolve({**overrides, "method": method, "seed": seed})
+            method_config(overrides, method, seed)
     folder = OwnedFolder(out, compare_layout(), mode=mode, kind="comparison", marker=PLAN_FILE)
     folder.check()
     dataset = load_dataset(first.dataset, first.data_dir, first.download)
@@ -167,14 +195,20 @@ def _compare(out, overrides, methods, seeds, first, dataset, progress, mode) -> 
     warmup_seconds = []
     bar = tqdm(total=len(seeds) * len(methods), desc="compare", unit="run", disable=not progress)
     for seed in seeds:
-        splits = build_batches(resolve({**overrides, "seed": seed}), dataset)
+        splits = build_batches(method_config(overrides, methods[0], seed), dataset)
         train, val = splits.train, splits.val
 
         def fresh_model(seed: int = seed) -> torch.nn.Module:
             torch.manual_seed(seed)
             return build_model(first.model, info.channels, info.image_size, info.num_classes)
 
-        warmup = shared_warmup(out, seed, overrides, methods[0], fresh_model, train, val, progress)
+        configs = {m: method_config(overrides, m, seed) for m in methods}
+        phases = [dense_phase(config) for config in configs.values()]
+        # The dense phase most methods share is trained once (the first method with it
+        # trains it); a method with another (pruning at init: none) trains its own.
+        common = max(phases, key=phases.count)
+        sharer = methods[phases.index(common)]
+        warmup = shared_warmup(out, seed, overrides, sharer, fresh_model, train, val, progress)
         warmup_seconds.append(sum(warmup.seconds.values()))
         for method in methods:
             folder = run_folder(out, method, seed)
@@ -182,12 +216,14 @@ def _compare(out, overrides, methods, seeds, first, dataset, progress, mode) -> 
             if (folder / "summary.json").exists() and mode == "resume":
                 summaries[method].append(json.loads((folder / "summary.json").read_text()))
             else:
-                config = resolve({**overrides, "method": method, "seed": seed, "out": str(folder)})
+                config = method_config(overrides, method, seed, out=str(folder))
                 going_on = mode == "resume" and (folder / "config.yaml").exists()
                 writer = RunWriter(folder, mode="resume" if going_on else "new")
                 imp = IMP(config, fresh_model(), train, val, writer=writer, progress=progress,
                           test_data=splits.test)  # fmt: skip
-                summaries[method].append(imp.run(warmup, resume=going_on).summary())
+                own = dense_phase(configs[method]) != common
+                result = imp.run(None if own else warmup, resume=going_on)
+                summaries[method].append(result.summary())
             bar.update(1)
     bar.close()
     comparison = aggregate(summaries)
@@ -228,7 +264,7 @@ def shared_warmup(
             ) from None
     folder = out / "warmup" / f"seed-{seed}"
     going_on = (folder / "config.yaml").exists()
-    config = resolve({**overrides, "method": method, "seed": seed, "out": str(folder)})
+    config = method_config(overrides, method, seed, out=str(folder))
     writer = RunWriter(folder, mode="resume" if going_on else "new")
     imp = IMP(config, fresh_model(), train, val, writer=writer, progress=progress)
     warmup = imp.warm_up(resume=going_on)

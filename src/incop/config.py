@@ -652,6 +652,22 @@ def check_device(name: str) -> str | None:
 WHERE_FIELDS = ("out", "data_dir", "download")
 
 
+#: Fields that only act after the dense warm-up: methods differing in these alone can start
+#: from one shared warm-up (``incop compare``).
+AFTER_WARMUP_FIELDS = (
+    "method", "out", "levels", "max_epochs", "min_epochs", "finetune_epochs", "pruner",
+    "scope", "rate", "p", "q", "eta_r", "gamma", "beta", "include", "exclude",
+    "target_remaining", "synflow_iterations", "snip_batch", "stop", "delta", "eps",
+    "distance", "probe_size", "if_summary", "if_skip", "gf_normalize", "accuracy_clause",
+)  # fmt: skip
+
+
+def dense_phase(config: Config) -> dict[str, Any]:
+    """The settings that decide the dense warm-up: two runs whose dense phases are equal
+    train the same dense network (same seed, data, schedule and warm-up length)."""
+    return {k: v for k, v in config.to_dict().items() if k not in AFTER_WARMUP_FIELDS}
+
+
 def to_yaml(config: Config) -> str:
     """``config.yaml``: every field but ``out``."""
     values = {k: v for k, v in config.to_dict().items() if k != "out"}

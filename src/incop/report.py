@@ -96,6 +96,7 @@ def write_report(folder: str | Path) -> Path:
     plots = folder / "plots"
     figures = {
         "accuracy": _accuracy_figure(comparison, styles),
+        "frontier": _frontier_figure(comparison, styles),
         "epochs": _epochs_figure(comparison, styles),
         "time": _time_figure(comparison, styles),
         "distance": _distance_figure(runs, styles),
@@ -233,6 +234,49 @@ def _accuracy_figure(comparison: dict[str, Any], styles: dict[str, Any]) -> Figu
             Line2D([], [], color="grey", linestyle="--", label="validation split"),
         ]
         fig.legend(handles=handles + splits, loc="outside lower center", ncols=4)
+    return fig
+
+
+def _frontier_figure(comparison: dict[str, Any], styles: dict[str, Any]) -> Figure | None:
+    """The accuracy-sparsity frontier: every trained ticket's test accuracy against its
+    remaining weights (log x), so IMP levels, one-shot tickets (pruned at init) and random
+    share one picture (Blalock et al. 2020). A method's levels are joined by a line; its
+    fine-tuned final ticket, where there is one, is a filled marker; untrained networks
+    (level 0 of a method without warm-up) are left out. None without test data."""
+    points = []
+    for method, entry in comparison["methods"].items():
+        trained = [
+            lv for lv in entry["levels"]
+            if (lv["level"] > 0 or lv["epochs"]["mean"] > 0)
+            and lv["test_accuracy"]["mean"] is not None
+        ]  # fmt: skip
+        if trained:
+            points.append((method, entry, trained))
+    if not points:
+        return None
+    with rc_context(STYLE):
+        fig = _figure()
+        ax = fig.add_subplot()
+        for method, entry, trained in points:
+            x = [lv["remaining_fraction"]["mean"] * 100 for lv in trained]
+            y, err = zip(*[_stat(lv, "test_accuracy", 100) for lv in trained], strict=True)
+            ax.errorbar(x, y, yerr=err, **styles[method], label=method, markersize=5,
+                        fillstyle="none", capsize=2)  # fmt: skip
+            totals = entry["totals"]
+            if totals["finetune_epochs"]["mean"] and totals["final_test_accuracy"]["mean"]:
+                fx = totals["final_remaining_fraction"]["mean"] * 100
+                fy, ferr = _stat(totals, "final_test_accuracy", 100)
+                ax.errorbar([fx], [fy], yerr=[ferr], color=styles[method]["color"],
+                            marker=styles[method]["marker"], markersize=7, capsize=2)  # fmt: skip
+        ax.set_xscale("log")
+        ax.invert_xaxis()
+        plain = FuncFormatter(lambda value, _: f"{value:g}")
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(plain)
+        ax.set_xlabel("remaining weights (%, log scale; dense at the left)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title("Frontier: test accuracy of every trained ticket (filled: fine-tuned)")
+        fig.legend(loc="outside lower center", ncols=4)
     return fig
 
 
@@ -443,6 +487,9 @@ def _blocks(
     captions = {
         "accuracy": "Accuracy against remaining weights, one point per level: test split "
         "solid, validation split dashed.",
+        "frontier": "The frontier: test accuracy (test split) of every trained ticket against"
+        " its remaining weights, error bars one std over seeds; filled markers are fine-tuned"
+        " final tickets. Tickets pruned at initialisation are single points.",
         "epochs": "Retraining epochs per level.",
         "time": "Retraining time per method, split into training, evaluation and flow "
         "computation; the error bar is the std of the total.",
