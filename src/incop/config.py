@@ -30,6 +30,10 @@ from incop.registry import Registry, closest
 from incop.rewind import REWIND_MODES, Rewind
 from incop.stopping import STOPPING_RULES, StoppingRule
 from incop.training import OPTIMIZERS, SCHEDULES
+from incop.warmup_stop import WARMUP_STOPS, EPIStop, WarmupStop
+
+#: epi_threshold's default: docs/epi.md has the logged similarities it was chosen from.
+EPI_THRESHOLD = 0.9
 
 
 @dataclass
@@ -52,6 +56,10 @@ class Config:
     # The IMP schedule (METHOD.md section 1)
     levels: int = 5
     warmup_epochs: int = 10
+    warmup_stop: str = "fixed"
+    epi_window: int = 3
+    epi_threshold: float = EPI_THRESHOLD
+    min_warmup_epochs: int = 1
     max_epochs: int = 10
     min_epochs: int = 1
     finetune_epochs: int = 0
@@ -129,6 +137,12 @@ class Config:
         }
         accepted = {f.name for f in fields(cls) if f.init}
         return cls(**{k: v for k, v in options.items() if k in accepted})
+
+    def build_warmup_stop(self) -> WarmupStop:
+        """When the dense warm-up ends (besides its cap, ``warmup_epochs``)."""
+        if self.warmup_stop == "epi":
+            return EPIStop(self.epi_window, self.epi_threshold, self.min_warmup_epochs)
+        return WARMUP_STOPS.get(self.warmup_stop)()
 
     def build_rewind(self) -> Rewind:
         return Rewind.parse(self.rewind)
@@ -246,6 +260,12 @@ FIELD_HELP = {
     "out": "run folder (default runs/<time>-<token>-<method>-<dataset>-<model>)",
     "levels": "pruning rounds K after the dense warm-up",
     "warmup_epochs": "dense training epochs before the first prune",
+    "warmup_stop": "when the warm-up ends: fixed (all warmup_epochs) or epi (once the first"
+    " prune's mask stops changing; theta* is that epoch's weights)",
+    "epi_window": "epi: the mask of each epoch is compared with those of this many before it",
+    "epi_threshold": "epi: end the warm-up once the smallest intersection over union in the"
+    " window is at least this (docs/epi.md)",
+    "min_warmup_epochs": "epi: never end the warm-up before this many epochs",
     "max_epochs": "cap E on the retraining epochs of a level",
     "finetune_epochs": "after the last level, train the final ticket this many more epochs"
     " (masks kept, fresh optimiser and schedule), keeping the best validation epoch",
@@ -326,6 +346,7 @@ def choices() -> dict[str, list[str]]:
         "optimizer": list(OPTIMIZERS),
         "schedule": list(SCHEDULES),
         "pruner": PRUNERS.names(),
+        "warmup_stop": WARMUP_STOPS.names(),
         "scope": list(SCOPES_SAP),
         "rewind": list(REWIND_MODES),
         "stop": STOPPING_RULES.names(),
@@ -507,7 +528,7 @@ def validate(config: Config) -> None:
 
     allowed = choices()
     for name in ("method", "dataset", "pruner", "stop", "optimizer", "schedule", "distance",
-                 "if_summary", "on_divergence", "precision"):  # fmt: skip
+                 "if_summary", "on_divergence", "precision", "warmup_stop"):  # fmt: skip
         name_in(name, allowed[name])
     if not str(c.model).startswith("torchvision:"):
         name_in("model", MODELS.names())
@@ -524,7 +545,7 @@ def validate(config: Config) -> None:
             f"if_skip: {c.if_skip!r} would be ignored: only the information-flow rule (stop: if)"
             f" uses it, and this run stops with {c.stop!r}"
         )
-    problems += _one_shot_problems(c)
+    problems += _one_shot_problems(c) + _warmup_stop_problems(c)
     for name in ("levels", "warmup_epochs", "max_epochs", "min_epochs", "finetune_epochs"):
         if getattr(c, name) < 0:
             bad(name, "must be >= 0")
@@ -573,6 +594,43 @@ def validate(config: Config) -> None:
             )
     if problems:
         raise UserError("\n".join(problems))
+
+
+def _warmup_stop_problems(c: Config) -> list[str]:
+    """The EPI options: in range, and set only where the warm-up stop uses them."""
+    problems = []
+    names = ("epi_window", "epi_threshold", "min_warmup_epochs")
+    if c.warmup_stop != "epi":
+        problems += [
+            f"{name}: {getattr(c, name)!r} would be ignored: only warmup_stop epi uses it, and"
+            f" this run has warmup_stop {c.warmup_stop!r}"
+            for name in names
+            if getattr(c, name) != default_value(name)
+        ]
+        return problems
+    if c.epi_window < 1:
+        problems.append(f"epi_window: {c.epi_window!r} is not allowed; must be >= 1")
+    if not 0 < c.epi_threshold <= 1:
+        problems.append(f"epi_threshold: {c.epi_threshold!r} is not allowed; must be in (0, 1]")
+    if not 0 <= c.min_warmup_epochs <= c.warmup_epochs:
+        problems.append(
+            f"min_warmup_epochs: {c.min_warmup_epochs!r} is not allowed; must be in"
+            f" 0..warmup_epochs ({c.warmup_epochs})"
+        )
+    if c.warmup_epochs <= c.epi_window:
+        problems.append(
+            f"warmup_stop: epi can never end a warm-up of {c.warmup_epochs} epochs early: it"
+            f" compares each epoch with the {c.epi_window} before it (epi_window); raise"
+            " warmup_epochs, the cap"
+        )
+    if c.rewind.startswith("epoch:"):
+        k = c.rewind.split(":", 1)[1]
+        if not k.isdigit() or int(k) > c.min_warmup_epochs:
+            problems.append(
+                f"rewind: {c.rewind!r} needs dense epoch {k}, which an EPI warm-up may end"
+                f" before; set min_warmup_epochs >= {k}"
+            )
+    return problems
 
 
 #: Pruners that prune once, straight to target_remaining, and the pruner-only options.
@@ -665,7 +723,9 @@ AFTER_WARMUP_FIELDS = (
 def dense_phase(config: Config) -> dict[str, Any]:
     """The settings that decide the dense warm-up: two runs whose dense phases are equal
     train the same dense network (same seed, data, schedule and warm-up length)."""
-    return {k: v for k, v in config.to_dict().items() if k not in AFTER_WARMUP_FIELDS}
+    # EPI ends the warm-up by the first prune's mask: the pruner shapes the dense phase too.
+    after = AFTER_WARMUP_FIELDS if config.warmup_stop == "fixed" else ("method", "out")
+    return {k: v for k, v in config.to_dict().items() if k not in after}
 
 
 def to_yaml(config: Config) -> str:

@@ -41,6 +41,7 @@ from incop.metrics import Metric, MetricFn
 from incop.outputs import NullWriter, RunWriter
 from incop.precision import Precision
 from incop.progress import Progress
+from incop.pruning import preview
 from incop.rewind import snapshot
 from incop.sources import BatchSource, MappedSource, check_sources, make_probe
 from incop.stopping import STOP_REASONS, Reference
@@ -158,7 +159,8 @@ class WarmUp:
     (``val_accuracy`` = a*); ``seconds``: train/eval time spent;
     ``records``: the epoch records to log; ``epoch_counter``: epochs seen, for data order;
     ``epochs``: dense epochs trained; ``diverged``: the loss became non-finite before
-    ``warmup_epochs`` (theta* is then the best epoch before that).
+    ``warmup_epochs`` (theta* is then the best epoch before that); ``reason``: why it ended
+    (``warmup``: all its epochs; ``epi``: the first prune's mask stopped changing).
     """
 
     snapshots: dict[str, dict[str, torch.Tensor]]
@@ -168,6 +170,7 @@ class WarmUp:
     epoch_counter: int
     epochs: int = 0
     diverged: bool = False
+    reason: str = "warmup"
 
 
 class _Clock:
@@ -485,6 +488,7 @@ class IMP:
         if state is not None:
             clock.seconds.update(state["clock"])
             start = state["epoch"] + 1
+            self.warmup_stop.load_state_dict(state["phase_state"])
         else:
             self.fresh_optimizer()
             self.scheduler = make_scheduler(self.optimizer, c.schedule, c.warmup_epochs)
@@ -499,10 +503,13 @@ class IMP:
                 except DivergenceError as exc:
                     raise UserError(f"the initial dense network does not evaluate: {exc}") from None
                 records.append(self.log(0, 0, clock, self.best))
-            self.save_state("warmup", 0, 0, clock)
+            self.save_state("warmup", 0, 0, clock, self.warmup_stop.state_dict())
             start = 1
         diverged, trained = False, start - 1
+        ended = state is not None and self.warmup_stop.decide(state["epoch"])
         for epoch in range(start, c.warmup_epochs + 1):
+            if ended:
+                break
             last_good = snapshot(self.model)
             try:
                 record = self.run_epoch(clock, train=True)
@@ -517,9 +524,15 @@ class IMP:
                 diverged = True
                 break
             trained = epoch
+            with clock("flow"):
+                similarity = self.warmup_stop.observe(epoch, self._first_prune)
+            if similarity is not None:
+                record["epi_similarity"] = similarity
             records.append(self.log(0, epoch, clock, record))
             self.bar.advance()
-            improved = self.best is None or self.score(record) > self.score(self.best)
+            ended = self.warmup_stop.decide(epoch)
+            # An early end makes theta* this epoch's weights, the ones the indicator judged.
+            improved = ended or self.best is None or self.score(record) > self.score(self.best)
             if improved:
                 self.best = record
                 self.keep_snapshot("dense", epoch)
@@ -528,7 +541,7 @@ class IMP:
                     self.share_snapshot("epoch", "dense")
                 else:
                     self.keep_snapshot("epoch", epoch)
-            self.save_state("warmup", 0, epoch, clock)
+            self.save_state("warmup", 0, epoch, clock, self.warmup_stop.state_dict())
         return WarmUp(
             self.snapshots,
             self.best,
@@ -537,7 +550,13 @@ class IMP:
             self.epoch_counter,
             trained,
             diverged,
+            self.warmup_stop.name if ended else "warmup",
         )
+
+    def _first_prune(self) -> Masks:
+        """The masks the first prune would give the current weights (for the warm-up stop)."""
+        weights = {name: p.detach() for name, p in self.params.items()}
+        return preview(self.pruner, weights, self.masks)
 
     def level_zero(self, warmup: WarmUp, *, shared: bool = False) -> None:
         """Take up a dense warm-up and prepare the stopping rule; ``shared``: trained by another
@@ -560,7 +579,7 @@ class IMP:
         with clock("flow"):
             reference = Reference(self.model, self.masks, self.score(warmup.best), self.probe)
             self.rule.prepare(reference)
-        reason = "diverged" if warmup.diverged else "warmup"
+        reason = "diverged" if warmup.diverged else warmup.reason
         self._finish_level(0, warmup.epochs, clock, warmup.best, reason)
 
     def retrain_level(self, level: int, state: dict[str, Any] | None = None) -> None:
@@ -640,6 +659,7 @@ class IMP:
             )
             self.pruner = self.pruner.bind(context)
         self.rule = c.build_stopping_rule(self.pruner)
+        self.warmup_stop = c.build_warmup_stop()
         self.rewind = c.build_rewind()
         self.snapshots: dict[str, dict[str, torch.Tensor]] = {}
         self.snapshot_files: dict[str, str | None] = {}

@@ -257,6 +257,12 @@ class SAPPruner:
         return _prune(scores, weights, masks, self.scope, self.count)
 
 
+def preview(pruner: Pruner, weights: Weights, masks: Masks) -> Masks:
+    """The masks ``pruner`` would produce now, drawn on a throwaway generator: the run's own
+    random state is untouched (for rules that watch the next prune)."""
+    return pruner(weights, masks, torch.Generator().manual_seed(0))
+
+
 PRUNERS: Registry[type] = Registry("pruner")
 PRUNERS.register(
     "lth", "magnitude: smallest |w| first, rate of the alive weights or to target_remaining"

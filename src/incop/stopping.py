@@ -22,11 +22,14 @@ from torch import nn
 
 from incop.flows import flow_distance, gradient_flow, information_flow
 from incop.masks import Masks
+from incop.pruning import preview
 from incop.registry import Registry
 
 #: Why a level ended, as recorded in ``stop_reason`` and explained under the level table.
 STOP_REASONS = {
     "warmup": "the dense network (level 0), trained warmup_epochs",
+    "epi": "the dense network (level 0), its warm-up ended once the first prune's mask stopped"
+    " changing (warmup_stop epi)",
     "cap": "retrained the full max_epochs (E)",
     "accuracy": "the validation metric reached the dense network's (a*, minus delta)",
     "flow": "the flow distance fell below eps",
@@ -202,7 +205,7 @@ class MaskRule(StoppingRule):
     @torch.no_grad()
     def measure(self, model: nn.Module, masks: Masks) -> float | None:
         weights = {name: model.get_parameter(name).detach() for name in masks}
-        upcoming = self.pruner(weights, masks, torch.Generator().manual_seed(0))
+        upcoming = preview(self.pruner, weights, masks)
         distance = None
         if self.previous is not None and _same(self.previous[0], masks):
             earlier = self.previous[1]
