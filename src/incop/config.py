@@ -13,7 +13,7 @@ import math
 import os
 import types
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import yaml
 
 import incop.at_init  # noqa: F401  (registers the synflow and snip pruners)
 from incop.errors import UserError
+from incop.flow_guided import FlowGuidedPruner
 from incop.flows import DISTANCES, FLOW_SUMMARIES
 from incop.metrics import CALLABLE_PREFIX, METRICS
 from incop.precision import PRECISIONS
@@ -32,6 +33,8 @@ from incop.stopping import STOPPING_RULES, StoppingRule
 from incop.training import OPTIMIZERS, SCHEDULES
 from incop.warmup_stop import WARMUP_STOPS, EPIStop, WarmupStop
 
+#: How the magnitude pruners rank alive weights (docs/flow-guided.md).
+SCORES = ("magnitude", "flow-guided")
 #: epi_threshold's default: docs/epi.md has the logged similarities it was chosen from.
 EPI_THRESHOLD = 0.9
 
@@ -91,6 +94,7 @@ class Config:
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     rewind: str = "dense"
+    score: str = "magnitude"
     # One-shot pruning, e.g. at initialisation (METHOD.md section 8)
     target_remaining: float | None = None
     synflow_iterations: int = 100
@@ -112,6 +116,11 @@ class Config:
         """The pruner callable ``(weights, masks, generator) -> masks``; those that score with
         the network (synflow, snip) need ``bind(context)`` before use."""
         cls = PRUNERS.get(self.pruner)
+        if self.score == "flow-guided":
+            base = replace(self, score="magnitude").build_pruner()
+            return FlowGuidedPruner(
+                base, self.probe_size, self.eval_batch_size, self.if_summary, tuple(self.if_skip)
+            )
         if self.pruner == "sap":
             return cls(self.p, self.q, self.eta_r, self.gamma, self.beta, self.scope)
         if self.pruner == "synflow":
@@ -304,6 +313,8 @@ FIELD_HELP = {
     "include": "shell patterns of weights to prune instead of every Conv/Linear weight",
     "exclude": "shell patterns of weights never to prune, e.g. fc3.weight",
     "rewind": "where surviving weights go after a prune",
+    "score": "how the magnitude pruners (lth, sap; global scope) rank weights: magnitude |w|,"
+    " or flow-guided: |w| times its layer's information-flow fragility (docs/flow-guided.md)",
     "target_remaining": "prune once, straight to this fraction of the prunable weights (global"
     " scope, levels 1): synflow and snip need it, lth and random accept it instead of rate",
     "synflow_iterations": "synflow: rounds of scoring and pruning, on the exponential schedule",
@@ -347,6 +358,7 @@ def choices() -> dict[str, list[str]]:
         "schedule": list(SCHEDULES),
         "pruner": PRUNERS.names(),
         "warmup_stop": WARMUP_STOPS.names(),
+        "score": list(SCORES),
         "scope": list(SCOPES_SAP),
         "rewind": list(REWIND_MODES),
         "stop": STOPPING_RULES.names(),
@@ -528,7 +540,7 @@ def validate(config: Config) -> None:
 
     allowed = choices()
     for name in ("method", "dataset", "pruner", "stop", "optimizer", "schedule", "distance",
-                 "if_summary", "on_divergence", "precision", "warmup_stop"):  # fmt: skip
+                 "if_summary", "on_divergence", "precision", "warmup_stop", "score"):  # fmt: skip
         name_in(name, allowed[name])
     if not str(c.model).startswith("torchvision:"):
         name_in("model", MODELS.names())
@@ -540,10 +552,16 @@ def validate(config: Config) -> None:
             f"accuracy_clause: false would be ignored: only the flow rules (stop: if, gf) have"
             f" it, and this run stops with {c.stop!r}"
         )
-    if c.if_skip != default_value("if_skip") and c.stop != "if":
+    if c.if_skip != default_value("if_skip") and c.stop != "if" and c.score != "flow-guided":
         problems.append(
-            f"if_skip: {c.if_skip!r} would be ignored: only the information-flow rule (stop: if)"
-            f" uses it, and this run stops with {c.stop!r}"
+            f"if_skip: {c.if_skip!r} would be ignored: only the information flow (stop: if, or"
+            f" score: flow-guided) uses it, and this run stops with {c.stop!r}"
+        )
+    if c.score == "flow-guided" and (c.pruner not in ("lth", "sap") or c.scope != "global"):
+        problems.append(
+            f"score: flow-guided ranks the weights of the magnitude pruners (lth, sap) in global"
+            f" scope; within one tensor it ranks as magnitude does, so with pruner {c.pruner!r}"
+            f" and scope {c.scope!r} it would do nothing"
         )
     problems += _one_shot_problems(c) + _warmup_stop_problems(c)
     for name in ("levels", "warmup_epochs", "max_epochs", "min_epochs", "finetune_epochs"):
@@ -713,7 +731,7 @@ WHERE_FIELDS = ("out", "data_dir", "download")
 #: Fields that only act after the dense warm-up: methods differing in these alone can start
 #: from one shared warm-up (``incop compare``).
 AFTER_WARMUP_FIELDS = (
-    "method", "out", "levels", "max_epochs", "min_epochs", "finetune_epochs", "pruner",
+    "method", "out", "levels", "max_epochs", "min_epochs", "finetune_epochs", "pruner", "score",
     "scope", "rate", "p", "q", "eta_r", "gamma", "beta", "include", "exclude",
     "target_remaining", "synflow_iterations", "snip_batch", "stop", "delta", "eps",
     "distance", "probe_size", "if_summary", "if_skip", "gf_normalize", "accuracy_clause",

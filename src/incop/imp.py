@@ -639,7 +639,7 @@ class IMP:
             sources["test_data"] = self.test_data
         self.example_input = check_sources(self.model, sources, self.loss_fn, self.device)
         unmatched = unmatched_patterns(self.model, c.include, c.exclude)
-        if c.stop == "if" and c.if_skip != default_value("if_skip"):
+        if (c.stop == "if" or c.score == "flow-guided") and c.if_skip != default_value("if_skip"):
             unmatched += unmatched_layer_patterns(self.model, c.if_skip, c.include, c.exclude)
         if unmatched:
             raise UserError("\n".join(unmatched))

@@ -1,0 +1,104 @@
+"""Flow-guided pruning (METHOD.md section 8; the formula and its reasons: docs/flow-guided.md).
+
+The base pruner decides how many weights go; the ranking is |w| scaled per tensor by how
+much the information flow moves when that tensor alone takes the prune.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from incop.at_init import PruneContext
+from incop.flows import information_flow
+from incop.masks import Masks
+from incop.pruning import Pruner, Weights, prune_scores
+from incop.sources import make_probe
+
+
+def _alive(masks: Masks) -> int:
+    return sum(int(m.sum()) for m in masks.values())
+
+
+@torch.no_grad()
+def layer_sensitivity(
+    model: nn.Module,
+    masks: Masks,
+    probe,
+    fraction: float,
+    *,
+    summary: str = "mean",
+    skip: tuple[str, ...] = (),
+) -> dict[str, float]:
+    """s_l = ||f(theta^(l)) - f(theta)||_1 per masked tensor l: f the information flow on
+    ``probe``, theta^(l) the current weights with ``floor(fraction * alive_l)`` alive weights
+    of smallest |w| of tensor l zeroed. The model is left as it was."""
+
+    def flow() -> torch.Tensor:
+        return information_flow(model, probe, summary=summary, skip=skip).vector
+
+    reference = flow()
+    sensitivity = {}
+    for name, mask in masks.items():
+        weight = model.get_parameter(name)
+        original = weight.detach().clone()
+        alive = int(mask.sum())
+        cut = int(fraction * alive)
+        if cut > 0:
+            magnitude = original.abs().masked_fill(~mask, float("inf")).flatten()
+            weight.view(-1)[torch.sort(magnitude, stable=True).indices[:cut]] = 0.0
+        sensitivity[name] = float((flow() - reference).abs().sum())
+        weight.copy_(original)
+    return sensitivity
+
+
+def guide_factors(sensitivity: dict[str, float]) -> dict[str, float]:
+    """g_l = 1 + s_l / mean(s); all 1 when every s_l is 0."""
+    mean = sum(sensitivity.values()) / len(sensitivity)
+    if mean == 0:
+        return dict.fromkeys(sensitivity, 1.0)
+    return {name: 1.0 + s / mean for name, s in sensitivity.items()}
+
+
+@dataclass(frozen=True)
+class FlowGuidedPruner:
+    """``base`` (a magnitude pruner, global scope) with its alive weights ranked by
+    ``|w| * g_l`` instead of ``|w|``; keeps ``base``'s count. Needs ``bind(context)``:
+    the probe set is drawn from the training data like the flow rules' own."""
+
+    base: Pruner
+    probe_size: int = 2048
+    batch_size: int = 1000
+    summary: str = "mean"
+    skip: tuple[str, ...] = ("*downsample*", "*shortcut*")
+    context: PruneContext | None = None
+
+    def bind(self, context: PruneContext) -> FlowGuidedPruner:
+        return replace(self, context=context)
+
+    def guided_scores(self, weights: Weights, masks: Masks, fraction: float) -> Weights:
+        """|w| * g_l for every masked tensor (same shapes)."""
+        context = self.context
+        if context is None:
+            raise RuntimeError("FlowGuidedPruner needs bind(context) before pruning")
+        probe = [
+            (x.to(context.device), y.to(context.device))
+            for x, y in make_probe(
+                context.train_data, self.probe_size, context.seed, self.batch_size
+            )
+        ]
+        sensitivity = layer_sensitivity(
+            context.model, masks, probe, fraction, summary=self.summary, skip=self.skip
+        )
+        factors = guide_factors(sensitivity)
+        return {n: weights[n].detach().abs() * factors[n] for n in masks}
+
+    def __call__(self, weights: Weights, masks: Masks, generator: torch.Generator) -> Masks:
+        plain = self.base(weights, masks, generator)
+        alive, keep = _alive(masks), _alive(plain)
+        if keep == alive:  # the base prunes nothing: nothing to guide
+            return plain
+        scores = self.guided_scores(weights, masks, (alive - keep) / alive)
+        return prune_scores(scores, masks, keep)
