@@ -8,7 +8,7 @@ import pytest
 from incop.compare import aggregate, run_folder
 from incop.config import resolve, to_yaml
 from incop.errors import UserError
-from incop.report import _frontier_figure, _styles, write_report
+from incop.report import _styles, frontier_figure, write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 PLOTS = ("accuracy", "frontier", "epochs", "time", "distance")
@@ -192,7 +192,7 @@ def test_missing_run_file_is_a_user_error(tmp_path):
 
 def test_the_frontier_shows_every_trained_ticket_and_no_untrained_network(tmp_path):
     comparison = make_comparison(tmp_path, methods=("sap", "synflow"))
-    figure = _frontier_figure(comparison, _styles(comparison["methods"]))
+    figure = frontier_figure(comparison, _styles(comparison["methods"]))
     (ax,) = figure.axes
     assert ax.get_xscale() == "log"
     drawn = {bars.get_label(): bars.lines[0] for bars in ax.containers}

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from incop.cli import main
-from incop.config import resolve
+from incop.config import EPI_THRESHOLD, resolve
 from incop.errors import UserError
 from incop.imp import IMP
 from incop.outputs import read_metrics
@@ -101,8 +101,8 @@ def test_epi_on_the_default_dataset_ends_the_warm_up_early(tmp_path):
     assert dense["stop_reason"] == "epi" and dense["epochs"] < 20
     warmup = [r for r in read_metrics(out / "metrics.jsonl") if r["level"] == 0]
     assert len(warmup) == dense["epochs"]
-    assert warmup[-1]["epi_similarity"] >= 0.9
-    assert all(r.get("epi_similarity", 0) < 0.9 for r in warmup[:-1])
+    assert warmup[-1]["epi_similarity"] >= EPI_THRESHOLD
+    assert all(r.get("epi_similarity", 0) < EPI_THRESHOLD for r in warmup[:-1])
     # theta* is the epoch the indicator ended on, whatever epoch validated best.
     assert summary["dense_accuracy"] == warmup[-1]["val_accuracy"]
 

@@ -31,12 +31,10 @@ from incop.registry import Registry, closest
 from incop.rewind import REWIND_MODES, Rewind
 from incop.stopping import STOPPING_RULES, StoppingRule
 from incop.training import OPTIMIZERS, SCHEDULES
-from incop.warmup_stop import WARMUP_STOPS, EPIStop, WarmupStop
+from incop.warmup_stop import EPI_THRESHOLD, WARMUP_STOPS, EPIStop, WarmupStop
 
 #: How the magnitude pruners rank alive weights (docs/flow-guided.md).
 SCORES = ("magnitude", "flow-guided")
-#: epi_threshold's default: docs/epi.md has the logged similarities it was chosen from.
-EPI_THRESHOLD = 0.9
 
 
 @dataclass

@@ -96,14 +96,14 @@ def write_report(folder: str | Path) -> Path:
     plots = folder / "plots"
     figures = {
         "accuracy": _accuracy_figure(comparison, styles),
-        "frontier": _frontier_figure(comparison, styles),
+        "frontier": frontier_figure(comparison, styles),
         "epochs": _epochs_figure(comparison, styles),
         "time": _time_figure(comparison, styles),
         "distance": _distance_figure(runs, styles),
     }
     for stem, figure in figures.items():
         if figure is not None:
-            _save(figure, plots, stem)
+            save_figure(figure, plots, stem)
     blocks = _blocks(comparison, runs, [s for s, f in figures.items() if f is not None])
     atomic_write_text(folder / "report.md", _markdown(blocks))
     atomic_write_text(folder / "report.html", _html(blocks, plots))
@@ -191,7 +191,8 @@ def _figure(width: float = 7.5, height: float = 4.5) -> Figure:
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
-def _save(figure: Figure, plots: Path, stem: str) -> None:
+def save_figure(figure: Figure, plots: Path, stem: str) -> None:
+    """``figure`` as ``<plots>/<stem>.png`` and ``.svg``, each written through a temporary name."""
     with rc_context(STYLE):
         for fmt in ("png", "svg"):
             with atomic_path(plots / f"{stem}.{fmt}") as tmp:
@@ -237,12 +238,16 @@ def _accuracy_figure(comparison: dict[str, Any], styles: dict[str, Any]) -> Figu
     return fig
 
 
-def _frontier_figure(comparison: dict[str, Any], styles: dict[str, Any]) -> Figure | None:
+def frontier_figure(
+    comparison: dict[str, Any], styles: dict[str, Any] | None = None
+) -> Figure | None:
     """The accuracy-sparsity frontier: every trained ticket's test accuracy against its
     remaining weights (log x), so IMP levels, one-shot tickets (pruned at init) and random
     share one picture (Blalock et al. 2020). A method's levels are joined by a line; its
     fine-tuned final ticket, where there is one, is a filled marker; untrained networks
-    (level 0 of a method without warm-up) are left out. None without test data."""
+    (level 0 of a method without warm-up) are left out. None without test data.
+    ``comparison``: as in ``comparison.json`` (or several merged, methods renamed apart)."""
+    styles = styles or _styles(list(comparison["methods"]))
     points = []
     for method, entry in comparison["methods"].items():
         trained = [
