@@ -92,8 +92,9 @@ def snip_scores(
     return scores
 
 
-class _AtInit:
-    """Shared by the pruners of this module: the context and the checks on it."""
+class NetworkScored:
+    """A pruner that scores with the network: it holds a :class:`PruneContext`, given by
+    ``bind`` (the run calls it before the first prune)."""
 
     context: PruneContext | None
 
@@ -108,7 +109,7 @@ class _AtInit:
 
 
 @dataclass(frozen=True)
-class SynFlowPruner(_AtInit):
+class SynFlowPruner(NetworkScored):
     """SynFlow (Tanaka et al., 2020): ``iterations`` rounds of scoring and pruning on the
     exponential schedule, round k keeping ``target ** (k / iterations)`` of the prunable
     weights; global scope. Data-free."""
@@ -130,7 +131,7 @@ class SynFlowPruner(_AtInit):
 
 
 @dataclass(frozen=True)
-class SNIPPruner(_AtInit):
+class SNIPPruner(NetworkScored):
     """SNIP (Lee et al., 2019): one prune to ``target`` by connection sensitivity on one batch
     of ``batch_size`` training examples (drawn with the run's seed); global scope."""
 

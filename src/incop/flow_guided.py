@@ -6,12 +6,12 @@ much the information flow moves when that tensor alone takes the prune.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from incop.at_init import PruneContext
+from incop.at_init import NetworkScored, PruneContext
 from incop.flows import information_flow
 from incop.masks import Masks
 from incop.pruning import Pruner, Weights, prune_scores
@@ -63,7 +63,7 @@ def guide_factors(sensitivity: dict[str, float]) -> dict[str, float]:
 
 
 @dataclass(frozen=True)
-class FlowGuidedPruner:
+class FlowGuidedPruner(NetworkScored):
     """``base`` (a magnitude pruner, global scope) with its alive weights ranked by
     ``|w| * g_l`` instead of ``|w|``; keeps ``base``'s count. Needs ``bind(context)``:
     the probe set is drawn from the training data like the flow rules' own."""
@@ -75,14 +75,9 @@ class FlowGuidedPruner:
     skip: tuple[str, ...] = ("*downsample*", "*shortcut*")
     context: PruneContext | None = None
 
-    def bind(self, context: PruneContext) -> FlowGuidedPruner:
-        return replace(self, context=context)
-
     def guided_scores(self, weights: Weights, masks: Masks, fraction: float) -> Weights:
         """|w| * g_l for every masked tensor (same shapes)."""
-        context = self.context
-        if context is None:
-            raise RuntimeError("FlowGuidedPruner needs bind(context) before pruning")
+        context = self._context()
         probe = [
             (x.to(context.device), y.to(context.device))
             for x, y in make_probe(

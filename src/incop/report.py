@@ -201,6 +201,16 @@ def save_figure(figure: Figure, plots: Path, stem: str) -> None:
                 figure.savefig(tmp, format=fmt, dpi=DPI, metadata=metadata)
 
 
+def _remaining_axis(ax) -> None:
+    """Remaining weights in %, log scale (the field's standard), dense at the left."""
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.set_xlabel("remaining weights (%, log scale; dense at the left)")
+
+
 def _stat(entry: dict[str, Any], key: str, scale: float = 1) -> tuple[float, float]:
     return entry[key]["mean"] * scale, entry[key]["std"] * scale
 
@@ -222,12 +232,7 @@ def _accuracy_figure(comparison: dict[str, Any], styles: dict[str, Any]) -> Figu
                 _band(ax, x, mean, std, {**styles[method], "linestyle": dashes}, markersize=5,
                       fillstyle="none")  # fmt: skip
             handles.append(Line2D([], [], **styles[method], label=method))
-        ax.set_xscale("log")
-        ax.invert_xaxis()
-        plain = FuncFormatter(lambda value, _: f"{value:g}")
-        ax.xaxis.set_major_formatter(plain)
-        ax.xaxis.set_minor_formatter(plain)
-        ax.set_xlabel("remaining weights (%, log scale; dense at the left)")
+        _remaining_axis(ax)
         ax.set_ylabel("accuracy (%)")
         ax.set_title("Accuracy against remaining weights (mean ± std over seeds)")
         splits = [
@@ -273,12 +278,7 @@ def frontier_figure(
                 fy, ferr = _stat(totals, "final_test_accuracy", 100)
                 ax.errorbar([fx], [fy], yerr=[ferr], color=styles[method]["color"],
                             marker=styles[method]["marker"], markersize=7, capsize=2)  # fmt: skip
-        ax.set_xscale("log")
-        ax.invert_xaxis()
-        plain = FuncFormatter(lambda value, _: f"{value:g}")
-        ax.xaxis.set_major_formatter(plain)
-        ax.xaxis.set_minor_formatter(plain)
-        ax.set_xlabel("remaining weights (%, log scale; dense at the left)")
+        _remaining_axis(ax)
         ax.set_ylabel("test accuracy (%)")
         ax.set_title("Frontier: test accuracy of every trained ticket (filled: fine-tuned)")
         fig.legend(loc="outside lower center", ncols=4)
