@@ -6,7 +6,7 @@ much the information flow moves when that tensor alone takes the prune.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -74,18 +74,20 @@ class FlowGuidedPruner(NetworkScored):
     summary: str = "mean"
     skip: tuple[str, ...] = ("*downsample*", "*shortcut*")
     context: PruneContext | None = None
+    probe: tuple | None = None
+
+    def bind(self, context: PruneContext) -> FlowGuidedPruner:
+        """Bound to ``context``, with its probe set drawn once (every prune, and every preview
+        of the mask rule, measures the flow on the same examples)."""
+        batches = make_probe(context.train_data, self.probe_size, context.seed, self.batch_size)
+        probe = tuple((x.to(context.device), y.to(context.device)) for x, y in batches)
+        return replace(self, context=context, probe=probe)
 
     def guided_scores(self, weights: Weights, masks: Masks, fraction: float) -> Weights:
         """|w| * g_l for every masked tensor (same shapes)."""
         context = self._context()
-        probe = [
-            (x.to(context.device), y.to(context.device))
-            for x, y in make_probe(
-                context.train_data, self.probe_size, context.seed, self.batch_size
-            )
-        ]
         sensitivity = layer_sensitivity(
-            context.model, masks, probe, fraction, summary=self.summary, skip=self.skip
+            context.model, masks, self.probe, fraction, summary=self.summary, skip=self.skip
         )
         factors = guide_factors(sensitivity)
         return {n: weights[n].detach().abs() * factors[n] for n in masks}
