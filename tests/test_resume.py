@@ -190,6 +190,17 @@ def test_resume_refuses_a_state_from_another_run(finished, tmp_path, capsys):
     assert "state.pt" in capsys.readouterr().err
 
 
+def test_a_state_saved_before_a_setting_existed_resumes_at_its_default(finished, tmp_path):
+    # warmup_stop and epi_window came after the first release; a run saved before then ran as their
+    # defaults do, so it must still resume.
+    run = damaged(finished, tmp_path, lambda r: None)
+    state = torch.load(run / "state.pt", weights_only=False)
+    for name in ("warmup_stop", "epi_window"):
+        del state["config"][name]
+    torch.save(state, run / "state.pt")
+    assert main(["run", "--resume", str(run)]) == 0
+
+
 def test_without_a_state_metrics_are_cut_back_and_the_run_starts_again(finished, tmp_path):
     # A kill before the first state save (e.g. right after a comparison's shared warm-up
     # records were logged) leaves metrics lines that no state accounts for.

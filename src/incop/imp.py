@@ -375,7 +375,9 @@ class IMP:
     def _restore(self, state: dict[str, Any]) -> None:
         c = self.config
         # Where the folder and the data are does not count: they may have moved since.
-        saved = {k: v for k, v in state["config"].items() if k not in WHERE_FIELDS}
+        # A setting the saved run did not have yet (added in a later incop) ran as its default.
+        defaults = {name: default_value(name) for name in Config.__dataclass_fields__}
+        saved = {k: v for k, v in (defaults | state["config"]).items() if k not in WHERE_FIELDS}
         here = {k: v for k, v in c.to_dict().items() if k not in WHERE_FIELDS}
         if saved != here:
             changed = ", ".join(
