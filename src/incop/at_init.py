@@ -17,17 +17,19 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from incop.distributed import World, shared_probe
 from incop.errors import UserError
 from incop.masks import Masks
 from incop.pruning import PRUNERS, Weights, keep_count, prune_scores
-from incop.sources import BatchSource, make_probe
+from incop.sources import Batch, BatchSource
 
 
 @dataclass(frozen=True)
 class PruneContext:
     """What a pruner that scores with the network needs: the ``model`` being pruned (its
     prunable parameters are named as in the masks), the training data with the run's
-    ``seed`` (SNIP draws its batch from it), the loss, and the device."""
+    ``seed`` (SNIP draws its batch from it), the loss, the device, and the ranks of a
+    data-parallel run (``world``), which must all draw the same examples."""
 
     model: nn.Module
     train_data: BatchSource
@@ -35,6 +37,11 @@ class PruneContext:
     seed: int
     device: torch.device
     example_input: torch.Tensor
+    world: World = World()
+
+    def probe(self, size: int, batch_size: int) -> list[Batch]:
+        """``size`` training examples drawn with the run's seed, in batches on the device."""
+        return shared_probe(self.train_data, size, self.seed, batch_size, self.world, self.device)
 
 
 def _scoring_copy(model: nn.Module, masks: Masks) -> nn.Module:
@@ -142,10 +149,7 @@ class SNIPPruner(NetworkScored):
 
     def __call__(self, weights: Weights, masks: Masks, generator: torch.Generator) -> Masks:
         context = self._context()
-        (inputs, targets), *_ = make_probe(
-            context.train_data, self.batch_size, context.seed, self.batch_size
-        )
-        batch = (inputs.to(context.device), targets.to(context.device))
+        batch, *_ = context.probe(self.batch_size, self.batch_size)
         scores = snip_scores(context.model, masks, batch, context.loss_fn)
         total = sum(mask.numel() for mask in masks.values())
         return prune_scores(scores, masks, keep_count(total, self.target))

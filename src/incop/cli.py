@@ -136,6 +136,7 @@ def _saved(args: argparse.Namespace, file: str) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from incop.distributed import current_world, launch
     from incop.experiment import run_experiment
 
     mode = _mode(args)
@@ -143,13 +144,32 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = resolve({**_saved(args, "config.yaml"), "out": args.resume})
     else:
         config = resolve(overrides_from_args(args))
+    if args.nproc is not None:
+        # Checked above, before any process starts; every rank gets the same folder.
+        out = [] if mode == "resume" or args.out else ["--out", default_out(config.method, config)]
+        return launch(args.nproc, [*_without_nproc(args.argv), *out])
     if config.out is None:
         config.out = default_out(config.method, config)
     result = run_experiment(config, progress=True, mode=mode)
+    if not current_world().is_main:
+        return 0
     print(result.table())
     print(f"\nfinal ticket, per layer:\n{result.sparsity.format()}")
     print(f"\nresults in {config.out}")
     return 0
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line minus ``--nproc N`` (or ``--nproc=N``): what each rank runs."""
+    kept, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token == "--nproc":
+            skip = True
+        elif not token.startswith("--nproc="):
+            kept.append(token)
+    return kept
 
 
 def _seeds(args: argparse.Namespace) -> list[int]:
@@ -245,6 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     run = commands.add_parser("run", help="run one IMP experiment")
     _add_config_flags(run)
+    run.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="data-parallel on N processes of this machine: launches this command with"
+        " torchrun --nproc_per_node N (gloo on CPU, NCCL on GPUs; the batch size stays global)",
+    )
     run.set_defaults(handler=cmd_run)
     compare = commands.add_parser(
         "compare", help="run several methods on one config, several seeds; plots and a report"
@@ -299,6 +326,7 @@ def _unknown_options(parser: argparse.ArgumentParser, command: str | None, extra
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     if extra:
         print(f"incop: error: {_unknown_options(parser, args.command, extra)}", file=sys.stderr)
         return 2

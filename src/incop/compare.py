@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from incop.config import MAX_SEED, METHODS, Config, dense_phase, resolve
 from incop.data import Batches, load_dataset
+from incop.distributed import under_torchrun
 from incop.errors import UserError
 from incop.experiment import build_batches
 from incop.folders import LOCK_FILE, Layout, OwnedFolder
@@ -158,6 +159,11 @@ def run_comparison(
     content of ``comparison.json``.
     """
     out = Path(out)
+    if under_torchrun():
+        raise UserError(
+            "compare: does not run under torchrun yet; run the comparison in one process, or"
+            " each method with `incop run --nproc N`"
+        )
     # Everything is checked and loaded before the folder is made: a refused or failed start
     # leaves nothing behind.
     check_plan(methods, seeds, overrides)

@@ -90,6 +90,11 @@ class Batches:
     batches are cut on the device. With ``shuffle`` the order of an epoch is a pure function of
     ``(seed, epoch)``: call :meth:`set_epoch` before iterating to get a new order, and the same
     epoch number again to reproduce it (e.g. when resuming).
+
+    ``shard=(rank, ranks)``: this rank's contiguous part of every batch (sizes differing by at
+    most one), so ``batch_size`` stays the global batch of a data-parallel run. ``even``:
+    every rank yields the same number of batches (DDP waits for all ranks at every step), so
+    a last batch too small to give each rank an example is left out.
     """
 
     def __init__(
@@ -102,17 +107,24 @@ class Batches:
         seed: int = 0,
         drop_last: bool = False,
         device: str | torch.device | None = None,
+        shard: tuple[int, int] = (0, 1),
+        even: bool = False,
     ) -> None:
         if len(x) != len(y):
             raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
         if batch_size < 1:
             raise UserError(f"batch size must be at least 1, got {batch_size}")
+        rank, ranks = shard
+        if not 0 <= rank < ranks:
+            raise ValueError(f"shard: rank {rank} is not in 0..{ranks - 1}")
         self.x = x.to(device) if device is not None else x
         self.y = y.to(self.x.device)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
         self.drop_last = drop_last
+        self.shard = shard
+        self.even = even
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -126,17 +138,30 @@ class Batches:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         return torch.randperm(n, generator=generator).to(self.x.device)
 
+    def _parts(self) -> Iterator[tuple[int, int]]:
+        """``(start, stop)`` in the epoch's order of each batch this rank yields."""
+        rank, ranks = self.shard
+        full, rest = divmod(self.num_examples, self.batch_size)
+        sizes = [self.batch_size] * full + ([rest] if rest and not self.drop_last else [])
+        start = 0
+        for size in sizes:
+            # torch.tensor_split's parts: the first size % ranks are one longer.
+            base, longer = divmod(size, ranks)
+            first = start + rank * base + min(rank, longer)
+            length = base + (rank < longer)
+            if length and not (self.even and size < ranks):
+                yield first, first + length
+            start += size
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self._order()
-        for i in range(len(self)):
-            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+        for start, stop in self._parts():
+            idx = order[start:stop]
             yield self.x[idx], self.y[idx]
 
     def __len__(self) -> int:
-        """Number of batches per epoch."""
-        if self.drop_last:
-            return self.num_examples // self.batch_size
-        return math.ceil(self.num_examples / self.batch_size)
+        """Number of batches per epoch (on this rank)."""
+        return sum(1 for _ in self._parts())
 
     @property
     def num_examples(self) -> int:

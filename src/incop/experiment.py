@@ -8,9 +8,11 @@ import torch
 
 from incop.config import Config
 from incop.data import Batches, Dataset, load_dataset, validation_split
+from incop.distributed import World, current_world
+from incop.errors import UserError
 from incop.imp import IMP, Result, resolve_device
 from incop.models import build_model
-from incop.outputs import RunWriter
+from incop.outputs import run_writer
 
 
 @dataclass(frozen=True)
@@ -24,12 +26,19 @@ class Splits:
     test: Batches
 
 
-def build_batches(config: Config, dataset: Dataset) -> Splits:
+def build_batches(config: Config, dataset: Dataset, world: World | None = None) -> Splits:
     """``val_fraction`` of the training split, stratified by class and drawn with
     ``split_seed`` (not the run's seed: every method and seed of a comparison sees the same
     validation set), becomes the validation split; the rest trains, or ``train_fraction``
-    of each of its classes (also drawn with ``split_seed``)."""
-    device = resolve_device(config.device)
+    of each of its classes (also drawn with ``split_seed``). In a data-parallel ``world``
+    each rank takes its part of every batch."""
+    world = world or World()
+    if config.batch_size < world.size:
+        raise UserError(
+            f"batch_size: {config.batch_size} is the global batch, split over {world.size}"
+            f" ranks; allowed: at least {world.size}"
+        )
+    device = world.device(resolve_device(config.device))
     train_idx, val_idx = validation_split(dataset.train_y, config.val_fraction, config.split_seed)
     if config.train_fraction < 1:
         _, kept = validation_split(
@@ -43,11 +52,19 @@ def build_batches(config: Config, dataset: Dataset) -> Splits:
         shuffle=True,
         seed=config.seed,
         device=device,
+        shard=world.shard,
+        even=True,
     )
     val = Batches(
-        dataset.train_x[val_idx], dataset.train_y[val_idx], config.eval_batch_size, device=device
+        dataset.train_x[val_idx],
+        dataset.train_y[val_idx],
+        config.eval_batch_size,
+        device=device,
+        shard=world.shard,
     )
-    test = Batches(dataset.test_x, dataset.test_y, config.eval_batch_size, device=device)
+    test = Batches(
+        dataset.test_x, dataset.test_y, config.eval_batch_size, device=device, shard=world.shard
+    )
     return Splits(train, val, test)
 
 
@@ -57,13 +74,14 @@ def run_experiment(config: Config, *, progress: bool = False, mode: str = "new")
     ``mode`` (for the folder): ``new``, ``overwrite`` or ``resume`` (go on from the
     last completed epoch saved there; ``config`` must be the saved one).
     """
-    writer = RunWriter(config.out, mode=mode) if config.out else None
+    world = current_world()
+    writer = run_writer(config.out, mode=mode, main=world.is_main)
     dataset = load_dataset(config.dataset, config.data_dir, config.download)
     info = dataset.info
     # The seed fixes the initial weights too, so a run is reproducible from its config alone.
     torch.manual_seed(config.seed)
     model = build_model(config.model, info.channels, info.image_size, info.num_classes)
-    splits = build_batches(config, dataset)
+    splits = build_batches(config, dataset, world)
     imp = IMP(
         config,
         model,
@@ -72,5 +90,6 @@ def run_experiment(config: Config, *, progress: bool = False, mode: str = "new")
         test_data=splits.test,
         writer=writer,
         progress=progress,
+        world=world,
     )
     return imp.run(resume=mode == "resume")

@@ -15,7 +15,6 @@ from incop.at_init import NetworkScored, PruneContext
 from incop.flows import information_flow
 from incop.masks import Masks
 from incop.pruning import Pruner, Weights, prune_scores
-from incop.sources import make_probe
 
 
 def _alive(masks: Masks) -> int:
@@ -79,8 +78,7 @@ class FlowGuidedPruner(NetworkScored):
     def bind(self, context: PruneContext) -> FlowGuidedPruner:
         """Bound to ``context``, with its probe set drawn once (every prune, and every preview
         of the mask rule, measures the flow on the same examples)."""
-        batches = make_probe(context.train_data, self.probe_size, context.seed, self.batch_size)
-        probe = tuple((x.to(context.device), y.to(context.device)) for x, y in batches)
+        probe = tuple(context.probe(self.probe_size, self.batch_size))
         return replace(self, context=context, probe=probe)
 
     def guided_scores(self, weights: Weights, masks: Masks, fraction: float) -> Weights:

@@ -22,6 +22,7 @@ from torch import nn
 
 from incop.at_init import PruneContext
 from incop.config import METHODS, WHERE_FIELDS, Config, default_value, resolve, to_yaml
+from incop.distributed import World, current_world, mask_fingerprint, shared_probe
 from incop.errors import UserError
 from incop.finetune import FinalResult, finetune
 from incop.masks import (
@@ -38,12 +39,12 @@ from incop.masks import (
     unpack_mask,
 )
 from incop.metrics import Metric, MetricFn
-from incop.outputs import NullWriter, RunWriter
+from incop.outputs import NullWriter, run_writer
 from incop.precision import Precision
 from incop.progress import Progress
 from incop.pruning import preview
 from incop.rewind import snapshot
-from incop.sources import BatchSource, MappedSource, check_sources, make_probe
+from incop.sources import BatchSource, MappedSource, check_sources
 from incop.stopping import STOP_REASONS, Reference
 from incop.training import (
     DivergenceError,
@@ -199,6 +200,7 @@ class IMP:
     ``train_data`` and ``val_data`` are iterables of ``(inputs, targets)`` batches,
     re-iterable once per epoch; if ``train_data`` has ``set_epoch(int)`` it is
     called before every epoch (reshuffling, as with a DistributedSampler).
+    ``world``: the ranks of a data-parallel run (default: torchrun's, else one process).
     """
 
     def __init__(
@@ -213,8 +215,10 @@ class IMP:
         progress: bool = False,
         metric: Metric | None = None,
         test_data: BatchSource | None = None,
+        world: World | None = None,
     ) -> None:
         self.config = config
+        self.world = world or current_world()
         self.model = model
         self.train_data = train_data
         self.val_data = val_data
@@ -223,7 +227,7 @@ class IMP:
         self.metric = metric or Metric.named(config.metric)
         self.writer = writer or NullWriter()
         self.progress = progress
-        self.device = resolve_device(config.device)
+        self.device = self.world.device(resolve_device(config.device))
         self.epoch_counter = 0
 
     # --- pieces -------------------------------------------------------------------------------
@@ -247,7 +251,7 @@ class IMP:
         self.epoch_counter += 1
         with clock("train"):
             stats = train_epoch(
-                self.model,
+                self.trained,
                 self.train_data,
                 self.optimizer,
                 enforcer=self.enforcer,
@@ -256,6 +260,7 @@ class IMP:
                 scheduler=self.scheduler,
                 precision=self.precision,
             )
+        stats = self.world.combine(stats)
         return {"train_loss": stats.loss, "train_accuracy": stats.accuracy, "lr": lr}
 
     def _evaluate(self, clock: _Clock) -> dict[str, float]:
@@ -268,6 +273,7 @@ class IMP:
                 metric_fn=self.metric.fn,
                 precision=self.precision,
             )
+        stats = self.world.combine(stats)
         value = self.metric.value(stats.loss, stats.accuracy, stats.custom)
         return {"val_loss": stats.loss, "val_accuracy": stats.accuracy, "val_metric": value}
 
@@ -324,6 +330,7 @@ class IMP:
             device=self.device,
             precision=self.precision,
         )
+        stats = self.world.combine(stats)
         return {"test_accuracy": stats.accuracy, "test_loss": stats.loss}
 
     def score(self, record: dict[str, Any]) -> float:
@@ -596,6 +603,7 @@ class IMP:
         else:
             weights = {name: p.detach() for name, p in self.params.items()}
             self.masks.update(self.pruner(weights, self.masks, self.generator))
+            self.world.check_same(mask_fingerprint(self.masks), "the masks after the prune")
             if self.rewind.snapshot is not None:
                 self.model.load_state_dict(self.snapshots[self.rewind.snapshot])
             if self.rewind.restart_optimizer or self.optimizer is None:
@@ -636,6 +644,7 @@ class IMP:
         torch.manual_seed(c.seed)
         self.generator = torch.Generator().manual_seed(c.seed)
         self.model.to(self.device)
+        self.trained = self.world.wrap(self.model)
         sources = {"train_data": self.train_data, "val_data": self.val_data}
         if self.test_data is not None:
             sources["test_data"] = self.test_data
@@ -657,7 +666,13 @@ class IMP:
         self.pruner = c.build_pruner()
         if hasattr(self.pruner, "bind"):  # it scores with the network itself (synflow, snip)
             context = PruneContext(
-                self.model, self.train_data, self.loss_fn, c.seed, self.device, self.example_input
+                self.model,
+                self.train_data,
+                self.loss_fn,
+                c.seed,
+                self.device,
+                self.example_input,
+                self.world,
             )
             self.pruner = self.pruner.bind(context)
         self.rule = c.build_stopping_rule(self.pruner)
@@ -673,10 +688,9 @@ class IMP:
         self.bar = Progress(0)
         self.probe = None
         if self.rule.needs_probe:
-            self.probe = [
-                (x.to(self.device), y.to(self.device))
-                for x, y in make_probe(self.train_data, c.probe_size, c.seed, c.eval_batch_size)
-            ]
+            self.probe = shared_probe(
+                self.train_data, c.probe_size, c.seed, c.eval_batch_size, self.world, self.device
+            )
 
     @contextmanager
     def _writing(self, resume: bool) -> Iterator[dict[str, Any] | None]:
@@ -685,10 +699,16 @@ class IMP:
         self.writer.open()
         failed = True
         try:
-            state = self.writer.load_state(self.device) if resume else None
-            if state is not None:
-                self._restore(state)
-            else:
+            state = None
+            # Rank 0 first: it checks the folder and cuts it back to the saved state, then the
+            # other ranks read it, and rank 0 writes again only once they all have.
+            for main_turn in (True, False) if resume else ():
+                if self.world.is_main == main_turn:
+                    state = self.writer.load_state(self.device)
+                    if state is not None:
+                        self._restore(state)
+                self.world.barrier()
+            if state is None:
                 self.writer.config(to_yaml(self.config))
             yield state
             failed = False
@@ -703,7 +723,10 @@ class IMP:
         with self._writing(resume) as state:
             done = state["epoch"] if state is not None else 0
             self.bar = Progress(
-                self.config.warmup_epochs, done=done, enabled=self.progress, desc="warm-up"
+                self.config.warmup_epochs,
+                done=done,
+                enabled=self.progress and self.world.is_main,
+                desc="warm-up",
             )
             try:
                 return self.train_dense(state)
@@ -728,7 +751,7 @@ class IMP:
         self.bar = Progress(
             c.warmup_epochs + c.levels * c.max_epochs + c.finetune_epochs - unused,
             done=sum(lv.epochs for lv in self.levels) + within,
-            enabled=self.progress,
+            enabled=self.progress and self.world.is_main,
         )
         try:
             if not self.levels:
@@ -827,7 +850,8 @@ def prune(
         **options,
     }
     config = resolve(overrides)
-    writer = RunWriter(out) if out is not None else None
+    world = current_world()
+    writer = run_writer(out, main=world.is_main)
     imp = IMP(
         config,
         model,
@@ -838,5 +862,6 @@ def prune(
         progress=progress,
         metric=chosen_metric,
         test_data=test_data,
+        world=world,
     )
     return imp.run()

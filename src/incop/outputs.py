@@ -168,6 +168,36 @@ class NullWriter:
         return None
 
 
+class FollowerWriter(NullWriter):
+    """The run folder at ``root`` as a rank other than 0 of a data-parallel run has it: rank 0
+    writes and checks it; this one only reads the saved state back to resume."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    def load_state(self, device: torch.device) -> dict[str, Any] | None:
+        path = self.root / STATE_FILE
+        return torch.load(path, map_location=device, weights_only=False) if path.exists() else None
+
+    def read(self, relative: str, device: torch.device) -> Any:
+        return read_tensors(self.root / relative, device)
+
+
+def read_tensors(path: Path, device: torch.device) -> Any:
+    """A tensor file incop wrote (only tensors and plain containers are unpickled)."""
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+def run_writer(
+    root: str | os.PathLike | None, *, mode: str = "new", main: bool = True
+) -> NullWriter | None:
+    """The writer of a run folder at ``root`` (None: no folder), on rank 0 (``main``) or on
+    another rank of a data-parallel run."""
+    if root is None:
+        return None
+    return RunWriter(root, mode=mode) if main else FollowerWriter(root)
+
+
 class RunWriter(NullWriter):
     """Writes a run folder at ``root``, including ``state.pt``, the resume state of the last
     completed epoch.
@@ -240,7 +270,7 @@ class RunWriter(NullWriter):
 
     def read(self, relative: str, device: torch.device) -> Any:
         """A tensor file of this folder (its digest was checked by :meth:`load_state`)."""
-        return torch.load(self.root / relative, map_location=device, weights_only=True)
+        return read_tensors(self.root / relative, device)
 
     def _drop_snapshots(self, kept: set[str]) -> None:
         """Remove the snapshot files no saved state refers to any more."""

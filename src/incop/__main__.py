@@ -1,0 +1,5 @@
+"""``python -m incop``: the command line, as torchrun starts it on every rank."""
+
+from incop.cli import entry
+
+entry()
