@@ -24,6 +24,7 @@ from incop.at_init import PruneContext
 from incop.config import METHODS, WHERE_FIELDS, Config, default_value, resolve, to_yaml
 from incop.distributed import World, current_world, mask_fingerprint, shared_probe
 from incop.errors import UserError
+from incop.fastpath import training_module
 from incop.finetune import FinalResult, finetune
 from incop.masks import (
     MaskEnforcer,
@@ -644,7 +645,9 @@ class IMP:
         torch.manual_seed(c.seed)
         self.generator = torch.Generator().manual_seed(c.seed)
         self.model.to(self.device)
-        self.trained = self.world.wrap(self.model)
+        self.trained = training_module(
+            self.model, channels_last=c.channels_last, compile=c.compile, world=self.world
+        )
         sources = {"train_data": self.train_data, "val_data": self.val_data}
         if self.test_data is not None:
             sources["test_data"] = self.test_data

@@ -104,8 +104,11 @@ def prunable_parameters(
 
 
 def full_masks(params: dict[str, nn.Parameter]) -> Masks:
-    """All-ones masks (nothing pruned) for ``params``."""
-    return {name: torch.ones_like(p, dtype=torch.bool) for name, p in params.items()}
+    """All-ones masks (nothing pruned) for ``params``, contiguous whatever the parameters'
+    memory layout (pruners index masks through flat views)."""
+    return {
+        name: torch.ones(p.shape, dtype=torch.bool, device=p.device) for name, p in params.items()
+    }
 
 
 def pack_mask(mask: torch.Tensor) -> torch.Tensor:
