@@ -101,3 +101,22 @@ def test_resnet_projection_shortcuts_are_named_downsample(name: str) -> None:
             assert f"{block_name}.downsample.0.weight" in dict(model.named_parameters())
         else:
             assert block.downsample is None, block_name
+
+
+def test_lenet5_pools_before_relu_computing_the_classic_function_and_gradients() -> None:
+    torch.manual_seed(0)
+    model = build_model("lenet5", 1, 28, 10)
+    f = model.features
+    convs = [f[0], f[3]]
+
+    def classic(x):  # conv, ReLU, pool, as LeNet-5 is usually written
+        for conv in convs:
+            x = F.max_pool2d(torch.relu(conv(x)), 2)
+        return model.classifier(x.flatten(1))
+
+    x = torch.randn(8, 1, 28, 28)
+    ours = model(x)
+    assert torch.equal(ours, classic(x))
+    grads = torch.autograd.grad(ours.square().sum(), [c.weight for c in convs])
+    expected = torch.autograd.grad(classic(x).square().sum(), [c.weight for c in convs])
+    assert all(torch.equal(a, b) for a, b in zip(grads, expected, strict=True))
