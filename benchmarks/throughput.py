@@ -21,7 +21,10 @@ An "epoch" is ``--examples`` images (default 8,192; resnet20: a quarter of it), 
 repetitions fit in minutes on 2 cores. Threads: ``--threads`` (default 1, the README's advice
 for a shared machine).
 
+``--compile`` also times incop's epoch with ``compile: true`` (after one epoch of compilation).
+
     python benchmarks/throughput.py [--reps 5] [--threads 1] [--examples 8192] [--skip-ddp]
+                                    [--compile]
 """
 
 from __future__ import annotations
@@ -98,27 +101,31 @@ def _seconds(work) -> float:
     return time.perf_counter() - start
 
 
-def compare_loops(name: str, x, y, reps: int, rate: float) -> dict:
-    torch.manual_seed(0)
-    built = build_model(name, 1, 28, 10)
-    plain = copy.deepcopy(built)
-    incop = training_module(built, channels_last=None, compile=False, world=World())
-    params = prunable_parameters(incop)
+def masked_epoch(model: torch.nn.Module, batches: Batches, *, compile: bool = False):
+    """incop's epoch on ``model`` (trained as incop trains it) with masks at 10% of the
+    weights (global magnitude); returns the epoch to run and the module that trains."""
+    trained = training_module(model, channels_last=None, compile=compile, world=World())
+    params = prunable_parameters(model)
     masks = full_masks(params)
     weights = {n: p.detach() for n, p in params.items()}
     masks.update(MagnitudePruner(target=0.1)(weights, masks, torch.Generator()))
     enforcer = MaskEnforcer(params, masks)
-    optimizers = {
-        "incop": make_optimizer(incop.parameters(), "sgd", **SGD),
-        "plain": torch.optim.SGD(plain.parameters(), **SGD),  # as a user writes it
-    }
-    enforcer.after_step(optimizers["incop"])
+    optimizer = make_optimizer(model.parameters(), "sgd", **SGD)
+    enforcer.after_step(optimizer)
+    return lambda: train_epoch(trained, batches, optimizer, enforcer=enforcer), trained
+
+
+def compare_loops(name: str, x, y, reps: int, rate: float, compiled: bool) -> dict:
+    torch.manual_seed(0)
+    built = build_model(name, 1, 28, 10)
+    plain = copy.deepcopy(built)
     batches = Batches(x, y, BATCH, shuffle=True, seed=0)
-    runs = {
-        "incop": lambda: train_epoch(incop, batches, optimizers["incop"], enforcer=enforcer),
-        "plain": lambda: plain_epoch(plain, batches, optimizers["plain"]),
-    }
-    for run in runs.values():  # first-call allocations and kernel choices
+    optimizer = torch.optim.SGD(plain.parameters(), **SGD)  # as a user writes it
+    runs = {"plain": lambda: plain_epoch(plain, batches, optimizer)}
+    if compiled:
+        runs["compiled"], _ = masked_epoch(copy.deepcopy(built), batches, compile=True)
+    runs["incop"], incop = masked_epoch(built, batches)
+    for run in runs.values():  # first-call allocations, kernel choices, compilation
         run()
     times: dict[str, list[float]] = {k: [] for k in runs}
     for rep in range(reps):
@@ -127,14 +134,18 @@ def compare_loops(name: str, x, y, reps: int, rate: float) -> dict:
             times[key].append(_seconds(runs[key]))
     ratios = [a / b for a, b in zip(times["incop"], times["plain"], strict=True)]
     steps = len(batches)
-    bound = step_flops(incop, x[:BATCH], y[:BATCH]) * steps / rate
     return {
         "incop_s": statistics.median(times["incop"]),
         "plain_s": statistics.median(times["plain"]),
         "ratio": statistics.median(ratios),
         "ratio_range": (min(ratios), max(ratios)),
-        "bound_s": bound,
+        "bound_s": step_flops(incop, x[:BATCH], y[:BATCH]) * steps / rate,
         "examples": len(x),
+        "compiled": statistics.median(
+            [c / i for c, i in zip(times["compiled"], times["incop"], strict=True)]
+        )
+        if compiled
+        else None,
     }
 
 
@@ -168,6 +179,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--examples", type=int, default=8192)
     parser.add_argument("--skip-ddp", action="store_true")
+    parser.add_argument(
+        "--compile", action="store_true", help="also time incop's epoch under torch.compile"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     x, y = images(args.examples)
@@ -177,12 +191,13 @@ def main() -> None:
           f" {'range':>13} {'FLOP bound s':>12} {'incop/bound':>11}")  # fmt: skip
     for name, share in MODELS.items():
         n = int(args.examples * share)
-        r = compare_loops(name, x[:n], y[:n], args.reps, rate)
+        r = compare_loops(name, x[:n], y[:n], args.reps, rate, args.compile)
         low, high = r["ratio_range"]
         print(
             f"{name:<9} {r['examples']:>8} {r['incop_s']:>8.3f} {r['plain_s']:>8.3f}"
             f" {r['ratio']:>11.3f} {f'{low:.3f}-{high:.3f}':>13} {r['bound_s']:>12.3f}"
             f" {r['incop_s'] / r['bound_s']:>11.1f}"
+            + (f"   compiled/incop {r['compiled']:.2f}" if args.compile else "")
         )
     if args.skip_ddp:
         return
