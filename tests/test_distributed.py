@@ -82,13 +82,6 @@ def test_bad_nproc_is_refused_before_anything_starts(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_compare_under_torchrun_is_refused(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert main(["compare", "--methods", "sap", "--seeds", "0", "--out", str(tmp_path / "c")]) == 2
-    assert "torchrun" in capsys.readouterr().err
-    assert not (tmp_path / "c").exists()
-
-
 # --- end to end: torchrun, 2 CPU ranks (gloo) ---------------------------------------------------
 
 SETTINGS = ["--method", "incop-gf", "--levels", "3", "--warmup-epochs", "3", "--max-epochs", "4",
@@ -167,3 +160,25 @@ def test_two_ranks_killed_mid_level_resume_under_torchrun_exactly(two_ranks, tmp
     assert decided(killed) == decided(two_ranks / "ddp")
     whole = masks(two_ranks / "ddp", 3)
     assert all(torch.equal(whole[k], v) for k, v in masks(killed, 3).items())
+
+
+@pytest.mark.slow
+def test_a_comparison_on_two_ranks_matches_one_process(tmp_path):
+    plan = ["compare", "--methods", "sap,incop-gf", "--seeds", "0", "--levels", "2",
+            "--warmup-epochs", "2", "--max-epochs", "3", "--probe-size", "256",
+            "--batch-size", "32"]  # fmt: skip
+    ranks = incop(*plan, "--nproc", "2", "--out", str(tmp_path / "ddp"))
+    assert ranks.wait(timeout=600) == 0, ranks.stderr.read()
+    assert main([*plan, "--threads", "1", "--out", str(tmp_path / "one")]) == 0
+    a = json.loads((tmp_path / "ddp" / "comparison.json").read_text())
+    b = json.loads((tmp_path / "one" / "comparison.json").read_text())
+    for method in ("sap", "incop-gf"):
+        x, y = a["methods"][method], b["methods"][method]
+        assert [lv["remaining_fraction"]["mean"] for lv in x["levels"]] == [
+            lv["remaining_fraction"]["mean"] for lv in y["levels"]
+        ]
+        assert (
+            abs(x["totals"]["final_accuracy"]["mean"] - y["totals"]["final_accuracy"]["mean"])
+            <= 0.02
+        )
+    assert (tmp_path / "ddp" / "report.md").exists()

@@ -80,6 +80,16 @@ def _add_config_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] 
             parser.add_argument(flag, dest=name, metavar=metavar, help=field_help(name))
 
 
+def _add_nproc_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="data-parallel on N processes of this machine: launches this command with"
+        " torchrun --nproc_per_node N (gloo on CPU, NCCL on GPUs; the batch size stays global)",
+    )
+
+
 class _Parser(argparse.ArgumentParser):
     """No abbreviated options: ``--method`` must never silently mean ``--methods``."""
 
@@ -144,19 +154,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = resolve({**_saved(args, "config.yaml"), "out": args.resume})
     else:
         config = resolve(overrides_from_args(args))
-    if args.nproc is not None:
-        # Checked above, before any process starts; every rank gets the same folder.
-        out = [] if mode == "resume" or args.out else ["--out", default_out(config.method, config)]
-        return launch(args.nproc, [*_without_nproc(args.argv), *out])
     if config.out is None:
         config.out = default_out(config.method, config)
+    if args.nproc is not None:  # checked above, before any process starts
+        return launch(args.nproc, [*_without_nproc(args.argv), *_out_flag(args, mode, config.out)])
+    world = current_world()
+    # Under torchrun every rank drew its own default name: rank 0's is the folder.
+    config.out = world.from_main(config.out)
     result = run_experiment(config, progress=True, mode=mode)
-    if not current_world().is_main:
+    if not world.is_main:
         return 0
     print(result.table())
     print(f"\nfinal ticket, per layer:\n{result.sparsity.format()}")
     print(f"\nresults in {config.out}")
     return 0
+
+
+def _out_flag(args: argparse.Namespace, mode: str, out: str) -> list[str]:
+    """``--out`` for the ranks when the user gave none: one folder, named once, here."""
+    return [] if mode == "resume" or args.out else ["--out", str(out)]
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
@@ -187,6 +203,7 @@ def _seeds(args: argparse.Namespace) -> list[int]:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from incop.compare import check_plan, format_table, method_config, run_comparison
+    from incop.distributed import current_world, launch
     from incop.report import write_report
 
     mode = _mode(args)
@@ -211,7 +228,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
         check_plan(methods, seeds, overrides)
         first = method_config(overrides, methods[0], seeds[0])
         out = overrides.pop("out", None) or default_out("compare", first)
+    if args.nproc is not None:
+        return launch(args.nproc, [*_without_nproc(args.argv), *_out_flag(args, mode, out)])
+    world = current_world()
+    # Under torchrun every rank drew its own default name: rank 0's is the folder.
+    out = world.from_main(out)
     comparison = run_comparison(overrides, methods, seeds, out=out, progress=True, mode=mode)
+    if not world.is_main:
+        return 0
     print(format_table(comparison))
     print(f"\nreport: {write_report(out)}")
     return 0
@@ -265,13 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     run = commands.add_parser("run", help="run one IMP experiment")
     _add_config_flags(run)
-    run.add_argument(
-        "--nproc",
-        type=int,
-        metavar="N",
-        help="data-parallel on N processes of this machine: launches this command with"
-        " torchrun --nproc_per_node N (gloo on CPU, NCCL on GPUs; the batch size stays global)",
-    )
+    _add_nproc_flag(run)
     run.set_defaults(handler=cmd_run)
     compare = commands.add_parser(
         "compare", help="run several methods on one config, several seeds; plots and a report"
@@ -285,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("--trials", type=int, default=3, help="seeds 0..N-1 (default 3)")
     compare.add_argument("--seeds", help="comma-separated seeds, instead of --trials")
+    _add_nproc_flag(compare)
     compare.set_defaults(handler=cmd_compare)
     report = commands.add_parser("report", help="rebuild plots and report of a comparison folder")
     report.add_argument("folder", help="a folder written by `incop compare`")

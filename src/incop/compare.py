@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from incop.config import MAX_SEED, METHODS, Config, dense_phase, resolve
 from incop.data import Batches, load_dataset
-from incop.distributed import under_torchrun
+from incop.distributed import World, current_world
 from incop.errors import UserError
 from incop.experiment import build_batches
 from incop.folders import LOCK_FILE, Layout, OwnedFolder
@@ -42,10 +42,10 @@ from incop.imp import IMP, WarmUp, resolve_device
 from incop.models import build_model
 from incop.outputs import (
     RUN_LAYOUT,
-    RunWriter,
     atomic_torch_save,
     atomic_write_text,
     read_metrics,
+    run_writer,
     to_json,
 )
 
@@ -159,11 +159,7 @@ def run_comparison(
     content of ``comparison.json``.
     """
     out = Path(out)
-    if under_torchrun():
-        raise UserError(
-            "compare: does not run under torchrun yet; run the comparison in one process, or"
-            " each method with `incop run --nproc N`"
-        )
+    world = current_world()
     # Everything is checked and loaded before the folder is made: a refused or failed start
     # leaves nothing behind.
     check_plan(methods, seeds, overrides)
@@ -172,11 +168,16 @@ def run_comparison(
         for seed in seeds:
             method_config(overrides, method, seed)
     folder = OwnedFolder(out, compare_layout(), mode=mode, kind="comparison", marker=PLAN_FILE)
-    folder.check()
+    if world.is_main:  # the one rank that writes (data parallel: the others only read)
+        folder.check()
     dataset = load_dataset(first.dataset, first.data_dir, first.download)
     info = dataset.info
     build_model(first.model, info.channels, info.image_size, info.num_classes)
-    folder.open()
+    if world.is_main:
+        folder.open()
+    world.barrier()
+    if not world.is_main:
+        return _compare(out, overrides, methods, seeds, first, dataset, False, mode, world)
     failed = True
     try:
         if mode != "resume":
@@ -184,7 +185,7 @@ def run_comparison(
             settings = {**overrides, "data_dir": first.data_dir} if first.data_dir else overrides
             plan = {"settings": settings, "methods": list(methods), "seeds": list(seeds)}
             atomic_write_text(out / PLAN_FILE, yaml.safe_dump(plan, sort_keys=False))
-        comparison = _compare(out, overrides, methods, seeds, first, dataset, progress, mode)
+        comparison = _compare(out, overrides, methods, seeds, first, dataset, progress, mode, world)
         failed = False
     finally:
         # Nothing trained yet (the warm-ups discard their own folders): leave nothing behind.
@@ -194,14 +195,20 @@ def run_comparison(
     return comparison
 
 
-def _compare(out, overrides, methods, seeds, first, dataset, progress, mode) -> dict[str, Any]:
+def _compare(
+    out, overrides, methods, seeds, first, dataset, progress, mode, world
+) -> dict[str, Any]:
+    # What is on disk is rank 0's to judge (it may be writing it): every "exists" is its answer.
+    def on_disk(path: Path) -> bool:
+        return world.from_main(path.exists())
+
     info = dataset.info
     started = time.perf_counter()
     summaries: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     warmup_seconds = []
     bar = tqdm(total=len(seeds) * len(methods), desc="compare", unit="run", disable=not progress)
     for seed in seeds:
-        splits = build_batches(method_config(overrides, methods[0], seed), dataset)
+        splits = build_batches(method_config(overrides, methods[0], seed), dataset, world)
         train, val = splits.train, splits.val
 
         def fresh_model(seed: int = seed) -> torch.nn.Module:
@@ -214,19 +221,23 @@ def _compare(out, overrides, methods, seeds, first, dataset, progress, mode) -> 
         # trains it); a method with another (pruning at init: none) trains its own.
         common = max(phases, key=phases.count)
         sharer = methods[phases.index(common)]
-        warmup = shared_warmup(out, seed, overrides, sharer, fresh_model, train, val, progress)
+        warmup = shared_warmup(
+            out, seed, overrides, sharer, fresh_model, train, val, progress, world
+        )
         warmup_seconds.append(sum(warmup.seconds.values()))
         for method in methods:
             folder = run_folder(out, method, seed)
             bar.set_postfix(seed=seed, method=method)
-            if (folder / "summary.json").exists() and mode == "resume":
+            if mode == "resume" and on_disk(folder / "summary.json"):
                 summaries[method].append(json.loads((folder / "summary.json").read_text()))
             else:
                 config = method_config(overrides, method, seed, out=str(folder))
-                going_on = mode == "resume" and (folder / "config.yaml").exists()
-                writer = RunWriter(folder, mode="resume" if going_on else "new")
+                going_on = mode == "resume" and on_disk(folder / "config.yaml")
+                writer = run_writer(
+                    folder, mode="resume" if going_on else "new", main=world.is_main
+                )
                 imp = IMP(config, fresh_model(), train, val, writer=writer, progress=progress,
-                          test_data=splits.test)  # fmt: skip
+                          test_data=splits.test, world=world)  # fmt: skip
                 own = dense_phase(configs[method]) != common
                 result = imp.run(None if own else warmup, resume=going_on)
                 summaries[method].append(result.summary())
@@ -241,7 +252,8 @@ def _compare(out, overrides, methods, seeds, first, dataset, progress, mode) -> 
         hardware=hardware(resolve_device(first.device)),
         incop=provenance(),
     )
-    atomic_write_text(out / "comparison.json", to_json(comparison, indent=2))
+    if world.is_main:
+        atomic_write_text(out / "comparison.json", to_json(comparison, indent=2))
     return comparison
 
 
@@ -254,13 +266,15 @@ def shared_warmup(
     train: Batches,
     val: Batches,
     progress: bool = False,
+    world: World | None = None,
 ) -> WarmUp:
     """The dense warm-up of ``seed``: trained once, kept in ``warmup/seed-<s>.pt``.
 
     While it trains, ``warmup/seed-<s>/`` is its run folder, saved after every epoch, so a
     comparison killed during a warm-up goes on from its last epoch."""
+    world = world or World()
     path = out / "warmup" / f"seed-{seed}.pt"
-    if path.exists():
+    if world.from_main(path.exists()):
         try:
             return WarmUp(**torch.load(path, weights_only=False))
         except Exception as exc:  # unpickling garbage can raise nearly anything
@@ -269,14 +283,16 @@ def shared_warmup(
                 " train this warm-up again"
             ) from None
     folder = out / "warmup" / f"seed-{seed}"
-    going_on = (folder / "config.yaml").exists()
+    going_on = world.from_main((folder / "config.yaml").exists())
     config = method_config(overrides, method, seed, out=str(folder))
-    writer = RunWriter(folder, mode="resume" if going_on else "new")
-    imp = IMP(config, fresh_model(), train, val, writer=writer, progress=progress)
+    writer = run_writer(folder, mode="resume" if going_on else "new", main=world.is_main)
+    imp = IMP(config, fresh_model(), train, val, writer=writer, progress=progress, world=world)
     warmup = imp.warm_up(resume=going_on)
-    # Every epoch's record, those trained before a resume too, for each method's metrics.
-    warmup.records = read_metrics(folder / "metrics.jsonl")
-    atomic_torch_save(path, dataclasses.asdict(warmup))
+    if world.is_main:
+        # Every epoch's record, those trained before a resume too, for each method's metrics
+        # (only rank 0 writes them).
+        warmup.records = read_metrics(folder / "metrics.jsonl")
+        atomic_torch_save(path, dataclasses.asdict(warmup))
     return warmup
 
 
