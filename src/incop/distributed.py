@@ -85,6 +85,12 @@ class World:
             dist.all_reduce(out, op=op)
         return out.cpu()
 
+    def part(self, batches: list[Batch]) -> list[Batch]:
+        """This rank's contiguous part of every batch (the batches the same on every rank)."""
+        parts = [(x.tensor_split(self.size)[self.rank], y.tensor_split(self.size)[self.rank])
+                 for x, y in batches]  # fmt: skip
+        return [(x, y) for x, y in parts if len(y)]
+
     def from_main(self, obj: T) -> T:
         """Rank 0's ``obj`` on every rank (pickled and broadcast)."""
         if self.size == 1:

@@ -9,6 +9,7 @@ on the probe set (no stale ``.grad`` from the last training step).
 from __future__ import annotations
 
 import fnmatch
+import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise as pairs
@@ -23,6 +24,9 @@ from incop.registry import closest
 from incop.training import Batch, LossFn
 
 FLOW_SUMMARIES = ("mean", "abs-mean")
+#: Sums a tensor over the processes that share a measurement (data parallel), e.g. World.sum.
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+
 DISTANCES = ("l2", "relative", "cosine")
 
 
@@ -103,6 +107,8 @@ def information_flow(
     summary: str = "mean",
     skip: Sequence[str] = ("*downsample*", "*shortcut*"),
     device: torch.device | str | None = None,
+    origin: torch.Tensor | None = None,
+    reduce: Reduce | None = None,
 ) -> Flow:
     """IF of ``model`` over ``batches`` of ``(inputs (B, ...), targets)`` (targets unused).
 
@@ -122,6 +128,11 @@ def information_flow(
     One pass, memory independent of N: float64 running sums per layer and per
     pair, on ``device`` (default: the model's). The model's train/eval mode is
     restored afterwards. Results are on the CPU.
+
+    Sharded over processes (data parallel): each passes its part of the probe set as
+    ``batches``, the same ``origin`` (one input, shape (1, ...), whose activations centre the
+    running sums; default: the first example of ``batches``) and ``reduce``, which sums a
+    tensor over the processes (e.g. ``World.sum``); every process gets the whole set's IF.
     """
     _check_choice("summary", summary, FLOW_SUMMARIES)
     device = torch.device(device) if device is not None else _model_device(model)
@@ -144,7 +155,10 @@ def information_flow(
     handles = [module.register_forward_hook(hook(name)) for name, module in modules.items()]
     try:
         model.eval()
-        for x, _ in batches:
+        inputs = (x for x, _ in batches)
+        if origin is not None:
+            inputs = itertools.chain([origin], inputs)
+        for i, x in enumerate(inputs):
             current.clear()
             model(x.to(device))
             if not order:
@@ -157,6 +171,8 @@ def information_flow(
                 shift = {name: current[name][0].clone() for name in order}
                 sums = {k: (torch.zeros_like(v), torch.zeros_like(v)) for k, v in shift.items()}
                 cross = [torch.zeros_like(torch.outer(shift[a], shift[b])) for a, b in pairs(order)]
+            if i == 0 and origin is not None:
+                continue  # the origin only centres the sums
             centred = [current[name] - shift[name] for name in order]
             for name, a in zip(order, centred, strict=True):
                 sums[name][0].add_(a.sum(0))
@@ -168,6 +184,10 @@ def information_flow(
         for handle in handles:
             handle.remove()
         model.train(was_training)
+    if reduce is not None:
+        sums = {k: (reduce(a), reduce(b)) for k, (a, b) in sums.items()}
+        cross = [reduce(c) for c in cross]
+        n = int(reduce(torch.tensor(float(n))))
     if n == 0:
         raise UserError("information_flow: the probe set is empty")
     matrices = [
@@ -188,6 +208,7 @@ def gradient_flow(
     normalize: bool = False,
     params: dict[str, nn.Parameter] | None = None,
     device: torch.device | str | None = None,
+    reduce: Reduce | None = None,
 ) -> torch.Tensor:
     """GF of ``model``: per layer ``||g_l * m_l||_2``, float64 of shape ``(L,)``, on the CPU.
 
@@ -198,7 +219,8 @@ def gradient_flow(
     registry order); ``masks``: their masks (default all ones); ``normalize``
     divides layer l by its number of alive weights (at least 1), the "effective
     gradient flow". Nothing is updated: ``.grad``, ``requires_grad``, the
-    train/eval mode and BatchNorm statistics are left as found.
+    train/eval mode and BatchNorm statistics are left as found. Sharded over processes,
+    each passes its part of the probe set and ``reduce`` (sums a tensor over them).
     """
     if params is None:
         params = {name: module.weight for name, module in prunable_modules(model).items()}
@@ -232,6 +254,9 @@ def gradient_flow(
         for w in frozen:
             w.requires_grad_(False)
         model.train(was_training)
+    if reduce is not None:
+        totals = [reduce(total).to(total.device) for total in totals]
+        n = int(reduce(torch.tensor(float(n))))
     if n == 0:
         raise UserError("gradient_flow: the probe set is empty")
     values = []

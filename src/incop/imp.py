@@ -441,7 +441,7 @@ class IMP:
             self.dense_accuracy = self.levels[0].val_accuracy
             self.dense_metric = self.levels[0].val_metric
             score = self.metric.score(self.dense_metric)
-            reference = Reference(self.model, self.masks, score, self.probe)
+            reference = self._reference(score)
             self.rule.load_state_dict(state["rule"], reference)
 
     # --- the loop -------------------------------------------------------------------------------
@@ -563,6 +563,20 @@ class IMP:
             self.warmup_stop.name if ended else "warmup",
         )
 
+    def _reference(self, score: float) -> Reference:
+        """theta* with its score, for the stopping rule; data parallel, each rank measures
+        the flows on its part of the probe set and they are summed."""
+        if self.world.size == 1 or self.probe is None:
+            return Reference(self.model, self.masks, score, self.probe)
+        return Reference(
+            self.model,
+            self.masks,
+            score,
+            self.world.part(self.probe),
+            origin=self.probe[0][0][:1],
+            reduce=self.world.sum,
+        )
+
     def _first_prune(self) -> Masks:
         """The masks the first prune would give the current weights (for the warm-up stop)."""
         weights = {name: p.detach() for name, p in self.params.items()}
@@ -587,7 +601,7 @@ class IMP:
             for record in warmup.records:
                 self.writer.epoch(record)
         with clock("flow"):
-            reference = Reference(self.model, self.masks, self.score(warmup.best), self.probe)
+            reference = self._reference(self.score(warmup.best))
             self.rule.prepare(reference)
         reason = "diverged" if warmup.diverged else warmup.reason
         self._finish_level(0, warmup.epochs, clock, warmup.best, reason)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from incop.flows import flow_distance, gradient_flow, information_flow
+from incop.flows import Reduce, flow_distance, gradient_flow, information_flow
 from incop.masks import Masks
 from incop.pruning import preview
 from incop.registry import Registry
@@ -44,13 +44,17 @@ class Reference:
     score a* (the metric oriented so that higher is better).
 
     ``probe`` is the fixed probe set (batches of ``(inputs, targets)``) that every
-    flow measurement of the run uses; ``masks`` are the dense (all-ones) masks.
+    flow measurement of the run uses; ``masks`` are the dense (all-ones) masks. Data
+    parallel, ``probe`` is this rank's part of it, ``origin`` the whole set's first input
+    (shape (1, ...)) and ``reduce`` sums over the ranks (see :func:`incop.information_flow`).
     """
 
     model: nn.Module
     masks: Masks
     score: float
     probe: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None
+    origin: torch.Tensor | None = None
+    reduce: Reduce | None = None
 
 
 @dataclass
@@ -123,7 +127,7 @@ class FlowRule(StoppingRule):
 
     def prepare(self, reference: Reference) -> None:
         super().prepare(reference)
-        self.probe = reference.probe
+        self.reference = reference
         self.reference_flow = self.flow(reference.model, reference.masks)
 
     def state_dict(self) -> dict:
@@ -131,7 +135,7 @@ class FlowRule(StoppingRule):
 
     def load_state_dict(self, state: dict, reference: Reference) -> None:
         super().load_state_dict(state, reference)
-        self.probe = reference.probe
+        self.reference = reference
         self.reference_flow = state["reference_flow"]
 
     def measure(self, model: nn.Module, masks: Masks) -> float:
@@ -156,7 +160,10 @@ class InformationFlowRule(FlowRule):
     name: str = field(default="if", init=False)
 
     def flow(self, model: nn.Module, masks: Masks) -> torch.Tensor:
-        return information_flow(model, self.probe, summary=self.summary, skip=self.skip).vector
+        r = self.reference
+        return information_flow(
+            model, r.probe, summary=self.summary, skip=self.skip, origin=r.origin, reduce=r.reduce
+        ).vector
 
 
 @dataclass
@@ -169,8 +176,9 @@ class GradientFlowRule(FlowRule):
 
     def flow(self, model: nn.Module, masks: Masks) -> torch.Tensor:
         params = {name: model.get_parameter(name) for name in masks}
+        r = self.reference
         return gradient_flow(
-            model, self.probe, masks=masks, normalize=self.normalize, params=params
+            model, r.probe, masks=masks, normalize=self.normalize, params=params, reduce=r.reduce
         )
 
 
