@@ -1,6 +1,7 @@
 """Small models and data shared by the tests."""
 
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -29,3 +30,18 @@ def blobs(n=384, seed=0, n_in=10, n_out=3):
     y = torch.randint(0, n_out, (n,), generator=g)
     centres = torch.randn(n_out, n_in, generator=torch.Generator().manual_seed(99)) * 2
     return centres[y] + torch.randn(n, n_in, generator=g), y
+
+
+def wait_mid_level(folder: Path, level: int = 2, timeout: float = 300) -> None:
+    """Return once the run writing ``folder`` has trained an epoch of ``level`` (mid-level,
+    with earlier levels done): where the resume tests kill it."""
+    from incop.outputs import read_metrics
+
+    metrics = folder / "metrics.jsonl"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if metrics.exists() and any(
+            r["level"] == level and r["epoch"] >= 1 for r in read_metrics(metrics)
+        ):
+            return
+        time.sleep(0.01)

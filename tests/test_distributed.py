@@ -5,17 +5,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from helpers import wait_mid_level
 from incop.cli import _without_nproc, main
 from incop.data import Batches
 from incop.distributed import World, mask_fingerprint
-from incop.outputs import read_metrics
 from incop.training import EpochStats
 
 
@@ -135,14 +134,7 @@ def test_two_ranks_find_the_ticket_one_process_finds(two_ranks, tmp_path):
 def test_two_ranks_killed_mid_level_resume_under_torchrun_exactly(two_ranks, tmp_path):
     killed = tmp_path / "killed"
     victim = incop("run", *SETTINGS, "--nproc", "2", "--out", str(killed))
-    metrics = killed / "metrics.jsonl"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if metrics.exists() and any(
-            r["level"] == 2 and r["epoch"] >= 1 for r in read_metrics(metrics)
-        ):
-            break
-        time.sleep(0.01)
+    wait_mid_level(killed)
     os.killpg(victim.pid, signal.SIGKILL)
     victim.wait()
     assert not (killed / "summary.json").exists(), "the run finished before it was killed"

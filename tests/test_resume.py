@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import TinyNet, blobs
+from helpers import TinyNet, blobs, wait_mid_level
 from incop import prune
 from incop.cli import main
 from incop.outputs import read_metrics
@@ -46,15 +46,7 @@ def test_sigkill_mid_level_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert incop("run", *SETTINGS, "--out", str(whole)).wait(timeout=300) == 0
 
     victim = incop("run", *SETTINGS, "--out", str(killed))
-    metrics = killed / "metrics.jsonl"
-    deadline = time.monotonic() + 300
-    # Kill once level 2 has trained an epoch: mid-level, with earlier levels done.
-    while time.monotonic() < deadline:
-        if metrics.exists() and any(
-            r["level"] == 2 and r["epoch"] >= 1 for r in read_metrics(metrics)
-        ):
-            break
-        time.sleep(0.01)
+    wait_mid_level(killed)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert not (killed / "summary.json").exists(), "the run finished before it was killed"
