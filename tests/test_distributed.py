@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -174,3 +175,20 @@ def test_a_comparison_on_two_ranks_matches_one_process(tmp_path):
             <= 0.02
         )
     assert (tmp_path / "ddp" / "report.md").exists()
+
+
+@pytest.mark.slow
+def test_prune_under_torchrun_with_a_distributed_sampler(tmp_path):
+    script = Path(__file__).parent / "ddp_prune_script.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", "2", str(script), str(tmp_path)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(script.parent)}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "masks-0.pt", "masks-1.pt", "run", "val-0.pt", "val-1.pt"
+    ]  # fmt: skip
+    assert torch.equal(torch.load(tmp_path / "masks-0.pt"), torch.load(tmp_path / "masks-1.pt"))
+    # Each rank validated on its half; the summed statistics are the same on both.
+    assert torch.load(tmp_path / "val-0.pt") == torch.load(tmp_path / "val-1.pt")
+    assert (tmp_path / "run" / "summary.json").exists()
