@@ -29,7 +29,9 @@ with final test accuracy within 0.3 point of SAP's.
 
 Time on 2 cores: the lenet5 part took 41 min of compute (``total_seconds``), with other
 jobs on the machine at times. resnet20 has not yet run in full with its settings here
-(issue 10): at about 7-13 s an epoch and some 210 epochs a seed, expect 75-120 min.
+(issue 10): its seed 0 took about an hour of compute across interruptions (7-13 s an
+epoch with 2 threads, 14-28 s with 1 thread beside another job, flows included), so
+expect about 3 hours for its 3 seeds; ``--resume`` goes on where it stopped.
 """
 
 from __future__ import annotations
