@@ -19,6 +19,9 @@ saves the joint frontier plot as ``frontier.png`` / ``.svg`` in --out.
 
     python benchmarks/frontier.py [--out DIR] [--resume] [--quick]
 
+Time: about 2 h of compute on 2 cores beside another job (imp 55 min, guided 21, epi 20,
+the at-init comparisons 45).
+
 ``--quick``: digits, mlp, one seed, short schedules: a smoke run of the whole pipeline in
 about a minute, not a result.
 """
