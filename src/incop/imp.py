@@ -227,7 +227,7 @@ class IMP:
         self.loss_fn = loss_fn
         self.metric = metric or Metric.named(config.metric)
         self.writer = writer or NullWriter()
-        self.progress = progress
+        self.progress = progress and self.world.is_main  # one bar: rank 0's
         self.device = self.world.device(resolve_device(config.device))
         self.epoch_counter = 0
 
@@ -742,7 +742,7 @@ class IMP:
             self.bar = Progress(
                 self.config.warmup_epochs,
                 done=done,
-                enabled=self.progress and self.world.is_main,
+                enabled=self.progress,
                 desc="warm-up",
             )
             try:
@@ -768,7 +768,7 @@ class IMP:
         self.bar = Progress(
             c.warmup_epochs + c.levels * c.max_epochs + c.finetune_epochs - unused,
             done=sum(lv.epochs for lv in self.levels) + within,
-            enabled=self.progress and self.world.is_main,
+            enabled=self.progress,
         )
         try:
             if not self.levels:
