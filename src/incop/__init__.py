@@ -16,9 +16,10 @@ Public API::
 from incop.config import Config
 from incop.errors import DataError, UserError
 from incop.flows import Flow, gradient_flow, information_flow
-from incop.imp import LevelResult, Result, prune
+from incop.imp import prune
 from incop.masks import prunable_parameters, sparsity_report
 from incop.pruning import pq_index, sap_prune_count
+from incop.result import LevelResult, Result
 from incop.ticket import MaskHandle, Ticket, apply_masks, export_ticket, load_ticket
 
 __all__ = [

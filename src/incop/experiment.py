@@ -10,9 +10,10 @@ from incop.config import Config
 from incop.data import Batches, Dataset, load_dataset, validation_split
 from incop.distributed import World, current_world
 from incop.errors import UserError
-from incop.imp import IMP, Result, resolve_device
+from incop.imp import IMP, resolve_device
 from incop.models import build_model
 from incop.outputs import run_writer
+from incop.result import Result
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,32 +21,31 @@ import torch.nn.functional as F
 from torch import nn
 
 from incop.at_init import PruneContext
-from incop.config import METHODS, WHERE_FIELDS, Config, default_value, resolve, to_yaml
+from incop.config import METHODS, Config, default_value, resolve, to_yaml
 from incop.distributed import World, current_world, mask_fingerprint, shared_probe
 from incop.errors import UserError
 from incop.fastpath import training_module
-from incop.finetune import FinalResult, finetune
+from incop.finetune import finetune
 from incop.masks import (
     MaskEnforcer,
     Masks,
-    SparsityReport,
     full_masks,
-    pack_mask,
     prunable_parameters,
     remaining_fraction,
     sparsity_report,
     unmatched_layer_patterns,
     unmatched_patterns,
-    unpack_mask,
 )
 from incop.metrics import Metric, MetricFn
 from incop.outputs import NullWriter, run_writer
 from incop.precision import Precision
 from incop.progress import Progress
 from incop.pruning import preview
+from incop.result import LevelResult, Result
+from incop.resume import capture_state, restore_state
 from incop.rewind import snapshot
 from incop.sources import BatchSource, MappedSource, check_sources
-from incop.stopping import STOP_REASONS, Reference
+from incop.stopping import Reference
 from incop.training import (
     DivergenceError,
     LossFn,
@@ -55,95 +54,6 @@ from incop.training import (
     make_scheduler,
     train_epoch,
 )
-
-
-@dataclass
-class LevelResult:
-    """One level (0 = the dense network). Seconds are wall-clock; accuracy a fraction in [0, 1]
-    (None when the task is not classification); ``val_metric``: the run's metric, the number
-    its decisions read. ``test_accuracy`` / ``test_loss``: the level's ticket on the test
-    data, evaluated once the level is decided and read by nothing (None without test data).
-
-    Fields are readable as attributes or keys (``level.val_accuracy`` or ``level["val_accuracy"]``).
-    """
-
-    level: int
-    remaining_fraction: float
-    epochs: int
-    val_accuracy: float | None
-    val_loss: float
-    train_seconds: float
-    eval_seconds: float
-    flow_seconds: float
-    stop_reason: str
-    macs_fraction: float
-    distance: float | None = None
-    val_metric: float | None = None
-    test_accuracy: float | None = None
-    test_loss: float | None = None
-    layer_remaining: dict[str, float] | None = None
-
-    def __getitem__(self, key: str) -> Any:
-        return getattr(self, key)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class Result:
-    """What :func:`prune` returns. ``masks``: the final ticket's masks, parameter name -> bool
-    tensor; ``level_masks[k]``: level k's masks; ``sparsity``: the final ticket's per-layer
-    sparsity, compression and MACs; ``dense_metric``: the metric of theta* (a*)."""
-
-    levels: list[LevelResult]
-    masks: Masks
-    dense_accuracy: float | None
-    config: Config
-    level_masks: list[Masks] = field(default_factory=list)
-    sparsity: SparsityReport | None = None
-    dense_metric: float | None = None
-    final: FinalResult | None = None
-
-    def summary(self) -> dict[str, Any]:
-        """The content of ``summary.json``."""
-        return {
-            "levels": [level.to_dict() for level in self.levels],
-            "dense_accuracy": self.dense_accuracy,
-            "dense_metric": self.dense_metric,
-            "config": self.config.to_dict(),
-            "final": self.final.to_dict() if self.final is not None else None,
-            # Results are bitwise reproducible only at the same thread count (README, "Trust").
-            "threads": torch.get_num_threads(),
-        }
-
-    def table(self) -> str:
-        """The level table printed at the end of a run."""
-        metric = self.config.metric
-        # The metric that decided gets a column of its own unless it is the accuracy.
-        extra = "" if metric == "accuracy" else f" {('val ' + metric)[:12]:>12}"
-        tested = any(r.test_accuracy is not None for r in self.levels)
-        head = (
-            f"{'level':>5} {'remaining':>9} {'MACs':>7} {'epochs':>6} {'val acc':>8}{extra}"
-            + (f" {'test acc':>8}" if tested else "")
-            + f" {'train s':>8} {'eval s':>7} {'flow s':>7}  stop"
-        )
-        rows = [head, "-" * len(head)]
-        for r in self.levels:
-            value = "" if metric == "accuracy" else f" {r.val_metric:>12.6g}"
-            test = f" {_percent(r.test_accuracy)}" if tested else ""
-            rows.append(
-                f"{r.level:>5} {r.remaining_fraction:>9.2%} {r.macs_fraction:>7.1%} {r.epochs:>6}"
-                f" {_percent(r.val_accuracy)}{value}{test} {r.train_seconds:>8.1f}"
-                f" {r.eval_seconds:>7.1f} {r.flow_seconds:>7.1f}  {r.stop_reason}"
-            )
-        reasons = dict.fromkeys(r.stop_reason for r in self.levels)
-        rows += ["", "stop:"] + [f"  {why:<9} {STOP_REASONS.get(why, '')}" for why in reasons]
-        return "\n".join(rows)
-
-
-def _percent(value: float | None) -> str:
-    return f"{value:>8.2%}" if value is not None else f"{'-':>8}"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -342,107 +252,16 @@ class IMP:
         """The most epochs ``level`` can take."""
         return self.config.warmup_epochs if level == 0 else self.config.max_epochs
 
-    # --- resume state -------------------------------------------------------------------------
+    # --- resume state (incop.resume) -------------------------------------------------------
 
     def save_state(
         self, phase: str, level: int, epoch: int, clock: _Clock, phase_state: Any = None
     ) -> None:
-        """Everything needed to go on after ``epoch`` of ``level`` (``phase``: ``warmup``,
+        """Save everything needed to go on after ``epoch`` of ``level`` (``phase``: ``warmup``,
         ``retrain`` within a level, ``done`` once the level is finished, ``finetune``;
         ``phase_state``: whatever that phase needs besides)."""
-        if not self.writer.saves_state:
-            return
-        self.writer.state(
-            {
-                "phase": phase,
-                "phase_state": phase_state,
-                "level": level,
-                "epoch": epoch,
-                "config": self.config.to_dict(),
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict() if self.optimizer else None,
-                "scheduler": self.scheduler.state_dict() if self.scheduler else None,
-                "scaler": self.precision.state_dict(),
-                # Bits: masks as bool tensors would add 1 byte per weight to each save.
-                "masks": {n: (tuple(m.shape), pack_mask(m)) for n, m in self.masks.items()},
-                # Written once each (snapshots/, levels/): the state only refers to them.
-                "snapshots": dict(self.snapshot_files),
-                "best": self.best,
-                "levels": [lv.to_dict() for lv in self.levels],
-                "clock": dict(clock.seconds),
-                "record": self.record,
-                "rule": self.rule.state_dict() if self.levels else None,
-                "epoch_counter": self.epoch_counter,
-                "threads": torch.get_num_threads(),
-                "generator": self.generator.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            }
-        )
-
-    def _restore(self, state: dict[str, Any]) -> None:
-        c = self.config
-        # Where the folder and the data are does not count: they may have moved since.
-        # A setting the saved run did not have yet (added in a later incop) ran as its default.
-        defaults = {name: default_value(name) for name in Config.__dataclass_fields__}
-        saved = {k: v for k, v in (defaults | state["config"]).items() if k not in WHERE_FIELDS}
-        here = {k: v for k, v in c.to_dict().items() if k not in WHERE_FIELDS}
-        if saved != here:
-            changed = ", ".join(
-                f"{k}: {saved.get(k)!r} saved, {here.get(k)!r} now"
-                for k in sorted(set(saved) | set(here))
-                if saved.get(k) != here.get(k)
-            )
-            raise UserError(
-                f"resume: the saved state belongs to a run with other settings ({changed})"
-            )
-        if state["threads"] != torch.get_num_threads():
-            warnings.warn(
-                f"resuming with {torch.get_num_threads()} CPU threads; the run was saved with"
-                f" {state['threads']}, so results may differ from an uninterrupted run in the"
-                " last digits",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        self.model.load_state_dict(state["model"])
-        self.precision.load_state_dict(state.get("scaler"))
-        self.masks.update(
-            {
-                n: unpack_mask(bits, shape).to(self.device)
-                for n, (shape, bits) in state["masks"].items()
-            }
-        )
-        self.snapshot_files = dict(state["snapshots"])
-        self.snapshots = {
-            name: self.writer.read(relative, self.device)
-            for name, relative in self.snapshot_files.items()
-        }
-        self.best = state["best"]
-        self.record = state["record"]
-        self.levels = [LevelResult(**lv) for lv in state["levels"]]
-        self.level_masks = [
-            self.writer.read(f"levels/{lv.level}/checkpoint.pt", self.device)["masks"]
-            for lv in self.levels
-        ]
-        self.epoch_counter = state["epoch_counter"]
-        self.generator.set_state(state["generator"].cpu())
-        torch.set_rng_state(state["torch_rng"].cpu())
-        if state["cuda_rng"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
-        if state["optimizer"] is not None:
-            self.fresh_optimizer()
-            epochs = c.warmup_epochs if state["phase"] == "warmup" else c.max_epochs
-            self.scheduler = make_scheduler(self.optimizer, c.schedule, epochs)
-            # After the scheduler, which starts from the base rate: the saved rate wins.
-            self.optimizer.load_state_dict(state["optimizer"])
-            if self.scheduler is not None:
-                self.scheduler.load_state_dict(state["scheduler"])
-        if self.levels:
-            self.dense_accuracy = self.levels[0].val_accuracy
-            self.dense_metric = self.levels[0].val_metric
-            score = self.metric.score(self.dense_metric)
-            reference = self._reference(score)
-            self.rule.load_state_dict(state["rule"], reference)
+        if self.writer.saves_state:
+            self.writer.state(capture_state(self, phase, level, epoch, clock.seconds, phase_state))
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -563,7 +382,7 @@ class IMP:
             self.warmup_stop.name if ended else "warmup",
         )
 
-    def _reference(self, score: float) -> Reference:
+    def reference(self, score: float) -> Reference:
         """theta* with its score, for the stopping rule; data parallel, each rank measures
         the flows on its part of the probe set and they are summed."""
         if self.world.size == 1 or self.probe is None:
@@ -601,7 +420,7 @@ class IMP:
             for record in warmup.records:
                 self.writer.epoch(record)
         with clock("flow"):
-            reference = self._reference(self.score(warmup.best))
+            reference = self.reference(self.score(warmup.best))
             self.rule.prepare(reference)
         reason = "diverged" if warmup.diverged else warmup.reason
         self._finish_level(0, warmup.epochs, clock, warmup.best, reason)
@@ -723,7 +542,7 @@ class IMP:
                 if self.world.is_main == main_turn:
                     state = self.writer.load_state(self.device)
                     if state is not None:
-                        self._restore(state)
+                        restore_state(self, state)
                 self.world.barrier()
             if state is None:
                 self.writer.config(to_yaml(self.config))
