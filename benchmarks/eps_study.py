@@ -28,12 +28,12 @@ from pathlib import Path
 import torch
 
 from incop.config import resolve
-from incop.data import load_dataset
-from incop.experiment import build_batches
-from incop.flows import flow_distance, gradient_flow, information_flow
-from incop.imp import IMP
-from incop.models import build_model
-from incop.stopping import Reference, StoppingRule
+from incop.engine.experiment import build_batches
+from incop.engine.imp import IMP
+from incop.methods.flows import flow_distance, gradient_flow, information_flow
+from incop.methods.stopping import Reference, StoppingRule
+from incop.workload.data import load_dataset
+from incop.workload.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("if-mean", "if-abs", "gf")

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from incop.data import Batches, load_dataset
-from incop.flows import gradient_flow, information_flow
-from incop.models import build_model
-from incop.training import make_optimizer, train_epoch
+from incop.engine.training import make_optimizer, train_epoch
+from incop.methods.flows import gradient_flow, information_flow
+from incop.workload.data import Batches, load_dataset
+from incop.workload.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCH_EXAMPLES = 60_000

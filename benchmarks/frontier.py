@@ -33,8 +33,8 @@ import os
 import time
 from pathlib import Path
 
-from incop.compare import run_comparison
-from incop.report import frontier_figure, save_figure
+from incop.tools.compare import run_comparison
+from incop.tools.report import frontier_figure, save_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMON = {

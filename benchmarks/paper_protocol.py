@@ -24,8 +24,8 @@ import os
 import time
 from pathlib import Path
 
-from incop.compare import DEFAULT_METHODS, format_table, run_comparison
-from incop.report import write_report
+from incop.tools.compare import DEFAULT_METHODS, format_table, run_comparison
+from incop.tools.report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 

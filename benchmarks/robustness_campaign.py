@@ -56,7 +56,7 @@ class Tally:
 
 def incop(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "incop.cli", *args],
+        [sys.executable, "-m", "incop", *args],
         capture_output=True, text=True, cwd=cwd, timeout=600,
     )  # fmt: skip
 
@@ -81,16 +81,16 @@ def fingerprint(folder: Path) -> dict:
 
 def killed_then_resumed(args: list[str], out: Path, rng: random.Random, seconds: float) -> int:
     """Run, SIGKILL at a random moment (up to twice, the resume too); finish with --resume."""
-    command = [sys.executable, "-m", "incop.cli", *args, "--out", str(out)]
+    command = [sys.executable, "-m", "incop", *args, "--out", str(out)]
     for _ in range(rng.choice([1, 1, 2])):
         victim = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(0.5, seconds))
         victim.send_signal(signal.SIGKILL)
         victim.wait()
-        command = [sys.executable, "-m", "incop.cli", args[0], "--resume", str(out)]
+        command = [sys.executable, "-m", "incop", args[0], "--resume", str(out)]
         if not (out / ("compare.yaml" if args[0] == "compare" else "config.yaml")).exists():
             # Killed before anything was written: nothing to resume, start again.
-            command = [sys.executable, "-m", "incop.cli", *args, "--out", str(out)]
+            command = [sys.executable, "-m", "incop", *args, "--out", str(out)]
     return subprocess.run(command, capture_output=True, timeout=600).returncode
 
 
@@ -210,7 +210,7 @@ def overwrite_and_concurrency(tally: Tally, scratch: Path) -> None:
         )
         shutil.rmtree(folder)
     out = scratch / "busy"
-    first = subprocess.Popen([sys.executable, "-m", "incop.cli", *RUN, "--out", str(out)],
+    first = subprocess.Popen([sys.executable, "-m", "incop", *RUN, "--out", str(out)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     while not (out / "config.yaml").exists():
         time.sleep(0.01)
@@ -220,7 +220,7 @@ def overwrite_and_concurrency(tally: Tally, scratch: Path) -> None:
     tally.check("the first writer finishes", first.wait(timeout=600) == 0)
     names = scratch / "names"
     names.mkdir()
-    procs = [subprocess.Popen([sys.executable, "-m", "incop.cli", "run", *QUICK, "--seed", str(s)],
+    procs = [subprocess.Popen([sys.executable, "-m", "incop", "run", *QUICK, "--seed", str(s)],
                               cwd=names, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for s in range(3)]  # fmt: skip
     codes = [p.wait(timeout=600) for p in procs]

@@ -41,8 +41,8 @@ import os
 import time
 from pathlib import Path
 
-from incop.compare import run_comparison
-from incop.report import write_report
+from incop.tools.compare import run_comparison
+from incop.tools.report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["sap", "sap-acc", "incop-if", "incop-gf", "incop-if-flow", "incop-gf-flow", "sap-mask"]

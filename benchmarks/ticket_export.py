@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 
 from incop.config import resolve
-from incop.data import Batches, load_dataset
-from incop.experiment import run_experiment
-from incop.ticket import FORMATS, export_ticket, load_ticket
-from incop.ticket.compact import compact
+from incop.engine.experiment import run_experiment
+from incop.tools.ticket import FORMATS, export_ticket, load_ticket
+from incop.tools.ticket.compact import compact
+from incop.workload.data import Batches, load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMON = {

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from helpers import TinyNet, blobs
-from incop.data import Batches
+from incop.workload.data import Batches
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from helpers import TinyNet, blobs
 from incop import prune
-from incop.distributed import current_world, mask_fingerprint
+from incop.engine.distributed import current_world, mask_fingerprint
 
 out = Path(sys.argv[1])
 world = current_world()

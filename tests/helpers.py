@@ -35,7 +35,7 @@ def blobs(n=384, seed=0, n_in=10, n_out=3):
 def wait_mid_level(folder: Path, level: int = 2, timeout: float = 300) -> None:
     """Return once the run writing ``folder`` has trained an epoch of ``level`` (mid-level,
     with earlier levels done): where the resume tests kill it."""
-    from incop.outputs import read_metrics
+    from incop.engine.outputs import read_metrics
 
     metrics = folder / "metrics.jsonl"
     deadline = time.monotonic() + timeout

@@ -11,13 +11,19 @@ from torch import nn
 from torch.func import functional_call
 
 import incop
-from incop.at_init import PruneContext, SNIPPruner, SynFlowPruner, snip_scores, synflow_scores
-from incop.cli import main
 from incop.config import resolve
-from incop.data import Batches
+from incop.engine.masks import full_masks, prunable_parameters, remaining_fraction
 from incop.errors import UserError
-from incop.masks import full_masks, prunable_parameters, remaining_fraction
-from incop.models import build_model
+from incop.methods.at_init import (
+    PruneContext,
+    SNIPPruner,
+    SynFlowPruner,
+    snip_scores,
+    synflow_scores,
+)
+from incop.tools.cli import main
+from incop.workload.data import Batches
+from incop.workload.models import build_model
 
 
 def mlp():

@@ -5,12 +5,15 @@ import sys
 import pytest
 import yaml
 
-from incop.cli import main
+from incop.tools.cli import main
 
 
 def run_cli(*args):
     return subprocess.run(
-        [sys.executable, "-m", "incop.cli", *args], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "incop", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 

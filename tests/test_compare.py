@@ -3,9 +3,9 @@ import json
 import pytest
 import yaml
 
-from incop.compare import aggregate, run_comparison
+from incop.engine.imp import IMP
 from incop.errors import UserError
-from incop.imp import IMP
+from incop.tools.compare import aggregate, run_comparison
 
 
 def summary(epochs, accuracies, remaining, seconds=1.0, flow=0.5, reasons=None, final=None):

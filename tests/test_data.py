@@ -20,9 +20,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import SHARED
-from incop import data
-from incop.data import DATASETS, Batches, DataError, load_dataset
 from incop.errors import UserError
+from incop.workload import data
+from incop.workload.data import DATASETS, Batches, DataError, load_dataset
 
 IDX_STEMS = {
     "train-images-idx3-ubyte": "train_x",

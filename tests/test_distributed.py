@@ -13,10 +13,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from helpers import wait_mid_level
-from incop.cli import _without_nproc, main
-from incop.data import Batches
-from incop.distributed import World, mask_fingerprint
-from incop.training import EpochStats
+from incop.engine.distributed import World, mask_fingerprint
+from incop.engine.training import EpochStats
+from incop.tools.cli import _without_nproc, main
+from incop.workload.data import Batches
 
 
 def shards(n, batch_size, ranks, **options):

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from incop import UserError, prune
-from incop.data import Batches
-from incop.models import build_model
+from incop.workload.data import Batches
+from incop.workload.models import build_model
 
 CHANNELS_LAST = torch.channels_last
 

@@ -7,8 +7,8 @@ import torch
 
 from helpers import TinyNet, blobs
 from incop import prune
-from incop.cli import main
-from incop.outputs import read_metrics
+from incop.engine.outputs import read_metrics
+from incop.tools.cli import main
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])

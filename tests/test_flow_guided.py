@@ -5,13 +5,13 @@ import torch
 from torch import nn
 
 import incop
-from incop.at_init import PruneContext
 from incop.config import resolve
-from incop.data import Batches
+from incop.engine.masks import full_masks, prunable_parameters
 from incop.errors import UserError
-from incop.flow_guided import FlowGuidedPruner, guide_factors, layer_sensitivity
-from incop.masks import full_masks, prunable_parameters
-from incop.pruning import MagnitudePruner
+from incop.methods.at_init import PruneContext
+from incop.methods.flow_guided import FlowGuidedPruner, guide_factors, layer_sensitivity
+from incop.methods.pruning import MagnitudePruner
+from incop.workload.data import Batches
 
 
 def chain():

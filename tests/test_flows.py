@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from incop.errors import UserError
-from incop.flows import Flow, flow_distance, gradient_flow, information_flow
+from incop.methods.flows import Flow, flow_distance, gradient_flow, information_flow
 
 
 def small_net(seed: int = 0) -> nn.Sequential:

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from incop import outputs
-from incop.cli import default_out, main
 from incop.config import resolve
-from incop.folders import LOCK_FILE, FolderLock
+from incop.engine import outputs
+from incop.engine.folders import LOCK_FILE, FolderLock
+from incop.tools.cli import default_out, main
 
 RUN = ["--levels", "1", "--warmup-epochs", "1", "--max-epochs", "1"]
 COMPARE = ["compare", "--methods", "sap", "--seeds", "0", *RUN]
@@ -109,7 +109,16 @@ def test_a_second_process_is_refused_while_the_first_holds_the_folder(tmp_path):
     lock = FolderLock(out)
     try:
         busy = subprocess.run(
-            [sys.executable, "-m", "incop.cli", "run", *RUN, "--out", str(out), "--overwrite"],
+            [
+                sys.executable,
+                "-m",
+                "incop",
+                "run",
+                *RUN,
+                "--out",
+                str(out),
+                "--overwrite",
+            ],
             capture_output=True,
             text=True,
             timeout=120,
@@ -123,7 +132,7 @@ def test_a_second_process_is_refused_while_the_first_holds_the_folder(tmp_path):
 def test_a_killed_process_leaves_no_stale_lock(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from pathlib import Path; from incop.folders import FolderLock;"
+         "import sys, time; from pathlib import Path; from incop.engine.folders import FolderLock;"
          f" FolderLock(Path({str(tmp_path)!r})); print('held', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE,
         text=True,
@@ -144,7 +153,7 @@ def test_default_folder_names_are_unique_within_a_second():
 def test_concurrent_runs_with_default_folders_never_share_one(tmp_path):
     runs = [
         subprocess.Popen(
-            [sys.executable, "-m", "incop.cli", "run", *RUN, "--seed", str(seed)],
+            [sys.executable, "-m", "incop", "run", *RUN, "--seed", str(seed)],
             cwd=tmp_path,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -178,7 +187,7 @@ def test_out_that_is_a_file_is_refused_in_one_line(tmp_path, capsys):
 
 def test_unwritable_out_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
     # Tests run as root here, which chmod cannot stop; the check asks os.access.
-    monkeypatch.setattr("incop.folders.os.access", lambda path, mode: False)
+    monkeypatch.setattr("incop.engine.folders.os.access", lambda path, mode: False)
     assert main(["run", *RUN, "--out", str(tmp_path / "x")]) == 2
     assert "not writable" in capsys.readouterr().err and not (tmp_path / "x").exists()
 

@@ -6,8 +6,8 @@ import torch
 from helpers import TinyNet, blobs
 from incop import prune
 from incop.config import resolve
-from incop.imp import IMP
-from incop.outputs import read_metrics
+from incop.engine.imp import IMP
+from incop.engine.outputs import read_metrics
 
 
 def test_loop_on_a_user_model_with_plain_lists_of_batches(tmp_path):

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from incop.masks import (
+from incop.engine.masks import (
     MaskEnforcer,
     full_masks,
     prunable_modules,
@@ -10,8 +10,8 @@ from incop.masks import (
     remaining_fraction,
     sparsity_report,
 )
-from incop.pruning import MagnitudePruner
-from incop.training import make_optimizer
+from incop.engine.training import make_optimizer
+from incop.methods.pruning import MagnitudePruner
 
 
 class Net(nn.Module):

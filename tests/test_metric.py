@@ -6,9 +6,9 @@ import torch.nn.functional as F
 
 from helpers import TinyNet
 from incop import prune
-from incop.cli import main
+from incop.engine.outputs import read_metrics
 from incop.errors import UserError
-from incop.outputs import read_metrics
+from incop.tools.cli import main
 
 
 def regression(n=256, seed=0):

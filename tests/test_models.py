@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from incop.errors import UserError
-from incop.models import MODELS, build_model
+from incop.workload.models import MODELS, build_model
 
 #: Models that must run on the default ``digits`` dataset (1x8x8).
 SMALL_INPUT_MODELS = ["mlp", "lenet5", "conv4", "conv6", "resnet20", "resnet18"]

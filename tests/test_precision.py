@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from incop.cli import main
+from incop.engine.precision import Precision
 from incop.errors import UserError
-from incop.precision import Precision
+from incop.tools.cli import main
 
 
 def test_bf16_runs_end_to_end_on_cpu_with_masks_exact(tmp_path):

@@ -5,10 +5,10 @@ import re
 
 import pytest
 
-from incop.compare import aggregate, run_folder
 from incop.config import resolve, to_yaml
 from incop.errors import UserError
-from incop.report import _styles, frontier_figure, write_report
+from incop.tools.compare import aggregate, run_folder
+from incop.tools.report import _styles, frontier_figure, write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 PLOTS = ("accuracy", "frontier", "epochs", "time", "distance")

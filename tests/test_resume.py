@@ -11,8 +11,8 @@ import torch
 
 from helpers import TinyNet, blobs, wait_mid_level
 from incop import prune
-from incop.cli import main
-from incop.outputs import read_metrics
+from incop.engine.outputs import read_metrics
+from incop.tools.cli import main
 
 SETTINGS = ["--levels", "3", "--warmup-epochs", "3", "--max-epochs", "4", "--method", "incop-gf",
             "--eps", "1e-9", "--probe-size", "256"]  # fmt: skip
@@ -20,7 +20,7 @@ SETTINGS = ["--levels", "3", "--warmup-epochs", "3", "--max-epochs", "4", "--met
 
 def incop(*args, **kwargs):
     return subprocess.Popen(
-        [sys.executable, "-m", "incop.cli", *args],
+        [sys.executable, "-m", "incop", *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -74,7 +74,7 @@ def test_a_folder_holding_a_run_is_refused_unless_overwritten(tmp_path):
     train = [(x, y)]
     prune(TinyNet(), train, train, levels=1, warmup_epochs=1, max_epochs=1, out=tmp_path)
     again = subprocess.run(
-        [sys.executable, "-m", "incop.cli", "run", "--levels", "1", "--out", str(tmp_path)],
+        [sys.executable, "-m", "incop", "run", "--levels", "1", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
     )

@@ -8,11 +8,11 @@ from hypothesis import strategies as st
 
 from helpers import SHARED
 from incop.config import resolve
-from incop.data import Batches, load_dataset, validation_split
+from incop.engine.experiment import build_batches
+from incop.engine.imp import IMP
 from incop.errors import UserError
-from incop.experiment import build_batches
-from incop.imp import IMP
-from incop.models import build_model
+from incop.workload.data import Batches, load_dataset, validation_split
+from incop.workload.models import build_model
 
 
 @pytest.mark.parametrize("method", ["incop-gf", "sap-acc"])

@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from incop.config import resolve
-from incop.stopping import (
+from incop.methods.stopping import (
     AccuracyRule,
     FlowRule,
     GradientFlowRule,
@@ -126,7 +126,7 @@ def scripted_pruner(masks_per_call):
 
 
 def test_the_mask_rule_fires_once_the_next_mask_settles():
-    from incop.stopping import MaskRule
+    from incop.methods.stopping import MaskRule
 
     alive = torch.ones(10, dtype=torch.bool)
     nexts = [
@@ -150,7 +150,7 @@ def test_the_mask_rule_fires_once_the_next_mask_settles():
 
 
 def test_the_mask_rule_starts_afresh_at_each_level():
-    from incop.stopping import MaskRule
+    from incop.methods.stopping import MaskRule
 
     same = torch.ones(4, dtype=torch.bool)
     rule = MaskRule(max_epochs=10, eps=0.5, pruner=scripted_pruner([same] * 3))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from helpers import SHARED
-from incop.cli import main
+from incop.tools.cli import main
 
 MNIST = SHARED / "MNIST-10k"
 SMALL = ["--levels", "2", "--warmup-epochs", "1", "--max-epochs", "2", "--dataset", "mnist"]
@@ -19,7 +19,7 @@ SMALL = ["--levels", "2", "--warmup-epochs", "1", "--max-epochs", "2", "--datase
 
 def incop(*args, cwd):
     return subprocess.run(
-        [sys.executable, "-m", "incop.cli", *args], cwd=cwd, capture_output=True, text=True,
+        [sys.executable, "-m", "incop", *args], cwd=cwd, capture_output=True, text=True,
         timeout=600,
     )  # fmt: skip
 
@@ -122,8 +122,8 @@ def test_help_shows_real_defaults_choices_and_per_method_values(capsys):
 def test_the_progress_total_is_the_epochs_that_ran(method, tmp_path):
     from helpers import TinyNet, blobs
     from incop.config import resolve
-    from incop.imp import IMP
-    from incop.outputs import RunWriter
+    from incop.engine.imp import IMP
+    from incop.engine.outputs import RunWriter
 
     x, y = blobs()
     config = resolve({"method": method, "levels": 3, "warmup_epochs": 2, "max_epochs": 6,

@@ -11,12 +11,12 @@ from torch import nn
 
 import incop
 from helpers import TinyNet, blobs
-from incop.cli import main
 from incop.errors import UserError
-from incop.models import build_model
-from incop.pruning import MagnitudePruner
-from incop.ticket.compact import compact
-from incop.ticket.formats import FORMATS
+from incop.methods.pruning import MagnitudePruner
+from incop.tools.cli import main
+from incop.tools.ticket.compact import compact
+from incop.tools.ticket.formats import FORMATS
+from incop.workload.models import build_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from helpers import TinyNet, blobs
 from incop import prune
-from incop.cli import main
 from incop.config import FIELD_NAMES
 from incop.errors import UserError
+from incop.tools.cli import main
 
 FAST = ["--levels", "1", "--warmup-epochs", "1", "--max-epochs", "1"]
 
@@ -262,7 +262,7 @@ def test_non_finite_validation_loss_is_divergence(tmp_path):
 
 
 def test_non_finite_flow_distance_is_divergence(tmp_path, monkeypatch):
-    from incop.stopping import GradientFlowRule
+    from incop.methods.stopping import GradientFlowRule
 
     real = GradientFlowRule.measure
     calls = {"n": 0}

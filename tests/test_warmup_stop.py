@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 
-from incop.cli import main
 from incop.config import EPI_THRESHOLD, resolve
+from incop.engine.imp import IMP
+from incop.engine.outputs import read_metrics
 from incop.errors import UserError
-from incop.imp import IMP
-from incop.outputs import read_metrics
-from incop.warmup_stop import EPIStop, WarmupStop, mask_iou
+from incop.methods.warmup_stop import EPIStop, WarmupStop, mask_iou
+from incop.tools.cli import main
 
 
 def masks(*kept, size=10):

@@ -3,6 +3,7 @@
 Public API::
 
     incop.prune(model, train_data, val_data, method="sap", ...) -> Result
+    incop.Batches(x, y, batch_size, *, shuffle=False, seed=0, ...): in-memory batches
     incop.pq_index(w, p, q) -> float
     incop.sap_prune_count(d, pqi, p, q, eta_r=0.0, gamma=1.0, beta=0.9) -> int
     incop.information_flow(model, batches, layers=None) -> Flow
@@ -14,15 +15,17 @@ Public API::
 """
 
 from incop.config import Config
+from incop.engine.imp import prune
+from incop.engine.masks import prunable_parameters, sparsity_report
+from incop.engine.result import LevelResult, Result
 from incop.errors import DataError, UserError
-from incop.flows import Flow, gradient_flow, information_flow
-from incop.imp import prune
-from incop.masks import prunable_parameters, sparsity_report
-from incop.pruning import pq_index, sap_prune_count
-from incop.result import LevelResult, Result
-from incop.ticket import MaskHandle, Ticket, apply_masks, export_ticket, load_ticket
+from incop.methods.flows import Flow, gradient_flow, information_flow
+from incop.methods.pruning import pq_index, sap_prune_count
+from incop.tools.ticket import MaskHandle, Ticket, apply_masks, export_ticket, load_ticket
+from incop.workload.data import Batches
 
 __all__ = [
+    "Batches",
     "Config",
     "DataError",
     "Flow",

@@ -1,5 +1,5 @@
 """``python -m incop``: the command line, as torchrun starts it on every rank."""
 
-from incop.cli import entry
+from incop.tools.cli import entry
 
 entry()

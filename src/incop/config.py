@@ -20,18 +20,18 @@ from typing import Any
 import torch
 import yaml
 
-import incop.at_init  # noqa: F401  (registers the synflow and snip pruners)
+import incop.methods.at_init  # noqa: F401  (registers the synflow and snip pruners)
+from incop.engine.metrics import CALLABLE_PREFIX, METRICS
+from incop.engine.precision import PRECISIONS
+from incop.engine.training import OPTIMIZERS, SCHEDULES
 from incop.errors import UserError
-from incop.flow_guided import FlowGuidedPruner
-from incop.flows import DISTANCES, FLOW_SUMMARIES
-from incop.metrics import CALLABLE_PREFIX, METRICS
-from incop.precision import PRECISIONS
-from incop.pruning import PRUNERS, SCOPES_FIXED, SCOPES_SAP
+from incop.methods.flow_guided import FlowGuidedPruner
+from incop.methods.flows import DISTANCES, FLOW_SUMMARIES
+from incop.methods.pruning import PRUNERS, SCOPES_FIXED, SCOPES_SAP
+from incop.methods.rewind import REWIND_MODES, Rewind
+from incop.methods.stopping import STOPPING_RULES, StoppingRule
+from incop.methods.warmup_stop import EPI_THRESHOLD, WARMUP_STOPS, EPIStop, WarmupStop
 from incop.registry import Registry, closest
-from incop.rewind import REWIND_MODES, Rewind
-from incop.stopping import STOPPING_RULES, StoppingRule
-from incop.training import OPTIMIZERS, SCHEDULES
-from incop.warmup_stop import EPI_THRESHOLD, WARMUP_STOPS, EPIStop, WarmupStop
 
 #: How the magnitude pruners rank alive weights (docs/flow-guided.md).
 SCORES = ("magnitude", "flow-guided")
@@ -346,8 +346,8 @@ def default_value(name: str) -> Any:
 
 def choices() -> dict[str, list[str]]:
     """The allowed values of every enumerated field (``scope``: ``neuron`` is for SAP only)."""
-    from incop.data import DATASETS
-    from incop.models import MODELS
+    from incop.workload.data import DATASETS
+    from incop.workload.models import MODELS
 
     return {
         "method": METHODS.names(),
@@ -533,7 +533,7 @@ def validate(config: Config) -> None:
                 f" allowed: {', '.join(valid)}"
             )
 
-    from incop.models import MODELS
+    from incop.workload.models import MODELS
 
     for f in fields(Config):
         value = getattr(c, f.name)

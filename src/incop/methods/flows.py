@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from incop.engine.masks import Masks, prunable_modules
+from incop.engine.training import Batch, LossFn
 from incop.errors import UserError
-from incop.masks import Masks, prunable_modules
 from incop.registry import closest
-from incop.training import Batch, LossFn
 
 FLOW_SUMMARIES = ("mean", "abs-mean")
 #: Sums a tensor over the processes that share a measurement (data parallel), e.g. World.sum.

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from incop.engine.masks import MaskEnforcer
+from incop.engine.precision import FP32, Precision
 from incop.errors import UserError
-from incop.masks import MaskEnforcer
-from incop.precision import FP32, Precision
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Batch = tuple[torch.Tensor, torch.Tensor]

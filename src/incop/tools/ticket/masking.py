@@ -6,8 +6,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from incop.engine.masks import MaskEnforcer, Masks
 from incop.errors import UserError
-from incop.masks import MaskEnforcer, Masks
 
 
 def masked_parameters(model: nn.Module, masks: Masks) -> dict[str, nn.Parameter]:

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from incop.engine.masks import Masks, pack_mask, unpack_mask
+from incop.engine.outputs import atomic_path
 from incop.errors import UserError
-from incop.masks import Masks, pack_mask, unpack_mask
-from incop.outputs import atomic_path
 from incop.registry import Registry
 
 
@@ -162,7 +162,7 @@ def read_onnx(path: Path) -> tuple[str, dict[str, torch.Tensor]] | None:
 
 
 def _write_compact(ticket: ExportInput, path: Path) -> None:
-    from incop.ticket.compact import compact
+    from incop.tools.ticket.compact import compact
 
     if ticket.example is None:
         raise UserError("the compact format needs an example input (example_input=)")
@@ -222,7 +222,7 @@ def export_ticket(
     ``compact``, ``example_input`` (shape (B, C, H, W)) defaults to one zero image of the
     run's dataset.
     Returns ``out``."""
-    from incop.ticket.loading import load_ticket, ticket_config
+    from incop.tools.ticket.loading import load_ticket, ticket_config
 
     chosen = FORMATS.get(format)
     if chosen.module and importlib.util.find_spec(chosen.module) is None:
@@ -250,7 +250,7 @@ def example_from_config(text: str) -> torch.Tensor | None:
     """One zero image of the dataset a saved config names, where incop knows its shape."""
     import yaml
 
-    from incop.data import DATASET_INFO
+    from incop.workload.data import DATASET_INFO
 
     info = DATASET_INFO.get((yaml.safe_load(text) or {}).get("dataset", "digits"))
     return None if info is None else torch.zeros(1, info.channels, info.image_size, info.image_size)

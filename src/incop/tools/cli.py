@@ -24,7 +24,7 @@ from incop.config import (
 )
 from incop.errors import StorageError, UserError
 from incop.registry import closest
-from incop.ticket.formats import FORMATS
+from incop.tools.ticket.formats import FORMATS
 
 
 def field_help(name: str) -> str:
@@ -146,8 +146,8 @@ def _saved(args: argparse.Namespace, file: str) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from incop.distributed import current_world, launch
-    from incop.experiment import run_experiment
+    from incop.engine.distributed import current_world, launch
+    from incop.engine.experiment import run_experiment
 
     mode = _mode(args)
     if mode == "resume":
@@ -202,9 +202,9 @@ def _seeds(args: argparse.Namespace) -> list[int]:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from incop.compare import check_plan, format_table, method_config, run_comparison
-    from incop.distributed import current_world, launch
-    from incop.report import write_report
+    from incop.engine.distributed import current_world, launch
+    from incop.tools.compare import check_plan, format_table, method_config, run_comparison
+    from incop.tools.report import write_report
 
     mode = _mode(args)
     if mode == "resume":
@@ -242,14 +242,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from incop.report import write_report
+    from incop.tools.report import write_report
 
     print(f"report: {write_report(args.folder)}")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from incop.ticket import export_ticket
+    from incop.tools.ticket import export_ticket
 
     out = export_ticket(args.run, args.format, args.out, level=args.level)
     print(f"{args.format}: {out} ({out.stat().st_size:,} bytes)")
@@ -258,9 +258,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from incop.config import FIELD_HELP, METHODS, PRESETS
-    from incop.data import DATASETS
-    from incop.models import MODELS
-    from incop.pruning import PRUNERS
+    from incop.methods.pruning import PRUNERS
+    from incop.workload.data import DATASETS
+    from incop.workload.models import MODELS
 
     for title, registry in (("methods", METHODS), ("pruners", PRUNERS)):
         print(f"{title}:")
@@ -371,7 +371,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def entry(argv: Any = None) -> None:
     sys.exit(main(argv))
-
-
-if __name__ == "__main__":
-    entry()

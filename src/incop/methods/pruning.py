@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from incop.masks import Masks
+from incop.engine.masks import Masks
 from incop.registry import Registry
 
 SCOPES_FIXED = ("global", "layer", "channel")

@@ -10,7 +10,7 @@ Layout of a comparison folder::
     warmup/seed-<s>.pt              the finished warm-up the methods of seed s start from (those
                                     with another dense phase, e.g. at init, train their own)
     <method>/seed-<s>/              each run folder exactly as ``incop run`` writes it
-    plots/, report.md, report.html  written by :func:`incop.report.write_report`
+    plots/, report.md, report.html  written by :func:`incop.tools.report.write_report`
     .incop.lock                     held (flock) by the one process writing the folder
 """
 
@@ -33,14 +33,11 @@ import yaml
 from tqdm.auto import tqdm
 
 from incop.config import MAX_SEED, METHODS, Config, dense_phase, resolve
-from incop.data import Batches, load_dataset
-from incop.distributed import World, current_world
-from incop.errors import UserError
-from incop.experiment import build_batches
-from incop.folders import LOCK_FILE, Layout, OwnedFolder
-from incop.imp import IMP, WarmUp, resolve_device
-from incop.models import build_model
-from incop.outputs import (
+from incop.engine.distributed import World, current_world
+from incop.engine.experiment import build_batches
+from incop.engine.folders import LOCK_FILE, Layout, OwnedFolder
+from incop.engine.imp import IMP, WarmUp, resolve_device
+from incop.engine.outputs import (
     RUN_LAYOUT,
     atomic_torch_save,
     atomic_write_text,
@@ -48,6 +45,9 @@ from incop.outputs import (
     run_writer,
     to_json,
 )
+from incop.errors import UserError
+from incop.workload.data import Batches, load_dataset
+from incop.workload.models import build_model
 
 DEFAULT_METHODS = ("lth", "sap", "sap-acc", "incop-if", "incop-gf")
 #: Methods every other one is compared against, when they are in the comparison.

@@ -6,7 +6,7 @@ rules that need none (the loop times this as flow time) — and
 :meth:`StoppingRule.decide` — the reason to stop, or None to go on. ``decide``
 is a pure function of the epoch, the validation score and the distance, so
 rules can be checked on scripted sequences. The score is the run's validation
-metric oriented so that higher is better (:class:`incop.metrics.Metric`):
+metric oriented so that higher is better (:class:`incop.engine.metrics.Metric`):
 accuracy as it is, a loss negated.
 
 Every rule stops at the cap ``max_epochs`` (E) and never before ``min_epochs``.
@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from incop.flows import Reduce, flow_distance, gradient_flow, information_flow
-from incop.masks import Masks
-from incop.pruning import preview
+from incop.engine.masks import Masks
+from incop.methods.flows import Reduce, flow_distance, gradient_flow, information_flow
+from incop.methods.pruning import preview
 from incop.registry import Registry
 
 #: Why a level ended, as recorded in ``stop_reason`` and explained under the level table.
@@ -114,7 +114,8 @@ class FlowRule(StoppingRule):
     ``accuracy_clause`` (default, as the original code does), once the validation score
     reaches a*; without it the flow alone decides (besides the cap and divergence).
 
-    ``distance`` is ``l2``, ``relative`` or ``cosine`` (see :func:`incop.flows.flow_distance`).
+    ``distance`` is ``l2``, ``relative`` or ``cosine``
+    (see :func:`incop.methods.flows.flow_distance`).
     """
 
     eps: float = 0.1

@@ -20,13 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from incop.at_init import PruneContext
 from incop.config import METHODS, Config, default_value, resolve, to_yaml
-from incop.distributed import World, current_world, mask_fingerprint, shared_probe
-from incop.errors import UserError
-from incop.fastpath import training_module
-from incop.finetune import finetune
-from incop.masks import (
+from incop.engine.distributed import World, current_world, mask_fingerprint, shared_probe
+from incop.engine.fastpath import training_module
+from incop.engine.finetune import finetune
+from incop.engine.masks import (
     MaskEnforcer,
     Masks,
     full_masks,
@@ -36,17 +34,13 @@ from incop.masks import (
     unmatched_layer_patterns,
     unmatched_patterns,
 )
-from incop.metrics import Metric, MetricFn
-from incop.outputs import NullWriter, run_writer
-from incop.precision import Precision
-from incop.progress import Progress
-from incop.pruning import preview
-from incop.result import LevelResult, Result
-from incop.resume import capture_state, restore_state
-from incop.rewind import snapshot
-from incop.sources import BatchSource, MappedSource, check_sources
-from incop.stopping import Reference
-from incop.training import (
+from incop.engine.metrics import Metric, MetricFn
+from incop.engine.outputs import NullWriter, run_writer
+from incop.engine.precision import Precision
+from incop.engine.progress import Progress
+from incop.engine.result import LevelResult, Result
+from incop.engine.resume import capture_state, restore_state
+from incop.engine.training import (
     DivergenceError,
     LossFn,
     evaluate,
@@ -54,6 +48,12 @@ from incop.training import (
     make_scheduler,
     train_epoch,
 )
+from incop.errors import UserError
+from incop.methods.at_init import PruneContext
+from incop.methods.pruning import preview
+from incop.methods.rewind import snapshot
+from incop.methods.stopping import Reference
+from incop.workload.sources import BatchSource, MappedSource, check_sources
 
 
 def resolve_device(name: str) -> torch.device:
@@ -252,7 +252,7 @@ class IMP:
         """The most epochs ``level`` can take."""
         return self.config.warmup_epochs if level == 0 else self.config.max_epochs
 
-    # --- resume state (incop.resume) -------------------------------------------------------
+    # --- resume state (incop.engine.resume) -------------------------------------------------------
 
     def save_state(
         self, phase: str, level: int, epoch: int, clock: _Clock, phase_state: Any = None
@@ -649,7 +649,7 @@ def prune(
     """Find sparse networks in ``model`` by IMP; ``model`` is pruned in place.
 
     ``train_data`` / ``val_data``: iterables of ``(inputs, targets)`` batches
-    (e.g. a ``torch.utils.data.DataLoader`` or :class:`incop.data.Batches`); every decision
+    (e.g. a ``torch.utils.data.DataLoader`` or :class:`incop.Batches`); every decision
     reads ``val_data``. ``test_data`` (optional): evaluated at the end of every level and
     reported as ``test_accuracy`` / ``test_loss``, never used to decide.
     ``method``: ``lth``, ``random``, ``sap``, ``sap-acc``, ``incop-if`` or

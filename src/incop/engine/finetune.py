@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from incop.rewind import snapshot
-from incop.training import DivergenceError, make_scheduler
+from incop.engine.training import DivergenceError, make_scheduler
+from incop.methods.rewind import snapshot
 
 if TYPE_CHECKING:
-    from incop.imp import IMP
+    from incop.engine.imp import IMP
 
 
 @dataclass

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from incop.config import WHERE_FIELDS, Config, default_value
+from incop.engine.masks import pack_mask, unpack_mask
+from incop.engine.result import LevelResult
+from incop.engine.training import make_scheduler
 from incop.errors import UserError
-from incop.masks import pack_mask, unpack_mask
-from incop.result import LevelResult
-from incop.training import make_scheduler
 
 if TYPE_CHECKING:
-    from incop.imp import IMP
+    from incop.engine.imp import IMP
 
 
 def capture_state(

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 import torch
 
 from incop.config import Config
-from incop.data import Batches, Dataset, load_dataset, validation_split
-from incop.distributed import World, current_world
+from incop.engine.distributed import World, current_world
+from incop.engine.imp import IMP, resolve_device
+from incop.engine.outputs import run_writer
+from incop.engine.result import Result
 from incop.errors import UserError
-from incop.imp import IMP, resolve_device
-from incop.models import build_model
-from incop.outputs import run_writer
-from incop.result import Result
+from incop.workload.data import Batches, Dataset, load_dataset, validation_split
+from incop.workload.models import build_model
 
 
 @dataclass(frozen=True)

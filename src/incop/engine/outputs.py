@@ -37,9 +37,9 @@ from typing import Any
 
 import torch
 
+from incop.engine.folders import Layout, OwnedFolder, clear
+from incop.engine.masks import Masks
 from incop.errors import StorageError, UserError
-from incop.folders import Layout, OwnedFolder, clear
-from incop.masks import Masks
 
 
 @contextmanager

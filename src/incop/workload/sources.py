@@ -1,7 +1,7 @@
 """What the IMP loop reads batches from, checked before any work, and the fixed probe set.
 
 A batch source is any re-iterable of ``(inputs, targets)`` batches: a list, a
-``torch.utils.data.DataLoader`` or :class:`incop.data.Batches`. It is iterated once per
+``torch.utils.data.DataLoader`` or :class:`incop.workload.data.Batches`. It is iterated once per
 epoch, so a one-shot iterator or generator is refused: it would train one epoch and then
 silently nothing.
 """
@@ -72,7 +72,7 @@ def _first_batch(name: str, data: BatchSource) -> Batch:
 
 
 def _whole(data: BatchSource, batch: Batch) -> Batch:
-    """All inputs and targets where the source holds them as tensors (incop.data.Batches),
+    """All inputs and targets where the source holds them as tensors (incop.workload.data.Batches),
     so they are checked entirely; else the first batch."""
     x, y = getattr(data, "x", None), getattr(data, "y", None)
     return (x, y) if torch.is_tensor(x) and torch.is_tensor(y) else batch
@@ -91,9 +91,9 @@ def check_sources(
 ) -> torch.Tensor:
     """Refuse, naming every problem, sources the loop cannot use: not re-iterable, empty, not
     made of pairs, NaN or infinite inputs, class targets outside the model's outputs (for
-    cross-entropy and NLL losses; checked on every example of :class:`incop.data.Batches`, on
-    the first batch of other sources). Returns one example input, shape ``(1, ...)``, on
-    ``device``."""
+    cross-entropy and NLL losses; checked on every example of
+    :class:`incop.workload.data.Batches`, on the first batch of other sources). Returns one
+    example input, shape ``(1, ...)``, on ``device``."""
     problems, example = [], None
     for name, data in sources.items():
         try:

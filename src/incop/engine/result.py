@@ -9,9 +9,9 @@ from typing import Any
 import torch
 
 from incop.config import Config
-from incop.finetune import FinalResult
-from incop.masks import Masks, SparsityReport
-from incop.stopping import STOP_REASONS
+from incop.engine.finetune import FinalResult
+from incop.engine.masks import Masks, SparsityReport
+from incop.methods.stopping import STOP_REASONS
 
 
 @dataclass

@@ -13,9 +13,9 @@ import torch
 import yaml
 from torch import nn
 
+from incop.engine.masks import Masks, prunable_parameters
 from incop.errors import UserError
-from incop.masks import Masks, prunable_parameters
-from incop.ticket.masking import masked_parameters
+from incop.tools.ticket.masking import masked_parameters
 
 
 class Ticket(NamedTuple):
@@ -57,8 +57,8 @@ def model_from_config(text: str, where: str) -> nn.Module:
     """A fresh model of the architecture a saved config names (built-in models and
     ``torchvision:`` ones; data is read only for a dataset incop does not know the shape of)."""
     from incop.config import resolve
-    from incop.data import DATASET_INFO, load_dataset
-    from incop.models import build_model
+    from incop.workload.data import DATASET_INFO, load_dataset
+    from incop.workload.models import build_model
 
     try:
         settings = yaml.safe_load(text)
@@ -125,7 +125,7 @@ def _from_torch_prune(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.T
 
 
 def _read(path: Path, model: nn.Module | None) -> tuple[nn.Module, dict[str, torch.Tensor], Masks]:
-    from incop.ticket.formats import read_onnx, read_sparse, sparse_config
+    from incop.tools.ticket.formats import read_onnx, read_sparse, sparse_config
 
     if not zipfile.is_zipfile(path):  # every torch.save file is a zip archive
         if is_safetensors(path):
@@ -226,7 +226,7 @@ def load_ticket(
 def ticket_config(source: Path) -> str | None:
     """The saved config (YAML text) that comes with ``source``, or None: a run folder's, that
     of the run a checkpoint sits in, or the one a ``sparse`` export holds."""
-    from incop.ticket.formats import sparse_config
+    from incop.tools.ticket.formats import sparse_config
 
     if source.is_dir():
         return config_text(source)

@@ -28,9 +28,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from incop.engine.training import EpochStats
 from incop.errors import UserError
-from incop.sources import Batch, BatchSource, make_probe
-from incop.training import EpochStats
+from incop.workload.sources import Batch, BatchSource, make_probe
 
 T = TypeVar("T")
 
@@ -187,8 +187,9 @@ def mask_fingerprint(masks: dict[str, torch.Tensor]) -> torch.Tensor:
 def shared_probe(
     data: BatchSource, size: int, seed: int, batch_size: int, world: World, device: torch.device
 ) -> list[Batch]:
-    """:func:`incop.sources.make_probe` on ``device``, rank 0's on every rank: a user's sharded
-    DataLoader gives each rank other examples, and what decides must be the same everywhere."""
+    """:func:`incop.workload.sources.make_probe` on ``device``, rank 0's on every rank: a
+    user's sharded DataLoader gives each rank other examples, and what decides must be the same
+    everywhere."""
     batches = make_probe(data, size, seed, batch_size)
     if world.size > 1:
         batches = world.from_main([(x.cpu(), y.cpu()) for x, y in batches])

@@ -29,7 +29,7 @@ from incop.errors import StorageError, UserError
 LOCK_FILE = ".incop.lock"
 #: The lock of a folder and of every folder nested in it (a comparison's run folders).
 LOCK_PATTERN = r"(?:.+/)?\.incop\.lock"
-#: Temporary files of an interrupted atomic write (see :func:`incop.outputs.atomic_path`).
+#: Temporary files of an interrupted atomic write (see :func:`incop.engine.outputs.atomic_path`).
 TMP_PATTERN = r"(?:.+/)?\.[^/]+\.tmp"
 #: How many unexpected entries an error message names before summarising the rest.
 _SHOWN = 5

@@ -17,11 +17,11 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from incop.distributed import World, shared_probe
+from incop.engine.distributed import World, shared_probe
+from incop.engine.masks import Masks
 from incop.errors import UserError
-from incop.masks import Masks
-from incop.pruning import PRUNERS, Weights, keep_count, prune_scores
-from incop.sources import Batch, BatchSource
+from incop.methods.pruning import PRUNERS, Weights, keep_count, prune_scores
+from incop.workload.sources import Batch, BatchSource
 
 
 @dataclass(frozen=True)

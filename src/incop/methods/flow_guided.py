@@ -11,10 +11,10 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from incop.at_init import NetworkScored, PruneContext
-from incop.flows import information_flow
-from incop.masks import Masks
-from incop.pruning import Pruner, Weights, prune_scores
+from incop.engine.masks import Masks
+from incop.methods.at_init import NetworkScored, PruneContext
+from incop.methods.flows import information_flow
+from incop.methods.pruning import Pruner, Weights, prune_scores
 
 
 def _alive(masks: Masks) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from incop.masks import Masks, pack_mask, unpack_mask
+from incop.engine.masks import Masks, pack_mask, unpack_mask
 from incop.registry import Registry
 
 #: epi_threshold's default: the smallest logged similarity at which every logged warm-up

@@ -22,9 +22,9 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from incop.compare import DEFAULT_METHODS, load_comparison, mean_std, run_folder
+from incop.engine.outputs import atomic_path, atomic_write_text, read_metrics
 from incop.errors import UserError
-from incop.outputs import atomic_path, atomic_write_text, read_metrics
+from incop.tools.compare import DEFAULT_METHODS, load_comparison, mean_std, run_folder
 
 FLOW_STOPS = ("if", "gf")
 #: Settings left out of the config block and of the per-method settings: the method names each
