@@ -28,10 +28,10 @@ with final test accuracy within 0.3 point of SAP's.
     python benchmarks/stopping_study.py --resume        # go on after an interruption
 
 Time on 2 cores: the lenet5 part took 41 min of compute (``total_seconds``), with other
-jobs on the machine at times. resnet20 has not yet run in full with its settings here
-(issue 10): its seed 0 took about an hour of compute across interruptions (7-13 s an
-epoch with 2 threads, 14-28 s with 1 thread beside another job, flows included), so
-expect about 3 hours for its 3 seeds; ``--resume`` goes on where it stopped.
+jobs on the machine at times; one resnet20 seed took 32 min on the quiet machine with 2
+threads (seed 2, warm-up included), so its 3 seeds take about 1.6 h and the whole study about
+2 h 20 min, over the 2 hours it was meant to fit. Seeds 0 and 1 took 93 and 127 min beside
+other jobs. ``--resume`` goes on where it stopped.
 """
 
 from __future__ import annotations
