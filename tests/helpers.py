@@ -45,3 +45,17 @@ def wait_mid_level(folder: Path, level: int = 2, timeout: float = 300) -> None:
         ):
             return
         time.sleep(0.01)
+
+
+def rewrite_state(run, state):
+    """Save ``state`` as the run folder ``run``'s ``state.pt``, as incop itself would (its
+    digest line, recorded in the manifest): how a test edits a saved state on purpose."""
+    from incop.engine.folders import OwnedFolder
+    from incop.engine.outputs import RUN_LAYOUT, state_bytes
+
+    folder = OwnedFolder(run, RUN_LAYOUT, mode="resume", kind="run", marker="config.yaml")
+    folder.open()
+    try:
+        folder.write_bytes("state.pt", state_bytes(state))
+    finally:
+        folder.close()

@@ -4,6 +4,7 @@ import json
 import re
 
 import pytest
+import yaml
 
 from incop.config import resolve, to_yaml
 from incop.errors import UserError
@@ -92,6 +93,8 @@ def make_comparison(root, methods=("sap", "incop-if")):
         hardware={"device": "cpu", "cpu_threads": 2},
     )
     (root / "comparison.json").write_text(json.dumps(comparison, indent=2))
+    plan = {"settings": {}, "methods": list(methods), "seeds": list(seeds)}
+    (root / "compare.yaml").write_text(yaml.safe_dump(plan))
     return comparison
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import TinyNet, blobs, wait_mid_level
+from helpers import TinyNet, blobs, rewrite_state, wait_mid_level
 from incop import prune
-from incop.engine.outputs import read_metrics
+from incop.engine.outputs import read_metrics, read_state_file
 from incop.tools.cli import main
 
 SETTINGS = ["--levels", "3", "--warmup-epochs", "3", "--max-epochs", "4", "--method", "incop-gf",
@@ -186,10 +186,10 @@ def test_a_state_saved_before_a_setting_existed_resumes_at_its_default(finished,
     # warmup_stop and epi_window came after the first release; a run saved before then ran as their
     # defaults do, so it must still resume.
     run = damaged(finished, tmp_path, lambda r: None)
-    state = torch.load(run / "state.pt", weights_only=False)
+    state = read_state_file(run / "state.pt")
     for name in ("warmup_stop", "epi_window"):
         del state["config"][name]
-    torch.save(state, run / "state.pt")
+    rewrite_state(run, state)
     assert main(["run", "--resume", str(run)]) == 0
 
 
@@ -207,7 +207,11 @@ def test_without_a_state_metrics_are_cut_back_and_the_run_starts_again(finished,
 
 def test_resume_removes_leftovers_of_killed_writes(finished, tmp_path):
     run = damaged(finished, tmp_path, lambda r: None)
-    leftovers = [run / ".state.pt.k1l2ed.tmp", run / "levels" / "1" / ".checkpoint.pt.ab12.tmp"]
+    # Named as mkstemp names them: ".<file>.<8 random characters>.tmp".
+    leftovers = [
+        run / ".state.pt.k1l2ed_x.tmp",
+        run / "levels" / "1" / ".checkpoint.pt.ab12cd34.tmp",
+    ]
     for path in leftovers:
         path.write_bytes(b"x" * 1000)
     assert main(["run", "--resume", str(run)]) == 0
@@ -258,7 +262,7 @@ def test_state_holds_what_changes_per_epoch_and_snapshots_are_written_once(tmp_p
     out = tmp_path / "r"
     args = ["run", "--method", "sap", "--levels", "2", "--warmup-epochs", "3", "--max-epochs", "2"]
     assert main([*args, "--rewind", "epoch:1", "--out", str(out)]) == 0
-    state = torch.load(out / "state.pt", weights_only=False)
+    state = read_state_file(out / "state.pt")
     # Model plus optimiser state, saved alone, against the whole resume state.
     alone = tmp_path / "alone.pt"
     torch.save({"model": state["model"], "optimizer": state["optimizer"]}, alone)

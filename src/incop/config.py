@@ -383,6 +383,17 @@ def method_defaults(name: str) -> dict[str, Any]:
 
 #: Seeds seed torch's generators and, mixed with the epoch, the data order; kept to 32 bits.
 MAX_SEED = 2**32 - 1
+#: Sane bounds for counts: beyond them a value is a typo, and would only exhaust memory.
+MAX_EPOCHS = 100_000
+MAX_COUNT = 10**8
+INT_BOUNDS = {"levels": 1000}
+
+
+def max_threads() -> int:
+    """The most CPU threads a run may ask for: 4 per core of this machine."""
+    return 4 * (os.cpu_count() or 1)
+
+
 #: Training runs in float32: a larger learning rate or coefficient cannot even be represented.
 FLOAT_MAX = float(torch.finfo(torch.float32).max)
 
@@ -459,7 +470,42 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise UserError(
             f"config: {path} has keys that are not setting names: {', '.join(map(repr, keys))}"
         )
+    problems = [
+        problem
+        for key, value in data.items()
+        if (problem := _yaml_type_problem(key.replace("-", "_"), value)) is not None
+    ]
+    if problems:
+        raise UserError("\n".join(f"config: {path}: {problem}" for problem in problems))
     return data
+
+
+#: What YAML value types each kind of field takes: a YAML file types its values, so a quoted
+#: number, a bool or a float where an integer belongs is refused rather than guessed.
+_YAML_TYPES: dict[type, tuple[type, ...]] = {
+    int: (int,),
+    float: (int, float),
+    bool: (bool,),
+    str: (str,),
+    list: (list, str),
+}
+
+
+def _yaml_type_problem(name: str, value: Any) -> str | None:
+    """Why a YAML ``value`` cannot be the field ``name`` (None: it can, or ``name`` is not a
+    field, which :func:`resolve` reports)."""
+    if name not in FIELD_NAMES or value is None:
+        return None
+    kind = field_type(name)
+    allowed = _YAML_TYPES[kind]
+    if isinstance(value, bool) and kind is not bool or not isinstance(value, allowed):
+        return (
+            f"{name}: {value!r} is a {type(value).__name__}, where a{'n' if kind is int else ''}"
+            f" {kind.__name__} belongs"
+        )
+    if kind is list and isinstance(value, list) and not all(isinstance(v, str) for v in value):
+        return f"{name}: {value!r} must be a list of text patterns"
+    return None
 
 
 def resolve(*layers: dict[str, Any]) -> Config:
@@ -569,8 +615,8 @@ def validate(config: Config) -> None:
         )
     problems += _one_shot_problems(c) + _warmup_stop_problems(c)
     for name in ("levels", "warmup_epochs", "max_epochs", "min_epochs", "finetune_epochs"):
-        if getattr(c, name) < 0:
-            bad(name, "must be >= 0")
+        if not 0 <= getattr(c, name) <= INT_BOUNDS.get(name, MAX_EPOCHS):
+            bad(name, f"must be in 0..{INT_BOUNDS.get(name, MAX_EPOCHS)}")
     for name in ("seed", "split_seed"):
         if not 0 <= getattr(c, name) <= MAX_SEED:
             bad(name, f"must be in 0..{MAX_SEED}")
@@ -578,11 +624,19 @@ def validate(config: Config) -> None:
         bad("val_fraction", "must be in (0, 1)")
     if not 0 < c.train_fraction <= 1:
         bad("train_fraction", "must be in (0, 1]")
-    if c.threads is not None and c.threads < 1:
-        bad("threads", "must be >= 1 (or none: torch's own choice)")
-    for name in ("batch_size", "eval_batch_size", "probe_size"):
-        if getattr(c, name) < 1:
-            bad(name, "must be >= 1")
+    threads = max_threads()
+    if c.threads is not None and not 1 <= c.threads <= threads:
+        bad("threads", f"must be in 1..{threads} (4 per core here; or none: torch's own choice)")
+    for name in ("batch_size", "eval_batch_size", "probe_size", "synflow_iterations",
+                 "snip_batch", "epi_window"):  # fmt: skip
+        if not 1 <= getattr(c, name) <= MAX_COUNT:
+            bad(name, f"must be in 1..{MAX_COUNT}")
+    if not 0 <= c.min_warmup_epochs <= MAX_EPOCHS:
+        bad("min_warmup_epochs", f"must be in 0..{MAX_EPOCHS}")
+    for name in ("out", "data_dir"):
+        value = getattr(c, name, None)
+        if isinstance(value, str) and "\x00" in value:
+            bad(name, "a path cannot hold a NUL character")
     if c.min_epochs > c.max_epochs:
         problems.append(f"min_epochs: {c.min_epochs} exceeds max_epochs {c.max_epochs}")
     if c.p <= 0:

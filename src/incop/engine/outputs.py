@@ -10,10 +10,13 @@ Layout (documented in the README)::
     snapshots/<name>-<e>.pt     weights the run rewinds to (theta_0, theta*, epoch K), each
                                 written once, where it is produced (e: the epoch it was taken)
     state.pt                    what changes per epoch (model, optimiser, scheduler, RNGs,
-                                counters), and which snapshots it needs
+                                counters), and which snapshots it needs; its first line is
+                                the SHA-256 of the rest
+    manifest.json               every file incop wrote here, with its size and SHA-256
     .incop.lock                 held (flock) by the one process writing the folder
 
-``state.pt`` also records the SHA-256 of ``config.yaml``, of every level
+Nothing read back runs code: tensor files are loaded with ``weights_only=True``
+(:func:`load_tensors`). ``state.pt`` also records the SHA-256 of ``config.yaml``, of every level
 checkpoint and snapshot, and of the first ``metrics_lines`` lines of ``metrics.jsonl``, so a
 resume either continues exactly the run those files describe or refuses,
 naming the file that does not fit. No file ever holds NaN or Infinity: JSON
@@ -26,70 +29,109 @@ Only one process writes: in data-parallel training every rank but 0 gets a
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+import pickle
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from incop.engine.folders import Layout, OwnedFolder, clear
+from incop.engine.folders import (
+    MANIFEST_FILE,
+    Layout,
+    OwnedFolder,
+    file_digest,
+)
 from incop.engine.masks import Masks
 from incop.errors import StorageError, UserError
 
+#: The only non-tensor, non-container types a file incop reads back may hold. incop itself
+#: writes none (its files hold tensors, numbers, strings, lists, tuples and dicts), so this is
+#: empty; anything else in a file is refused before it is built.
+SAFE_GLOBALS: list[Any] = []
 
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path`` to write to; renamed onto ``path`` only if the block
-    succeeds, so ``path`` is never half-written. A failing write (full disk, read-only file
-    system) raises :class:`StorageError` naming ``path``."""
+
+def load_tensors(path: Path, device: torch.device | str | None = None, data: bytes | None = None):
+    """A file of tensors and plain containers, as incop writes them (``data``: its bytes, if
+    already read). Nothing in it runs: ``torch.load(weights_only=True)`` with
+    :data:`SAFE_GLOBALS`; a file that would need any other type or function is refused with a
+    :class:`UserError` naming the file and what it asked for, and so is a corrupt one."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with torch.serialization.safe_globals(SAFE_GLOBALS), warnings.catch_warnings():
+            # An old pickle protocol warns; the content is what is checked.
+            warnings.simplefilter("ignore", UserWarning)
+            source = io.BytesIO(data) if data is not None else path
+            return torch.load(source, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        asked = re.search(r"GLOBAL (\S+)", str(exc))
+        if asked:
+            raise UserError(
+                f"{path} asks to build {asked[1]} on loading, which no file incop writes does:"
+                " refused, nothing read from a folder runs code (if the folder is yours, start"
+                " it again with --overwrite)"
+            ) from None
+        raise UserError(f"{path} is corrupt or truncated (UnpicklingError)") from None
     except OSError as exc:
-        raise StorageError.from_os_error(exc, path, "writing") from None
-    os.close(fd)
-    # mkstemp makes the file private (0600); results are meant to be shared like any file.
-    os.chmod(tmp, 0o644)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise StorageError.from_os_error(exc, path, "writing") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        raise StorageError.from_os_error(exc, path, "reading") from None
+    except Exception as exc:  # unpickling garbage can raise nearly anything
+        raise UserError(f"{path} is corrupt or truncated ({type(exc).__name__})") from None
 
 
-def atomic_write_text(path: Path, text: str) -> str:
-    """Write ``text`` atomically; return its SHA-256."""
-    data = text.encode()
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return hashlib.sha256(data).hexdigest()
+def torch_file(obj: Any):
+    """A producer for :meth:`OwnedFolder.write`: ``torch.save(obj)`` into the given path."""
 
-
-def atomic_torch_save(path: Path, obj: Any) -> str:
-    """``torch.save`` atomically; return the file's SHA-256."""
-    with atomic_path(path) as tmp:
+    def produce(tmp: Path) -> None:
         # Through a file object, so a full disk surfaces as OSError(ENOSPC), not a bare
         # RuntimeError from torch's own writer.
         with open(tmp, "wb") as handle:
             torch.save(obj, handle)
-        return file_digest(tmp)
+
+    return produce
 
 
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+#: ``state.pt`` starts with this, the SHA-256 of the rest and a newline; the rest is a
+#: ``torch.save`` archive. So every byte a resume reads is checked (the archive's own CRCs are
+#: not checked by torch).
+STATE_MAGIC = b"incop-state sha256:"
+
+
+def state_bytes(state: dict[str, Any]) -> bytes:
+    """``state`` as ``state.pt`` holds it: the digest line, then the archive."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    return STATE_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
+
+
+def read_state_file(
+    path: Path, device: torch.device | str | None = None, *, legacy: bool = True
+) -> Any:
+    """The content of a ``state.pt``: its digest checked, then loaded as :func:`load_tensors`
+    does. A ``state.pt`` of an incop before digests (a bare archive) is loaded unchecked where
+    ``legacy`` allows it, else refused."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise StorageError.from_os_error(exc, path, "reading") from None
+    if data.startswith(STATE_MAGIC):
+        head = len(STATE_MAGIC)
+        digest, payload = data[head : head + 64], data[head + 65 :]
+        if data[head + 64 : head + 65] != b"\n" or (
+            hashlib.sha256(payload).hexdigest().encode() != digest
+        ):
+            raise UserError(
+                f"resume: {path} is corrupt, truncated or edited (its content does not match"
+                " the digest it was written with); this run cannot be resumed exactly"
+            )
+        data = payload
+    elif not legacy:
+        raise UserError(f"resume: {path} lacks the digest line incop writes first; it was edited")
+    return load_tensors(path, device, data)
 
 
 def finite(obj: Any) -> Any:
@@ -111,24 +153,92 @@ def to_json(obj: Any, **options: Any) -> str:
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
-#: What ``incop run`` writes in its folder; ``--overwrite`` removes these and nothing else.
+#: What ``incop run`` may write in its folder; ``--overwrite`` removes those of these that the
+#: folder's manifest records, and nothing else.
 RUN_LAYOUT = Layout(
     files=(
         r"config\.yaml",
         r"metrics\.jsonl",
         r"summary\.json",
         r"state\.pt",
+        r"manifest\.json",
         r"levels/\d+/checkpoint\.pt",
         r"final/checkpoint\.pt",
         r"snapshots/[a-z]+-\d+\.pt",
     ),
     dirs=(r"levels", r"levels/\d+", r"final", r"snapshots"),
+    appended=(r"metrics\.jsonl",),
 )
-#: The files a resume without ``state.pt`` starts again from scratch (all but the config).
-_PROGRESS = Layout(RUN_LAYOUT.files[1:], RUN_LAYOUT.dirs)
 #: Bumped when the content of ``state.pt`` changes incompatibly.
 STATE_FORMAT = 3
 SNAPSHOTS = "snapshots"
+#: What ``state.pt`` holds, key -> the types its value may have (checked before a resume
+#: changes anything, so a damaged or foreign state is one line, never a traceback).
+STATE_KEYS: dict[str, tuple[type, ...]] = {
+    "phase": (str,),
+    "phase_state": (dict, type(None)),
+    "level": (int,),
+    "epoch": (int,),
+    "config": (dict,),
+    "model": (dict,),
+    "optimizer": (dict, type(None)),
+    "scheduler": (dict, type(None)),
+    "scaler": (dict, type(None)),
+    "masks": (dict,),
+    "snapshots": (dict,),
+    "best": (dict, type(None)),
+    "levels": (list,),
+    "clock": (dict,),
+    "record": (dict, type(None)),
+    "rule": (dict, type(None)),
+    "epoch_counter": (int,),
+    "threads": (int,),
+    "generator": (torch.Tensor,),
+    "torch_rng": (torch.Tensor,),
+    "cuda_rng": (list, type(None)),
+    "format": (int,),
+    "metrics_lines": (int,),
+    "metrics_sha256": (str,),
+    "files": (dict,),
+}
+PHASES = ("warmup", "retrain", "done", "finetune")
+
+
+def check_state(state: Any, path: Path) -> None:
+    """Refuse, in one line naming ``path`` and the key, a resume state that lacks a key or
+    holds a value of another type than incop writes there."""
+
+    def refuse(problem: str) -> UserError:
+        return UserError(
+            f"resume: {path} {problem}; it was not written by this version of incop's run"
+            " folder, or was edited: this run cannot be resumed (start it again with --overwrite)"
+        )
+
+    if not isinstance(state, dict):
+        raise refuse(f"holds a {type(state).__name__}, not a resume state")
+    if state.get("format") != STATE_FORMAT:
+        raise refuse(f"has format {state.get('format')!r}, expected {STATE_FORMAT}")
+    for key, types in STATE_KEYS.items():
+        if key not in state:
+            raise refuse(f"lacks the key {key!r}")
+        value = state[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            allowed = " or ".join(t.__name__ for t in types)
+            raise refuse(f"holds a {type(value).__name__} under {key!r}, where {allowed} belongs")
+    if state["phase"] not in PHASES:
+        raise refuse(f"holds the unknown phase {state['phase']!r}")
+    for key in ("files", "snapshots"):
+        for name, value in state[key].items():
+            relative = name if key == "files" else value
+            if not (isinstance(relative, str) and RUN_LAYOUT.names_file(relative)):
+                raise refuse(f"names {relative!r} under {key!r}, not a file of a run folder")
+    if not all(isinstance(d, str) for d in state["files"].values()):
+        raise refuse("holds a digest under 'files' that is not a string")
+    for name, value in state["masks"].items():
+        if not (isinstance(value, tuple | list) and len(value) == 2 and torch.is_tensor(value[1])):
+            raise refuse(f"holds a mask {name!r} that is not (shape, bits)")
+    if not all(torch.is_tensor(v) for v in state["model"].values()):
+        raise refuse("holds a model weight that is not a tensor")
 
 
 class NullWriter:
@@ -177,15 +287,10 @@ class FollowerWriter(NullWriter):
 
     def load_state(self, device: torch.device) -> dict[str, Any] | None:
         path = self.root / STATE_FILE
-        return torch.load(path, map_location=device, weights_only=False) if path.exists() else None
+        return read_state_file(path, device) if path.exists() else None
 
     def read(self, relative: str, device: torch.device) -> Any:
-        return read_tensors(self.root / relative, device)
-
-
-def read_tensors(path: Path, device: torch.device) -> Any:
-    """A tensor file incop wrote (only tensors and plain containers are unpickled)."""
-    return torch.load(path, map_location=device, weights_only=True)
+        return load_tensors(self.root / relative, device)
 
 
 def run_writer(
@@ -215,6 +320,7 @@ class RunWriter(NullWriter):
         self.folder.check()
         self.root = self.folder.root
         self.lines = 0
+        self._metrics_bytes = 0
         self._metrics_hash = hashlib.sha256()
         self.digests: dict[str, str] = {}
 
@@ -227,20 +333,13 @@ class RunWriter(NullWriter):
         self.folder.close(discard=failed and nothing_trained)
 
     def config(self, text: str) -> None:
-        self.digests[CONFIG_FILE] = atomic_write_text(self.root / CONFIG_FILE, text)
+        self.digests[CONFIG_FILE] = self.folder.write_bytes(CONFIG_FILE, text.encode())
 
     def epoch(self, record: dict[str, Any]) -> None:
         line = (to_json(record) + "\n").encode()
-        path = self.root / METRICS_FILE
-        try:
-            # One write call per line, flushed: a crash leaves at most a torn last line.
-            with open(path, "ab") as handle:
-                handle.write(line)
-                handle.flush()
-                os.fsync(handle.fileno())
-        except OSError as exc:
-            raise StorageError.from_os_error(exc, path, "writing") from None
+        self.folder.append(METRICS_FILE, line)
         self._metrics_hash.update(line)
+        self._metrics_bytes += len(line)
         self.lines += 1
 
     def level(self, level: int, state_dict: dict[str, torch.Tensor], masks: Masks) -> None:
@@ -250,40 +349,35 @@ class RunWriter(NullWriter):
         self._ticket("final/checkpoint.pt", state_dict, masks)
 
     def _ticket(self, relative: str, state_dict: dict[str, torch.Tensor], masks: Masks) -> None:
-        self.digests[relative] = atomic_torch_save(
-            self.root / relative,
-            {
-                "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
-                "masks": {k: v.cpu() for k, v in masks.items()},
-            },
-        )
+        ticket = {
+            "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+            "masks": {k: v.cpu() for k, v in masks.items()},
+        }
+        self.digests[relative] = self.folder.write(relative, torch_file(ticket))
 
     def snapshot(self, name: str, state_dict: dict[str, torch.Tensor]) -> str:
         """Write weights the run rewinds to (theta_0, theta*, epoch K) once, under a new name
         (``snapshots/<name>.pt``, the name unique), so a state saved before still finds the
         file it refers to; returns the relative path for the state."""
         relative = f"{SNAPSHOTS}/{name}.pt"
-        self.digests[relative] = atomic_torch_save(
-            self.root / relative, {k: v.detach().cpu() for k, v in state_dict.items()}
-        )
+        weights = {k: v.detach().cpu() for k, v in state_dict.items()}
+        self.digests[relative] = self.folder.write(relative, torch_file(weights))
         return relative
 
     def read(self, relative: str, device: torch.device) -> Any:
         """A tensor file of this folder (its digest was checked by :meth:`load_state`)."""
-        return read_tensors(self.root / relative, device)
+        return load_tensors(self.folder.path(relative), device)
 
     def _drop_snapshots(self, kept: set[str]) -> None:
-        """Remove the snapshot files no saved state refers to any more."""
-        for relative in [r for r in self.digests if r.startswith(f"{SNAPSHOTS}/")]:
-            if relative not in kept:
-                del self.digests[relative]
-        folder = self.root / SNAPSHOTS
-        for path in folder.glob("*.pt") if folder.is_dir() else []:
-            if f"{SNAPSHOTS}/{path.name}" not in kept:
-                path.unlink(missing_ok=True)
+        """Remove the snapshot files no saved state refers to any more (only those incop
+        recorded writing: nothing else in ``snapshots/`` is touched)."""
+        for relative in self.folder.files():
+            if relative.startswith(f"{SNAPSHOTS}/") and relative not in kept:
+                self.folder.unlink(relative)
+                self.digests.pop(relative, None)
 
     def summary(self, summary: dict[str, Any]) -> None:
-        atomic_write_text(self.root / "summary.json", to_json(summary, indent=2))
+        self.folder.write_bytes("summary.json", to_json(summary, indent=2).encode())
 
     def state(self, state: dict[str, Any]) -> None:
         """Save the resume state. ``state["snapshots"]`` maps names to the snapshot files it
@@ -291,55 +385,80 @@ class RunWriter(NullWriter):
         kept = set(state["snapshots"].values())
         files = {r: d for r, d in self.digests.items() if not r.startswith(f"{SNAPSHOTS}/")}
         files.update({r: self.digests[r] for r in kept})
-        atomic_torch_save(
-            self.root / STATE_FILE,
-            {
-                **state,
-                "format": STATE_FORMAT,
-                "metrics_lines": self.lines,
-                "metrics_sha256": self._metrics_hash.hexdigest(),
-                "files": files,
-            },
-        )
+        self.folder.note(METRICS_FILE, self._metrics_bytes, self._metrics_hash.hexdigest())
+        content = {
+            **state,
+            "format": STATE_FORMAT,
+            "metrics_lines": self.lines,
+            "metrics_sha256": self._metrics_hash.hexdigest(),
+            "files": files,
+        }
+        self.folder.write(STATE_FILE, lambda tmp: tmp.write_bytes(state_bytes(content)))
         self._drop_snapshots(kept)
 
     def load_state(self, device: torch.device) -> dict[str, Any] | None:
-        """The saved resume state, after checking that every file it refers to is the one it
-        was saved with; ``metrics.jsonl`` is cut back to the lines it had then (a torn or
-        later line belongs to the epoch that was lost). Without ``state.pt`` (killed before
-        the first save) the run starts again: every file but ``config.yaml`` is removed.
+        """The saved resume state, after checking it byte for byte (its own digest, and the
+        manifest's record of it) and that every file it refers to is the one it was saved with;
+        ``metrics.jsonl`` is cut back to the lines it had then (a torn or later line belongs to
+        the epoch that was lost). Without ``state.pt`` (killed before the first save) the run
+        starts again: every file incop wrote but ``config.yaml`` is removed.
 
-        Raises :class:`UserError` naming the file that is corrupt, missing or foreign."""
+        A folder written by an incop before manifests is taken up where its ``state.pt``
+        checks: its files are then adopted into a new manifest.
+
+        Raises :class:`UserError` naming the file that is corrupt, missing or foreign, before
+        anything in the folder changes."""
         path = self.root / STATE_FILE
         if not path.exists():
-            clear(self.root, _PROGRESS)
+            if self.folder.legacy:
+                raise UserError(
+                    f"resume: {self.root} was written by an older incop (no {MANIFEST_FILE})"
+                    " and holds no state.pt to check its files against: it cannot be resumed;"
+                    " move it away and start the run again"
+                )
+            self._start_again()
             return None
+        if not self.folder.legacy:
+            self.folder.verify(STATE_FILE)
         try:
-            state = torch.load(path, map_location=device, weights_only=False)
-        except Exception as exc:  # unpickling garbage can raise nearly anything
+            state = read_state_file(path, device, legacy=self.folder.legacy)
+        except UserError as exc:
+            message = str(exc).removeprefix("resume: ")
             raise UserError(
-                f"resume: {path} is corrupt or truncated ({type(exc).__name__}); this run cannot"
-                " be resumed, start it again with --overwrite"
+                f"resume: {message}; this run cannot be resumed, start it again with --overwrite"
             ) from None
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise UserError(
-                f"resume: {path} was not written by this version of incop's run folder"
-                f" (format {state.get('format') if isinstance(state, dict) else None!r},"
-                f" expected {STATE_FORMAT})"
-            )
+        check_state(state, path)
         for relative, digest in state["files"].items():
             self._verify(relative, digest)
         kept = self._verified_metrics(state["metrics_lines"], state["metrics_sha256"])
-        atomic_write_text(self.root / METRICS_FILE, b"".join(kept).decode())
+        if self.folder.legacy:
+            self.folder.adopt(_layout_files(self.root))
+        self.folder.write_bytes(METRICS_FILE, b"".join(kept))
         self.lines = len(kept)
+        self._metrics_bytes = sum(len(line) for line in kept)
         self._metrics_hash = hashlib.sha256(b"".join(kept))
         self.digests = dict(state["files"])
         # A snapshot written after the state was saved belongs to the epoch that was lost.
         self._drop_snapshots(set(state["snapshots"].values()))
         return state
 
+    def _start_again(self) -> None:
+        """Remove every file of the run but ``config.yaml``; refuse, naming them, files there
+        that incop did not write."""
+        keep = (CONFIG_FILE, MANIFEST_FILE)
+        progress = [r for r in _layout_files(self.root) if r not in keep]
+        foreign = [r for r in progress if not self.folder.owns(r)]
+        if foreign:
+            raise UserError(
+                f"resume: {self.root} holds files incop did not write, or that changed since"
+                f" ({', '.join(foreign)}); move them away, or start again with --overwrite"
+            )
+        for relative in progress:
+            self.folder.unlink(relative)
+        self.folder.flush()
+
     def _verify(self, relative: str, digest: str) -> None:
-        path = self.root / relative
+        path = self.folder.path(relative)
         if not path.is_file():
             raise UserError(
                 f"resume: {path} is missing; {self.root / STATE_FILE} needs it, so this run"
@@ -362,6 +481,16 @@ class RunWriter(NullWriter):
                 f" {lines} lines of it; this run cannot be resumed exactly"
             )
         return complete
+
+
+def _layout_files(root: Path) -> list[str]:
+    """The files below ``root`` that a run folder's layout names (links excluded), sorted."""
+    found = []
+    for path in root.rglob("*"):
+        relative = path.relative_to(root).as_posix()
+        if path.is_file() and not path.is_symlink() and RUN_LAYOUT.names_file(relative):
+            found.append(relative)
+    return sorted(found)
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:

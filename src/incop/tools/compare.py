@@ -5,6 +5,8 @@ Layout of a comparison folder::
 
     compare.yaml                    what was asked: settings, methods, seeds (for --resume)
     comparison.json                 aggregate (see :func:`aggregate`)
+    manifest.json                   every file incop wrote here with its SHA-256: its own, and
+                                    those of each finished run, recorded when it finished
     warmup/seed-<s>/                the shared dense warm-up of each seed as it trains (a run
                                     folder holding level 0 only, resumable epoch by epoch)
     warmup/seed-<s>.pt              the finished warm-up the methods of seed s start from (those
@@ -35,15 +37,15 @@ from tqdm.auto import tqdm
 from incop.config import MAX_SEED, METHODS, Config, dense_phase, resolve
 from incop.engine.distributed import World, current_world
 from incop.engine.experiment import build_batches
-from incop.engine.folders import LOCK_FILE, Layout, OwnedFolder
+from incop.engine.folders import LOCK_FILE, MANIFEST_FILE, Layout, Manifest, OwnedFolder
 from incop.engine.imp import IMP, WarmUp, resolve_device
 from incop.engine.outputs import (
     RUN_LAYOUT,
-    atomic_torch_save,
-    atomic_write_text,
+    load_tensors,
     read_metrics,
     run_writer,
     to_json,
+    torch_file,
 )
 from incop.errors import UserError
 from incop.workload.data import Batches, load_dataset
@@ -72,6 +74,67 @@ def run_folder(out: Path, method: str, seed: int) -> Path:
     return out / method / f"seed-{seed}"
 
 
+def open_comparison(out: str | Path, mode: str) -> OwnedFolder:
+    """The comparison folder ``out``, checked (not yet opened) for ``mode``."""
+    folder = OwnedFolder(out, compare_layout(), mode=mode, kind="comparison", marker=PLAN_FILE)
+    folder.check()
+    return folder
+
+
+def take_up(folder: OwnedFolder) -> None:
+    """After opening an existing comparison (``resume``, ``update``): check that its plan is
+    the one incop wrote, or, for a folder written by an incop before manifests, adopt its own
+    files and those of its finished runs (the trust that incop then had).
+
+    Every file the manifest records must be the one incop wrote; it may be missing only where
+    incop writes it again (``comparison.json``, the report and its plots)."""
+    if not folder.legacy:
+        folder.verify(PLAN_FILE)
+        for relative in folder.files():
+            if (folder.root / relative).exists() or relative.split("/")[0] in (
+                "warmup",
+                *METHODS.names(),
+            ):
+                folder.verify(relative, needed_by="the comparison")
+        return
+    layout, adopted = compare_layout(), []
+    for path in sorted(folder.root.rglob("*")):
+        relative = path.relative_to(folder.root).as_posix()
+        parts = relative.split("/")
+        run = folder.root / parts[0] / (parts[1] if len(parts) > 2 else "")
+        # An unfinished run takes itself up when it resumes (against its own state.pt).
+        unfinished = len(parts) > 2 and parts[0] != "warmup" and not (run / "summary.json").exists()
+        if path.is_file() and layout.names_file(relative) and not unfinished:
+            adopted.append(relative)
+    folder.adopt(adopted)
+
+
+def record_run(folder: OwnedFolder, run: Path) -> None:
+    """Record in the comparison's manifest every file of the finished run folder ``run`` as
+    its own manifest holds it, after checking each one."""
+    prefix = run.relative_to(folder.root).as_posix()
+    inner = Manifest.read(run)
+    if inner is None:
+        raise UserError(f"{run / MANIFEST_FILE} is missing: the run there cannot be checked")
+    for relative, versions in inner.entries.items():
+        if not inner.holds(relative, appended=RUN_LAYOUT.is_appended(relative)):
+            raise UserError(
+                f"{run / relative} is not the file incop wrote there (changed, truncated or"
+                " swapped)"
+            )
+        folder.record(f"{prefix}/{relative}", versions)
+    folder.flush()
+
+
+def finished_summary(folder: OwnedFolder, run: Path) -> dict[str, Any]:
+    """A finished run's ``summary.json``. Its files were checked against the comparison's
+    record of them when the folder was taken up (:func:`take_up`); a run the comparison was
+    killed too soon to record is checked against its own manifest and recorded now."""
+    if run.relative_to(folder.root).as_posix() + "/summary.json" not in folder.files():
+        record_run(folder, run)
+    return json.loads((run / "summary.json").read_text())
+
+
 def compare_layout() -> Layout:
     """What ``incop compare`` writes in its folder; ``--overwrite`` removes these only."""
     methods = "|".join(re.escape(name) for name in METHODS.names())
@@ -79,6 +142,7 @@ def compare_layout() -> Layout:
         files=(
             r"compare\.yaml",
             r"comparison\.json",
+            r"manifest\.json",
             r"report\.md",
             r"report\.html",
             r"plots/[\w.-]+\.(?:png|svg)",
@@ -167,37 +231,45 @@ def run_comparison(
     for method in methods:
         for seed in seeds:
             method_config(overrides, method, seed)
-    folder = OwnedFolder(out, compare_layout(), mode=mode, kind="comparison", marker=PLAN_FILE)
-    if world.is_main:  # the one rank that writes (data parallel: the others only read)
-        folder.check()
+    # The one rank that writes (data parallel: the others only read) checks the folder.
+    folder = open_comparison(out, mode) if world.is_main else None
     dataset = load_dataset(first.dataset, first.data_dir, first.download)
     info = dataset.info
     build_model(first.model, info.channels, info.image_size, info.num_classes)
-    if world.is_main:
+    if folder is not None:
         folder.open()
     world.barrier()
-    if not world.is_main:
-        return _compare(out, overrides, methods, seeds, first, dataset, False, mode, world)
+    if folder is None:
+        return _compare(out, None, overrides, methods, seeds, first, dataset, False, mode, world)
     failed = True
     try:
-        if mode != "resume":
+        if mode == "resume":
+            take_up(folder)
+        else:
             # The resolved (absolute) data folder, so --resume works from anywhere.
             settings = {**overrides, "data_dir": first.data_dir} if first.data_dir else overrides
             plan = {"settings": settings, "methods": list(methods), "seeds": list(seeds)}
-            atomic_write_text(out / PLAN_FILE, yaml.safe_dump(plan, sort_keys=False))
-        comparison = _compare(out, overrides, methods, seeds, first, dataset, progress, mode, world)
+            folder.write_bytes(PLAN_FILE, yaml.safe_dump(plan, sort_keys=False).encode())
+        comparison = _compare(
+            out, folder, overrides, methods, seeds, first, dataset, progress, mode, world
+        )
         failed = False
     finally:
         # Nothing trained yet (the warm-ups discard their own folders): leave nothing behind.
         leftover = [p for p in out.rglob("*") if p.is_file() and p.name != LOCK_FILE]
-        nothing_trained = all(p == out / PLAN_FILE for p in leftover)
+        nothing_trained = all(p in (out / PLAN_FILE, out / MANIFEST_FILE) for p in leftover)
         folder.close(discard=failed and mode != "resume" and nothing_trained)
     return comparison
 
 
 def _compare(
-    out, overrides, methods, seeds, first, dataset, progress, mode, world
-) -> dict[str, Any]:
+    out: Path,
+    folder: OwnedFolder | None,
+    overrides, methods, seeds, first, dataset, progress, mode, world,
+) -> dict[str, Any]:  # fmt: skip
+    """The comparison itself; ``folder``: the open comparison folder at ``out`` (None on the
+    ranks that do not write)."""
+
     # What is on disk is rank 0's to judge (it may be writing it): every "exists" is its answer.
     def on_disk(path: Path) -> bool:
         return world.from_main(path.exists())
@@ -222,25 +294,28 @@ def _compare(
         common = max(phases, key=phases.count)
         sharer = methods[phases.index(common)]
         warmup = shared_warmup(
-            out, seed, overrides, sharer, fresh_model, train, val, progress, world
+            out, seed, overrides, sharer, fresh_model, train, val, progress, world, folder
         )
         warmup_seconds.append(sum(warmup.seconds.values()))
         for method in methods:
-            folder = run_folder(out, method, seed)
+            run = run_folder(out, method, seed)
             bar.set_postfix(seed=seed, method=method)
-            if mode == "resume" and on_disk(folder / "summary.json"):
-                summaries[method].append(json.loads((folder / "summary.json").read_text()))
+            if mode == "resume" and on_disk(run / "summary.json"):
+                if folder is not None:
+                    summaries[method].append(finished_summary(folder, run))
+                else:
+                    summaries[method].append(json.loads((run / "summary.json").read_text()))
             else:
-                config = method_config(overrides, method, seed, out=str(folder))
-                going_on = mode == "resume" and on_disk(folder / "config.yaml")
-                writer = run_writer(
-                    folder, mode="resume" if going_on else "new", main=world.is_main
-                )
+                config = method_config(overrides, method, seed, out=str(run))
+                going_on = mode == "resume" and on_disk(run / "config.yaml")
+                writer = run_writer(run, mode="resume" if going_on else "new", main=world.is_main)
                 imp = IMP(config, fresh_model(), train, val, writer=writer, progress=progress,
                           test_data=splits.test, world=world)  # fmt: skip
                 own = dense_phase(configs[method]) != common
                 result = imp.run(None if own else warmup, resume=going_on)
                 summaries[method].append(result.summary())
+                if folder is not None:
+                    record_run(folder, run)
             bar.update(1)
     bar.close()
     comparison = aggregate(summaries)
@@ -252,8 +327,8 @@ def _compare(
         hardware=hardware(resolve_device(first.device)),
         incop=provenance(),
     )
-    if world.is_main:
-        atomic_write_text(out / "comparison.json", to_json(comparison, indent=2))
+    if folder is not None:
+        folder.write_bytes("comparison.json", to_json(comparison, indent=2).encode())
     return comparison
 
 
@@ -267,21 +342,20 @@ def shared_warmup(
     val: Batches,
     progress: bool = False,
     world: World | None = None,
+    owner: OwnedFolder | None = None,
 ) -> WarmUp:
-    """The dense warm-up of ``seed``: trained once, kept in ``warmup/seed-<s>.pt``.
+    """The dense warm-up of ``seed``: trained once, kept in ``warmup/seed-<s>.pt``, written
+    through ``owner`` (the comparison folder, open; None on ranks that do not write).
 
     While it trains, ``warmup/seed-<s>/`` is its run folder, saved after every epoch, so a
     comparison killed during a warm-up goes on from its last epoch."""
     world = world or World()
-    path = out / "warmup" / f"seed-{seed}.pt"
+    relative = f"warmup/seed-{seed}.pt"
+    path = out / relative
     if world.from_main(path.exists()):
-        try:
-            return WarmUp(**torch.load(path, weights_only=False))
-        except Exception as exc:  # unpickling garbage can raise nearly anything
-            raise UserError(
-                f"resume: {path} is corrupt or truncated ({type(exc).__name__}); delete it to"
-                " train this warm-up again"
-            ) from None
+        if owner is not None:
+            owner.verify(relative, needed_by="the comparison")
+        return _read_warmup(path)
     folder = out / "warmup" / f"seed-{seed}"
     going_on = world.from_main((folder / "config.yaml").exists())
     config = method_config(overrides, method, seed, out=str(folder))
@@ -292,8 +366,30 @@ def shared_warmup(
         # Every epoch's record, those trained before a resume too, for each method's metrics
         # (only rank 0 writes them).
         warmup.records = read_metrics(folder / "metrics.jsonl")
-        atomic_torch_save(path, dataclasses.asdict(warmup))
+    if owner is not None:
+        owner.write(relative, torch_file(dataclasses.asdict(warmup)))
     return warmup
+
+
+def _read_warmup(path: Path) -> WarmUp:
+    """A saved warm-up, loaded without running anything and checked field by field."""
+    saved = load_tensors(path)
+    fields = {f.name: f for f in dataclasses.fields(WarmUp)}
+    required = [n for n, f in fields.items() if f.default is dataclasses.MISSING]
+    types = {"snapshots": dict, "best": dict, "seconds": dict, "records": list,
+             "epoch_counter": int, "epochs": int, "diverged": bool, "reason": str}  # fmt: skip
+    problem = None
+    if not isinstance(saved, dict):
+        problem = f"holds a {type(saved).__name__}, not a warm-up"
+    elif set(saved) - set(fields) or set(required) - set(saved):
+        problem = "does not hold a warm-up's fields"
+    else:
+        wrong = [k for k, v in saved.items() if not isinstance(v, types[k])]
+        if wrong:
+            problem = f"holds a value of the wrong type under {wrong[0]!r}"
+    if problem:
+        raise UserError(f"{path} {problem}; delete it to train this warm-up again")
+    return WarmUp(**saved)
 
 
 def format_table(comparison: dict[str, Any]) -> str:

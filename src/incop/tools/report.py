@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import html
+import io
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,9 +24,18 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from incop.engine.outputs import atomic_path, atomic_write_text, read_metrics
+from incop.config import MAX_SEED, METHODS
+from incop.engine.folders import OwnedFolder
+from incop.engine.outputs import read_metrics
 from incop.errors import UserError
-from incop.tools.compare import DEFAULT_METHODS, load_comparison, mean_std, run_folder
+from incop.tools.compare import (
+    DEFAULT_METHODS,
+    PLAN_FILE,
+    mean_std,
+    open_comparison,
+    run_folder,
+    take_up,
+)
 
 FLOW_STOPS = ("if", "gf")
 #: Settings left out of the config block and of the per-method settings: the method names each
@@ -85,13 +96,27 @@ Block = tuple  # ("h", level, text) | ("p", text) | ("code", text) | ("table", h
 
 def write_report(folder: str | Path) -> Path:
     """Write ``plots/``, ``report.md`` and ``report.html`` into the comparison ``folder``;
-    return the path of ``report.md``."""
+    return the path of ``report.md``. Every file it reads is first checked against the
+    comparison's manifest, and the method names and seeds in ``comparison.json`` against what
+    incop writes there, so a changed or swapped file is refused, naming it."""
     folder = Path(folder)
     path = folder / "comparison.json"
     if not path.is_file():
         raise UserError(f"{folder} is not a comparison folder: expected {path}")
-    comparison = load_comparison(folder)
-    runs = _read_runs(folder, comparison)
+    owned = open_comparison(folder, "update")
+    owned.open()
+    try:
+        take_up(owned)
+        return _write_report(owned)
+    finally:
+        owned.close()
+
+
+def _write_report(owned: OwnedFolder) -> Path:
+    folder = owned.root
+    comparison = json.loads(owned.verify("comparison.json").read_text())
+    _check_names(owned, comparison)
+    runs = _read_runs(owned, comparison)
     styles = _styles(comparison["methods"])
     plots = folder / "plots"
     figures = {
@@ -103,27 +128,45 @@ def write_report(folder: str | Path) -> Path:
     }
     for stem, figure in figures.items():
         if figure is not None:
-            save_figure(figure, plots, stem)
+            save_figure(figure, owned, stem)
     blocks = _blocks(comparison, runs, [s for s, f in figures.items() if f is not None])
-    atomic_write_text(folder / "report.md", _markdown(blocks))
-    atomic_write_text(folder / "report.html", _html(blocks, plots))
+    owned.write_bytes("report.md", _markdown(blocks).encode())
+    owned.write_bytes("report.html", _html(blocks, plots).encode())
     return folder / "report.md"
+
+
+def _check_names(owned: OwnedFolder, comparison: Any) -> None:
+    """The methods and seeds ``comparison.json`` names must be registered methods and seeds
+    the plan holds: they become paths that are read."""
+    plan = yaml.safe_load(owned.verify(PLAN_FILE).read_text())
+    where = owned.root / "comparison.json"
+    methods, seeds = comparison.get("methods"), comparison.get("seeds")
+    if not isinstance(methods, dict) or not isinstance(seeds, list):
+        raise UserError(f"{where} lacks its methods or seeds; it is not a comparison's")
+    for method in methods:
+        if method not in METHODS or method not in plan.get("methods", []):
+            raise UserError(
+                f"{where} names the method {method!r}, which this comparison did not run"
+            )
+    for seed in seeds:
+        if not (isinstance(seed, int) and 0 <= seed <= MAX_SEED) or seed not in plan["seeds"]:
+            raise UserError(f"{where} names the seed {seed!r}, which this comparison did not run")
 
 
 # --- reading ------------------------------------------------------------------------------------
 
 
-def _read_runs(folder: Path, comparison: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """Method -> per seed ``{"config": ..., "metrics": [...]}``."""
+def _read_runs(owned: OwnedFolder, comparison: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Method -> per seed ``{"config": ..., "metrics": [...]}``, each file checked first."""
     runs: dict[str, list[dict[str, Any]]] = {}
     for method in comparison["methods"]:
         runs[method] = []
         for seed in comparison["seeds"]:
-            run = run_folder(folder, method, seed)
-            config, metrics = run / "config.yaml", run / "metrics.jsonl"
-            for file in (config, metrics):
-                if not file.is_file():
-                    raise UserError(f"incomplete comparison folder {folder}: expected {file}")
+            run = run_folder(owned.root, method, seed).relative_to(owned.root).as_posix()
+            config, metrics = (
+                owned.verify(f"{run}/{name}", needed_by="the report")
+                for name in ("config.yaml", "metrics.jsonl")
+            )
             runs[method].append(
                 {"config": yaml.safe_load(config.read_text()), "metrics": read_metrics(metrics)}
             )
@@ -191,14 +234,21 @@ def _figure(width: float = 7.5, height: float = 4.5) -> Figure:
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
-def save_figure(figure: Figure, plots: Path, stem: str) -> None:
-    """``figure`` as ``<plots>/<stem>.png`` and ``.svg``, each written through a temporary name."""
+def figure_bytes(figure: Figure, fmt: str) -> bytes:
+    """``figure`` as a ``png`` or ``svg`` file's bytes, in the report's style."""
+    buffer = io.BytesIO()
     with rc_context(STYLE):
-        for fmt in ("png", "svg"):
-            with atomic_path(plots / f"{stem}.{fmt}") as tmp:
-                # No date in the metadata: the same folder gives the same files.
-                metadata = {"Date": None} if fmt == "svg" else None
-                figure.savefig(tmp, format=fmt, dpi=DPI, metadata=metadata)
+        # No date in the metadata: the same folder gives the same files.
+        metadata = {"Date": None} if fmt == "svg" else None
+        figure.savefig(buffer, format=fmt, dpi=DPI, metadata=metadata)
+    return buffer.getvalue()
+
+
+def save_figure(figure: Figure, owned: OwnedFolder, stem: str) -> None:
+    """``figure`` as ``plots/<stem>.png`` and ``.svg`` in the folder ``owned``, each written
+    through a temporary name."""
+    for fmt in ("png", "svg"):
+        owned.write_bytes(f"plots/{stem}.{fmt}", figure_bytes(figure, fmt))
 
 
 def _remaining_axis(ax) -> None:

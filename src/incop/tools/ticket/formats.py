@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from incop.engine.folders import atomic_path
 from incop.engine.masks import Masks, pack_mask, unpack_mask
-from incop.engine.outputs import atomic_path
 from incop.errors import UserError
 from incop.registry import Registry
 

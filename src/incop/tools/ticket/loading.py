@@ -198,6 +198,13 @@ def load_ticket(
     trained weight is exactly zero), and so are an ``onnx`` one's. Apply them to a
     training loop with :func:`incop.apply_masks`.
     """
+    if not isinstance(source, str | os.PathLike):
+        raise UserError(
+            f"source: a {type(source).__name__} is not allowed; give the path of a run folder"
+            " or of a ticket file"
+        )
+    if model is not None and not isinstance(model, nn.Module):
+        raise UserError(f"model: a {type(model).__name__} is not a torch.nn.Module")
     path = Path(source)
     if not path.exists():
         raise UserError(f"{path}: no such run folder or file")

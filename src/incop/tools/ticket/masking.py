@@ -11,8 +11,16 @@ from incop.errors import UserError
 
 
 def masked_parameters(model: nn.Module, masks: Masks) -> dict[str, nn.Parameter]:
-    """The parameters of ``model`` that ``masks`` names, checked: every name must be a
-    parameter of the model and every mask a boolean tensor of its parameter's shape."""
+    """The parameters of ``model`` that ``masks`` names, checked: ``model`` must be a module,
+    ``masks`` a dict, every name a parameter of the model and every mask a boolean tensor (or
+    one holding only 0 and 1) of its parameter's shape."""
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model: a {type(model).__name__} is not a torch.nn.Module")
+    if not isinstance(masks, dict):
+        raise UserError(
+            f"masks: a {type(masks).__name__} is not allowed; give a dict of parameter name ->"
+            " boolean tensor"
+        )
     params = dict(model.named_parameters())
     problems = []
     for name, mask in masks.items():
@@ -22,6 +30,11 @@ def masked_parameters(model: nn.Module, masks: Masks) -> dict[str, nn.Parameter]
             shape = tuple(mask.shape) if torch.is_tensor(mask) else type(mask).__name__
             problems.append(
                 f"mask {name!r} has shape {shape}, its parameter {tuple(params[name].shape)}"
+            )
+        elif mask.dtype != torch.bool and not ((mask == 0) | (mask == 1)).all():
+            odd = mask[(mask != 0) & (mask != 1)].flatten()[0].item()
+            problems.append(
+                f"mask {name!r} holds {odd!r}; a mask is boolean, or holds only 0 and 1"
             )
     if problems:
         raise UserError("masks do not fit the model:\n" + "\n".join(problems))
