@@ -132,7 +132,7 @@ def test_no_payload_runs_on_export_or_load_ticket(finished, tmp_path, capsys):
     run = copy(finished, tmp_path, "run")
     marker = tmp_path / "pwned"
     payload_file(run / "levels" / "2" / "checkpoint.pt", marker)
-    code = main(["export", str(run), "--format", "dense", "--out", str(tmp_path / "t.pt")])
+    code = main(["export", str(run), "--format", "state_dict", "--out", str(tmp_path / "t.pt")])
     assert code == 2 and not marker.exists()
     with pytest.raises(UserError):
         load_ticket(run)

@@ -625,8 +625,10 @@ def validate(config: Config) -> None:
     if not 0 < c.train_fraction <= 1:
         bad("train_fraction", "must be in (0, 1]")
     threads = max_threads()
-    if c.threads is not None and not 1 <= c.threads <= threads:
-        bad("threads", f"must be in 1..{threads} (4 per core here; or none: torch's own choice)")
+    if c.threads is not None and c.threads < 1:
+        bad("threads", "must be >= 1 (or none: torch's own choice)")
+    elif c.threads is not None and c.threads > threads:
+        bad("threads", f"must be at most {threads} (4 per core of this machine)")
     for name in ("batch_size", "eval_batch_size", "probe_size", "synflow_iterations",
                  "snip_batch", "epi_window"):  # fmt: skip
         if not 1 <= getattr(c, name) <= MAX_COUNT:

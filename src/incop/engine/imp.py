@@ -484,7 +484,17 @@ class IMP:
         sources = {"train_data": self.train_data, "val_data": self.val_data}
         if self.test_data is not None:
             sources["test_data"] = self.test_data
-        self.example_input = check_sources(self.model, sources, self.loss_fn, self.device)
+        self.example_input = check_sources(
+            self.model, sources, self.loss_fn, self.device, self.metric.fn
+        )
+        held = getattr(self.train_data, "x", None)
+        if torch.is_tensor(held) and c.batch_size > len(held):
+            warnings.warn(
+                f"batch_size {c.batch_size} is larger than the training split ({len(held)}"
+                f" examples): every epoch is one batch of {len(held)}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         unmatched = unmatched_patterns(self.model, c.include, c.exclude)
         if (c.stop == "if" or c.score == "flow-guided") and c.if_skip != default_value("if_skip"):
             unmatched += unmatched_layer_patterns(self.model, c.if_skip, c.include, c.exclude)
@@ -621,7 +631,29 @@ class IMP:
             sparsity=sparsity_report(self.model, self.masks, self.example_input),
         )
         self.writer.summary(result.summary())
+        self._warn_if_at_chance()
         return result
+
+    def _warn_if_at_chance(self) -> None:
+        """Warn when no level learned anything: every validation accuracy within 2 points of
+        guessing (1 / classes), the sign of a learning rate too large to train at all."""
+        if self.metric.name != "accuracy" or not self.levels:
+            return
+        with torch.no_grad():
+            was_training = self.model.training
+            self.model.eval()
+            outputs = self.model(self.example_input)
+            self.model.train(was_training)
+        classes = outputs.shape[-1] if torch.is_tensor(outputs) and outputs.dim() >= 2 else 0
+        accuracies = [lv.val_accuracy for lv in self.levels]
+        if classes >= 2 and all(a is not None and a <= 1 / classes + 0.02 for a in accuracies):
+            warnings.warn(
+                f"every level's validation accuracy stayed at chance ({max(accuracies):.3f}, with"
+                f" {classes} classes: {1 / classes:.3f}); nothing was learned. Try a lower"
+                f" learning rate than lr={self.config.lr}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def _should_end(self) -> bool:
         return self.config.on_divergence == "stop" and self.levels[-1].stop_reason == "diverged"
@@ -667,6 +699,8 @@ def prune(
     """
     if method is None:
         raise UserError("method: None is not a method; allowed: " + ", ".join(METHODS.names()))
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model: got a {type(model).__name__}, not a torch.nn.Module")
     chosen_metric = None
     if callable(metric):
         chosen_metric = Metric.from_callable(metric, higher_is_better)

@@ -9,6 +9,7 @@ a callable.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -63,6 +64,11 @@ class Metric:
                     " outputs of shape (batch, classes)); use metric='loss' or a callable"
                 )
             return accuracy
+        if custom is None or not math.isfinite(custom):
+            raise UserError(
+                f"metric: {self.name.removeprefix(CALLABLE_PREFIX)} gave {custom} on the"
+                " validation data; a metric must give a finite number"
+            )
         return custom
 
     def score(self, value: float) -> float:

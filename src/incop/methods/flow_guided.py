@@ -47,7 +47,10 @@ def layer_sensitivity(
         cut = int(fraction * alive)
         if cut > 0:
             magnitude = original.abs().masked_fill(~mask, float("inf")).flatten()
-            weight.view(-1)[torch.sort(magnitude, stable=True).indices[:cut]] = 0.0
+            # In logical (NCHW) order: a channels_last weight has no flat view.
+            pruned = original.reshape(-1).clone()
+            pruned[torch.sort(magnitude, stable=True).indices[:cut]] = 0.0
+            weight.copy_(pruned.view(original.shape))
         sensitivity[name] = float((flow() - reference).abs().sum())
         weight.copy_(original)
     return sensitivity

@@ -279,45 +279,50 @@ def _compare(
     summaries: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     warmup_seconds = []
     bar = tqdm(total=len(seeds) * len(methods), desc="compare", unit="run", disable=not progress)
-    for seed in seeds:
-        splits = build_batches(method_config(overrides, methods[0], seed), dataset, world)
-        train, val = splits.train, splits.val
+    try:
+        for seed in seeds:
+            splits = build_batches(method_config(overrides, methods[0], seed), dataset, world)
+            train, val = splits.train, splits.val
 
-        def fresh_model(seed: int = seed) -> torch.nn.Module:
-            torch.manual_seed(seed)
-            return build_model(first.model, info.channels, info.image_size, info.num_classes)
+            def fresh_model(seed: int = seed) -> torch.nn.Module:
+                torch.manual_seed(seed)
+                return build_model(first.model, info.channels, info.image_size, info.num_classes)
 
-        configs = {m: method_config(overrides, m, seed) for m in methods}
-        phases = [dense_phase(config) for config in configs.values()]
-        # The dense phase most methods share is trained once (the first method with it
-        # trains it); a method with another (pruning at init: none) trains its own.
-        common = max(phases, key=phases.count)
-        sharer = methods[phases.index(common)]
-        warmup = shared_warmup(
-            out, seed, overrides, sharer, fresh_model, train, val, progress, world, folder
-        )
-        warmup_seconds.append(sum(warmup.seconds.values()))
-        for method in methods:
-            run = run_folder(out, method, seed)
-            bar.set_postfix(seed=seed, method=method)
-            if mode == "resume" and on_disk(run / "summary.json"):
-                if folder is not None:
-                    summaries[method].append(finished_summary(folder, run))
+            configs = {m: method_config(overrides, m, seed) for m in methods}
+            phases = [dense_phase(config) for config in configs.values()]
+            # The dense phase most methods share is trained once (the first method with it
+            # trains it); a method with another (pruning at init: none) trains its own.
+            common = max(phases, key=phases.count)
+            sharer = methods[phases.index(common)]
+            warmup = shared_warmup(
+                out, seed, overrides, sharer, fresh_model, train, val, progress, world, folder
+            )
+            warmup_seconds.append(sum(warmup.seconds.values()))
+            for method in methods:
+                run = run_folder(out, method, seed)
+                bar.set_postfix(seed=seed, method=method)
+                if mode == "resume" and on_disk(run / "summary.json"):
+                    if folder is not None:
+                        summaries[method].append(finished_summary(folder, run))
+                    else:
+                        summaries[method].append(json.loads((run / "summary.json").read_text()))
                 else:
-                    summaries[method].append(json.loads((run / "summary.json").read_text()))
-            else:
-                config = method_config(overrides, method, seed, out=str(run))
-                going_on = mode == "resume" and on_disk(run / "config.yaml")
-                writer = run_writer(run, mode="resume" if going_on else "new", main=world.is_main)
-                imp = IMP(config, fresh_model(), train, val, writer=writer, progress=progress,
-                          test_data=splits.test, world=world)  # fmt: skip
-                own = dense_phase(configs[method]) != common
-                result = imp.run(None if own else warmup, resume=going_on)
-                summaries[method].append(result.summary())
-                if folder is not None:
-                    record_run(folder, run)
-            bar.update(1)
-    bar.close()
+                    config = method_config(overrides, method, seed, out=str(run))
+                    going_on = mode == "resume" and on_disk(run / "config.yaml")
+                    writer = run_writer(
+                        run, mode="resume" if going_on else "new", main=world.is_main
+                    )
+                    imp = IMP(config, fresh_model(), train, val, writer=writer, progress=progress,
+                              test_data=splits.test, world=world)  # fmt: skip
+                    own = dense_phase(configs[method]) != common
+                    result = imp.run(None if own else warmup, resume=going_on)
+                    summaries[method].append(result.summary())
+                    if folder is not None:
+                        record_run(folder, run)
+                bar.update(1)
+    finally:
+        # Closed before an error is printed, so the error stays the last line.
+        bar.close()
     comparison = aggregate(summaries)
     comparison.update(
         seeds=list(seeds),

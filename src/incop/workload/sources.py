@@ -8,6 +8,7 @@ silently nothing.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
@@ -78,22 +79,107 @@ def _whole(data: BatchSource, batch: Batch) -> Batch:
     return (x, y) if torch.is_tensor(x) and torch.is_tensor(y) else batch
 
 
+def _stateless(loss_fn: Callable) -> bool:
+    """A loss of torch's own (``torch.nn.functional`` or ``torch.nn`` loss modules), which
+    calling once more changes nothing."""
+    module = getattr(loss_fn, "__module__", "") or type(loss_fn).__module__
+    return module.startswith("torch.nn")
+
+
 def _classifies(loss_fn: Callable) -> bool:
     return loss_fn in _CLASS_LOSSES or isinstance(loss_fn, nn.CrossEntropyLoss | nn.NLLLoss)
 
 
-@torch.no_grad()
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def _described(t: object) -> str:
+    if torch.is_tensor(t):
+        return f"shape {tuple(t.shape)}, {str(t.dtype).removeprefix('torch.')}"
+    return type(t).__name__
+
+
+def trial_step(
+    model: nn.Module,
+    name: str,
+    batch: Batch,
+    loss_fn: Callable,
+    device: torch.device,
+    metric_fn: Callable | None = None,
+) -> list[str]:
+    """One forward of ``batch`` in training mode, and its loss where ``loss_fn`` is one of
+    torch's own (a user's function is not called before training: it may count its calls),
+    leaving no trace: the model's buffers (BatchNorm statistics) and torch's RNG are put back,
+    and no gradient is made (shapes, dtypes and classes fail in the forward). Returns the
+    problems, each naming what does not fit what."""
+    x, y = batch
+    if torch.is_tensor(x) and torch.is_tensor(y) and x.dim() and y.dim() and len(x) != len(y):
+        return [f"{name}: a batch has {len(x)} inputs but {len(y)} targets; they must pair up"]
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        if torch.is_tensor(x) and x.dim() and len(x) < 2:
+            return [
+                f"{name}: a batch of {len(x)} example cannot train BatchNorm (it needs at least 2"
+                " per batch); use a larger batch_size"
+            ]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    rng = torch.get_rng_state()
+    was_training = model.training
+    problems = []
+    try:
+        model.train()
+        x, y = x.to(device), y.to(device)
+        try:
+            with torch.no_grad():
+                outputs = model(x)
+        except Exception as exc:
+            return [
+                f"{name}: the model cannot take these inputs ({_described(x)}): {_first_line(exc)}"
+            ]
+        try:
+            if _stateless(loss_fn):
+                with torch.no_grad():
+                    loss_fn(outputs, y)
+        except Exception as exc:
+            return [
+                f"{name}: loss_fn cannot take the model's outputs ({_described(outputs)}) with"
+                f" these targets ({_described(y)}): {_first_line(exc)}"
+            ]
+        if metric_fn is not None:
+            with torch.no_grad():
+                value = metric_fn(outputs, y)
+            if not math.isfinite(float(value)):
+                metric = getattr(metric_fn, "__name__", "metric")
+                problems.append(
+                    f"metric: {metric} returned {value} on a batch of {name}; a metric must give"
+                    " a finite number"
+                )
+    finally:
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
+        torch.set_rng_state(rng)
+        model.train(was_training)
+    return problems
+
+
 def check_sources(
     model: nn.Module,
     sources: dict[str, BatchSource],
     loss_fn: Callable,
     device: torch.device,
+    metric_fn: Callable | None = None,
 ) -> torch.Tensor:
     """Refuse, naming every problem, sources the loop cannot use: not re-iterable, empty, not
-    made of pairs, NaN or infinite inputs, class targets outside the model's outputs (for
-    cross-entropy and NLL losses; checked on every example of
-    :class:`incop.workload.data.Batches`, on the first batch of other sources). Returns one
-    example input, shape ``(1, ...)``, on ``device``."""
+    made of pairs, inputs and targets of different lengths, inputs the model cannot take,
+    outputs and targets the loss cannot take (one :func:`trial_step` of each source's first
+    batch), a BatchNorm model with one-example batches, NaN or infinite inputs, a metric that
+    is not finite, class targets outside the model's outputs (for cross-entropy and NLL
+    losses; checked on every example of :class:`incop.workload.data.Batches`, on the first
+    batch of other sources). Returns one example input, shape ``(1, ...)``, on ``device``."""
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model: got a {type(model).__name__}, not a torch.nn.Module")
     problems, example = [], None
     for name, data in sources.items():
         try:
@@ -102,24 +188,42 @@ def check_sources(
             problems.append(str(exc))
             continue
         x, y = _whole(data, batch)
+        classes = _class_range_problem(model, name, batch, x, y, loss_fn, device)
+        tried = [classes] if classes else trial_step(model, name, batch, loss_fn, device, metric_fn)
+        if tried:
+            problems += tried
+            continue
         if example is None:
             example = batch[0][:1].to(device)
         if x.is_floating_point() and not torch.isfinite(x).all():
             problems.append(f"{name}: inputs hold NaN or infinite values")
-        if _classifies(loss_fn) and not y.is_floating_point() and y.numel():
-            was_training = model.training
-            model.eval()
-            classes = model(batch[0][:1].to(device)).shape[-1]
-            model.train(was_training)
-            low, high = int(y.min()), int(y.max())
-            if low < 0 or high >= classes:
-                problems.append(
-                    f"{name}: targets span {low}..{high}, but the model has {classes} outputs"
-                    f" (class targets must be in 0..{classes - 1})"
-                )
     if problems:
         raise UserError("\n".join(problems))
     return example
+
+
+def _class_range_problem(model, name, batch, x, y, loss_fn, device) -> str | None:
+    """For class losses: targets outside the model's outputs (every example of ``y``)."""
+    if not (_classifies(loss_fn) and torch.is_tensor(y) and not y.is_floating_point()):
+        return None
+    if not y.numel():
+        return None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            classes = model(batch[0][:1].to(device)).shape[-1]
+    except Exception:  # the trial step names what does not fit
+        return None
+    finally:
+        model.train(was_training)
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or high >= classes:
+        return (
+            f"{name}: targets span {low}..{high}, but the model has {classes} outputs"
+            f" (class targets must be in 0..{classes - 1})"
+        )
+    return None
 
 
 def make_probe(data: BatchSource, size: int, seed: int, batch_size: int) -> list[Batch]:

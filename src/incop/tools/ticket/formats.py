@@ -239,11 +239,33 @@ def export_ticket(
     config = ticket_config(Path(source))
     if example_input is None and config is not None:
         example_input = example_from_config(config)
+    if example_input is not None:
+        _check_example(model, example_input)
     with atomic_path(out) as tmp:
         chosen.write(ExportInput(model.cpu(), masks, config, example_input), tmp)
         # Some writers replace the file rather than fill it, so its mode is set after.
         os.chmod(tmp, 0o644)
     return out
+
+
+def _check_example(model: nn.Module, example_input: torch.Tensor) -> None:
+    """Refuse, before anything is written, an example input the model cannot take."""
+    if not torch.is_tensor(example_input):
+        raise UserError(f"example_input: got a {type(example_input).__name__}, not a tensor")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example_input)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise UserError(
+            f"example_input: the model cannot take a tensor of shape"
+            f" {tuple(example_input.shape)} ({str(example_input.dtype).removeprefix('torch.')}):"
+            f" {type(exc).__name__}: {first}"
+        ) from None
+    finally:
+        model.train(was_training)
 
 
 def example_from_config(text: str) -> torch.Tensor | None:

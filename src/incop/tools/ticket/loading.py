@@ -204,7 +204,7 @@ def load_ticket(
             " or of a ticket file"
         )
     if model is not None and not isinstance(model, nn.Module):
-        raise UserError(f"model: a {type(model).__name__} is not a torch.nn.Module")
+        raise UserError(f"model: got a {type(model).__name__}, not a torch.nn.Module")
     path = Path(source)
     if not path.exists():
         raise UserError(f"{path}: no such run folder or file")

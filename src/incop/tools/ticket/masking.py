@@ -15,7 +15,7 @@ def masked_parameters(model: nn.Module, masks: Masks) -> dict[str, nn.Parameter]
     ``masks`` a dict, every name a parameter of the model and every mask a boolean tensor (or
     one holding only 0 and 1) of its parameter's shape."""
     if not isinstance(model, nn.Module):
-        raise UserError(f"model: a {type(model).__name__} is not a torch.nn.Module")
+        raise UserError(f"model: got a {type(model).__name__}, not a torch.nn.Module")
     if not isinstance(masks, dict):
         raise UserError(
             f"masks: a {type(masks).__name__} is not allowed; give a dict of parameter name ->"
@@ -74,6 +74,8 @@ def apply_masks(
     Masks are moved to each parameter's device. Returns a :class:`MaskHandle`; its
     ``remove()`` undoes the hooks.
     """
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise UserError(f"optimizer: a {type(optimizer).__name__} is not a torch.optim.Optimizer")
     params = masked_parameters(model, masks)
     placed = {name: masks[name].to(device=p.device, dtype=torch.bool) for name, p in params.items()}
     enforcer = MaskEnforcer(params, placed)
