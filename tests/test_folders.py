@@ -228,3 +228,53 @@ def test_a_real_full_disk(tmp_path, capsys):
         assert code == 1 and "no space left on device while writing" in err, err
     finally:
         subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 300 KiB tmpfs (root only), and a function that resizes it."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(disk)]).returncode:
+        pytest.skip("this sandbox does not allow mounting a tmpfs")
+
+    def resize(size="64m"):
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(disk)], check=True)
+
+    try:
+        yield disk, resize
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_real_full_disk_in_compare_is_one_line_and_resumes_identical(
+    tmp_path, capsys, small_disk
+):
+    disk, resize = small_disk
+    resize("2m")  # full mid-way: the warm-up done, the method's run not
+    whole, full = tmp_path / "whole", disk / "cmp"
+    assert main([*COMPARE, "--levels", "2", "--out", str(whole)]) == 0
+    capsys.readouterr()
+    assert main([*COMPARE, "--levels", "2", "--out", str(full)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "no space left on device while writing" in err[-1] and "Traceback" not in "".join(err)
+    assert (full / "warmup" / "seed-0.pt").is_file()
+    resize()
+    assert main(["compare", "--resume", str(full)]) == 0
+    a, b = (json.loads((f / "sap" / "seed-0" / "summary.json").read_text()) for f in (whole, full))
+    assert [lv["val_accuracy"] for lv in a["levels"]] == [lv["val_accuracy"] for lv in b["levels"]]
+
+
+def test_a_real_full_disk_in_export_is_one_line(tmp_path, capsys, small_disk):
+    disk, _ = small_disk
+    run = tmp_path / "run"
+    assert main(["run", *RUN, "--model", "lenet5", "--out", str(run)]) == 0
+    (disk / "filler").write_bytes(b"x" * 290_000)
+    capsys.readouterr()
+    out = disk / "ticket.pt"
+    assert main(["export", str(run), "--format", "state_dict", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no space left on device while writing" in err, err
+    assert not out.exists() and not list(disk.glob(".*.tmp"))

@@ -382,3 +382,42 @@ def test_the_manifest_lists_every_file_incop_wrote(finished):
         assert on_disk - {"manifest.json", ".incop.lock"} == set(manifest["files"])
     plan = yaml.safe_load((finished / "cmp" / "compare.yaml").read_text())
     assert plan["methods"] == ["lth", "sap"]
+
+
+# --- folders written before manifests and state digests -----------------------------------------
+
+
+def _as_before_manifests(folder: Path) -> None:
+    """What the previous incop wrote: no manifest.json, state.pt a bare torch.save archive."""
+    for manifest in folder.rglob("manifest.json"):
+        manifest.unlink()
+    for state in folder.rglob("state.pt"):
+        torch.save(read_state_file(state), state)
+
+
+def test_a_run_folder_of_the_previous_version_resumes_and_gains_a_manifest(finished, tmp_path):
+    run = copy(finished, tmp_path, "run")
+    _as_before_manifests(run)
+    summary = json.loads((run / "summary.json").read_text())
+    assert main(["run", "--resume", str(run)]) == 0
+    assert (run / "manifest.json").is_file()
+    again = json.loads((run / "summary.json").read_text())
+    assert [lv["val_accuracy"] for lv in again["levels"]] == [
+        lv["val_accuracy"] for lv in summary["levels"]
+    ]
+
+
+def test_a_comparison_of_the_previous_version_resumes_and_reports(finished, tmp_path):
+    cmp = copy(finished, tmp_path, "cmp")
+    _as_before_manifests(cmp)
+    (cmp / "comparison.json").unlink()
+    assert main(["compare", "--resume", str(cmp)]) == 0
+    assert main(["report", str(cmp)]) == 0
+    assert (cmp / "manifest.json").is_file()
+
+
+def test_overwrite_of_a_folder_without_a_manifest_is_refused(finished, tmp_path, capsys):
+    run = copy(finished, tmp_path, "run")
+    _as_before_manifests(run)
+    refused(["run", *QUICK, "--out", str(run), "--overwrite"], capsys, "config.yaml")
+    assert (run / "summary.json").is_file()

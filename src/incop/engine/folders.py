@@ -534,12 +534,17 @@ class OwnedFolder:
         self._manifest().entries[relative] = [[size, digest]]
 
     def unlink(self, relative: str) -> None:
-        """Remove the file ``relative`` if the manifest holds it (never a file of someone
-        else's that took its place)."""
-        manifest = self._manifest()
-        if manifest.holds(relative):
-            self.path(relative).unlink()
-        manifest.forget(relative)
+        """Remove the file ``relative``, which the manifest must hold: a file of someone else's
+        that took its place is refused, naming it, and kept."""
+        path = self.path(relative)
+        if path.exists():
+            if not self.owns(relative):
+                raise UserError(
+                    f"{path} is not the file incop wrote there (changed or replaced); incop"
+                    " does not delete it: move it away, then run again"
+                )
+            path.unlink()
+        self._manifest().forget(relative)
 
     def owns(self, relative: str) -> bool:
         """Whether ``relative`` is a file incop wrote here, as the manifest recorded it."""

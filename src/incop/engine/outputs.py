@@ -86,10 +86,11 @@ def torch_file(obj: Any):
     """A producer for :meth:`OwnedFolder.write`: ``torch.save(obj)`` into the given path."""
 
     def produce(tmp: Path) -> None:
-        # Through a file object, so a full disk surfaces as OSError(ENOSPC), not a bare
-        # RuntimeError from torch's own writer.
-        with open(tmp, "wb") as handle:
-            torch.save(obj, handle)
+        # Serialised in memory, then written by Python: a full disk then surfaces as
+        # OSError(ENOSPC), never as torch's own writer's RuntimeError.
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        tmp.write_bytes(buffer.getvalue())
 
     return produce
 

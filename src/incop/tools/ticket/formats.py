@@ -48,8 +48,16 @@ def _state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
 
 
+def _save(obj: object, path: Path) -> None:
+    """``torch.save`` through memory, so a full disk is Python's OSError, not torch's own
+    writer's RuntimeError."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    path.write_bytes(buffer.getvalue())
+
+
 def _write_state_dict(ticket: ExportInput, path: Path) -> None:
-    torch.save(_state_dict(ticket.model), path)
+    _save(_state_dict(ticket.model), path)
 
 
 def _write_torch_prune(ticket: ExportInput, path: Path) -> None:
@@ -58,14 +66,14 @@ def _write_torch_prune(ticket: ExportInput, path: Path) -> None:
         weight = state.pop(name)
         state[f"{name}_orig"] = weight
         state[f"{name}_mask"] = mask.cpu().to(weight.dtype)
-    torch.save(state, path)
+    _save(state, path)
 
 
 SPARSE_FORMAT = "incop-sparse-1"
 
 
 def _write_sparse(ticket: ExportInput, path: Path) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     tensors = _state_dict(ticket.model)
     shapes = {}
@@ -80,7 +88,7 @@ def _write_sparse(ticket: ExportInput, path: Path) -> None:
         "shapes": json.dumps(shapes),
         "config": ticket.config or "",
     }
-    save_file(tensors, str(path), metadata=metadata)
+    path.write_bytes(save(tensors, metadata=metadata))
 
 
 def sparse_config(path: Path) -> str:
@@ -134,7 +142,7 @@ def _write_onnx(ticket: ExportInput, path: Path) -> None:
 
     graph = onnx.load(str(path))
     onnx.helper.set_model_props(graph, {ONNX_CONFIG_KEY: ticket.config or ""})
-    onnx.save(graph, str(path))
+    path.write_bytes(graph.SerializeToString())
 
 
 ONNX_CONFIG_KEY = "incop_config"
