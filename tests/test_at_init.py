@@ -158,7 +158,8 @@ def test_pruners_that_score_with_the_network_refuse_to_run_unbound():
     ("settings", "message"),
     [
         ({"method": "synflow", "levels": 3}, "levels: 3 is not allowed with target_remaining"),
-        ({"method": "sap", "target_remaining": 0.1}, "would be ignored: the sap pruner"),
+        # sap takes a target since the pruning limit (issue 25): IMP then ends there.
+        ({"method": "sap", "target_remaining": 0.1, "levels": 0}, "levels is 0"),
         ({"method": "lth", "snip_batch": 5}, "snip_batch: 5 would be ignored"),
         ({"method": "sap", "synflow_iterations": 5}, "synflow_iterations: 5 would be ignored"),
         ({"method": "snip", "target_remaining": 1.5}, "target_remaining: 1.5 is not allowed"),

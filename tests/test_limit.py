@@ -1,5 +1,7 @@
-"""The pruning limit is implemented right: LIMIT.md B7's tests L1-L10."""
+"""The pruning limit is implemented right: LIMIT.md B7's tests L1-L10; incop limit, lomp and
+target_remaining: limit."""
 
+import json
 import math
 from importlib import resources
 
@@ -22,6 +24,7 @@ from incop.methods.limit import (
     ritz,
     width,
 )
+from incop.tools.cli import main
 
 
 class Quadratic(nn.Module):
@@ -257,3 +260,118 @@ def test_bad_options_are_refused(options, named):
 def test_a_model_without_prunable_weights_is_refused():
     with pytest.raises(UserError, match="no prunable weights"):
         pruning_limit(nn.Sequential(nn.ReLU()), ONE_BATCH)
+
+
+# --- incop limit, lomp, and target_remaining: limit ----------------------------------------------
+
+QUICK = ["--levels", "1", "--warmup-epochs", "2", "--max-epochs", "1"]
+
+
+@pytest.fixture(scope="module")
+def dense_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("limit") / "run"
+    assert main(["run", "--method", "sap", *QUICK, "--out", str(run)]) == 0
+    return run
+
+
+def test_incop_limit_prints_both_fractions_and_writes_its_files(dense_run, capsys):
+    capsys.readouterr()
+    assert main(["limit", str(dense_run), "--lanczos-iters", "16", "--actual", "--grid", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "predicted removable" in out and "remaining: at least" in out
+    assert "pruning ratio" not in out
+    summary = json.loads((dense_run / "limit.json").read_text())
+    assert summary["hvp_count"] == 16 and summary["samples"] > 0
+    assert 0 <= summary["predicted_removed_fraction"] < 1
+    actual = summary["actual"]
+    assert actual["difference"] == pytest.approx(
+        summary["predicted_removed_fraction"] - actual["removed_fraction"]
+    )
+    rows = (dense_run / "limit.csv").read_text().splitlines()
+    assert rows[0] == "removed,radius,width,val_accuracy,test_accuracy" and len(rows) == 51
+    # Written through the run's manifest: an --overwrite of the run may remove them.
+    manifest = json.loads((dense_run / "manifest.json").read_text())
+    assert {"limit.json", "limit.csv"} <= set(manifest["files"])
+
+
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--samples", "0"], "samples"),
+        (["--samples", "99999999"], "samples"),
+        (["--lanczos-iters", "1"], "lanczos_iters"),
+        (["--eps", "0"], "eps"),
+        (["--eps", "nan"], "eps"),
+        (["--eps", "x"], "eps"),
+        (["--level", "7"], "level 7"),
+    ],
+)
+def test_incop_limit_refuses_bad_input_before_work(dense_run, tmp_path, capsys, flags, named):
+    before = sorted(p.name for p in dense_run.iterdir())
+    out = tmp_path / "out"
+    assert main(["limit", str(dense_run), *flags, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err, err
+    assert sorted(p.name for p in dense_run.iterdir()) == before and not out.exists()
+
+
+def test_incop_limit_refuses_a_missing_or_untrained_run(tmp_path, capsys):
+    assert main(["limit", str(tmp_path / "nothing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    at_init = tmp_path / "synflow"
+    assert main(["run", "--method", "synflow", "--max-epochs", "1", "--out", str(at_init)]) == 0
+    capsys.readouterr()
+    assert main(["limit", str(at_init)]) == 2
+    assert "initialisation" in capsys.readouterr().err
+
+
+def test_lomp_with_the_limit_as_target_runs_end_to_end(tmp_path):
+    run = tmp_path / "lomp"
+    assert main(["run", "--method", "lomp", "--warmup-epochs", "2", "--out", str(run)]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    limit = summary["limit"]
+    assert summary["config"]["l1"] == 5e-5 and summary["config"]["weight_decay"] == 0.0
+    assert [lv["level"] for lv in summary["levels"]] == [0, 1]
+    last = summary["levels"][1]
+    assert last["epochs"] == 0 and last["test_accuracy"] is not None
+    assert last["remaining_fraction"] == pytest.approx(limit["predicted_remaining_fraction"],
+                                                       abs=1 / 50_200)  # fmt: skip
+
+
+def test_imp_stops_at_a_target_and_never_prunes_below_it(tmp_path):
+    run = tmp_path / "lth"
+    argv = ["run", "--method", "lth", "--rate", "0.5", "--target-remaining", "0.3", "--levels",
+            "5", "--warmup-epochs", "1", "--max-epochs", "1", "--out", str(run)]  # fmt: skip
+    assert main(argv) == 0
+    levels = json.loads((run / "summary.json").read_text())["levels"]
+    assert [round(lv["remaining_fraction"], 4) for lv in levels] == [1.0, 0.5, 0.3]
+
+
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--method", "synflow", "--target-remaining", "limit"], "initialisation"),
+        (["--method", "lomp", "--weight-decay", "1e-4"], "weight_decay"),
+        (["--method", "lomp", "--l1", "-1"], "l1"),
+        (["--method", "sap", "--target-remaining", "lots"], "target_remaining"),
+        (["--method", "sap", "--target-remaining", "limit", "--levels", "0"], "levels is 0"),
+    ],
+)
+def test_bad_limit_and_lomp_settings_are_refused(tmp_path, capsys, flags, named):
+    assert main(["run", *flags, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_run_with_the_limit_resumes_with_the_same_target(tmp_path):
+    from incop.engine.outputs import read_state_file
+
+    run = tmp_path / "sap"
+    argv = ["run", "--method", "sap", "--target-remaining", "limit", "--levels", "2",
+            "--warmup-epochs", "1", "--max-epochs", "1", "--out", str(run)]  # fmt: skip
+    assert main(argv) == 0
+    state = read_state_file(run / "state.pt")
+    summary = json.loads((run / "summary.json").read_text())
+    assert state["target"] == summary["limit"]["predicted_remaining_fraction"]
+    assert state["limit"] == summary["limit"]

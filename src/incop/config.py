@@ -81,6 +81,7 @@ class Config:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 5e-4
+    l1: float = 0.0
     schedule: str = "none"
     # Pruning (METHOD.md sections 2, 3, 5)
     pruner: str = "sap"
@@ -96,7 +97,7 @@ class Config:
     rewind: str = "dense"
     score: str = "magnitude"
     # One-shot pruning, e.g. at initialisation (METHOD.md section 8)
-    target_remaining: float | None = None
+    target_remaining: float | str | None = None
     synflow_iterations: int = 100
     snip_batch: int = 128
     # Stopping rule (METHOD.md section 6) and flows (section 4)
@@ -127,7 +128,11 @@ class Config:
             return cls(self.target_remaining, self.synflow_iterations)
         if self.pruner == "snip":
             return cls(self.target_remaining, self.snip_batch)
-        return cls(rate=self.rate, scope=self.scope, target=self.target_remaining)
+        # A number with one level: the pruner prunes straight to it. Otherwise (levels > 1, or
+        # "limit", known only once theta* is trained) the IMP loop applies the target.
+        straight = isinstance(self.target_remaining, float) and self.levels == 1
+        return cls(rate=self.rate, scope=self.scope,
+                   target=self.target_remaining if straight else None)  # fmt: skip
 
     def build_stopping_rule(self, pruner=None) -> StoppingRule:
         """The stopping rule; ``pruner``: the run's own (bound) pruner, for the mask rule."""
@@ -213,6 +218,15 @@ METHODS.register("snip", "SNIP at init to target_remaining, then one training ph
 METHODS.register("random-init", "random at init to target_remaining (baseline)")(
     {**_AT_INIT, "pruner": "random"}
 )
+
+
+#: LOMP (Zhang et al. 2024, LIMIT.md B4): dense training with an l1 term (5e-5, the official
+#: value for fully connected nets) and no weight decay, one global magnitude prune to the
+#: predicted pruning limit, no retraining and no fine-tune (the official procedure).
+METHODS.register("lomp", "l1-trained dense network, one magnitude prune to the pruning limit")(
+    {"pruner": "lth", "levels": 1, "stop": "fixed", "max_epochs": 0, "min_epochs": 0,
+     "finetune_epochs": 0, "target_remaining": "limit", "l1": 5e-5, "weight_decay": 0.0}
+)  # fmt: skip
 
 
 #: Named settings for whole experiments (``--preset``): the published protocol (METHOD.md
@@ -304,6 +318,8 @@ FIELD_HELP = {
     "momentum": "SGD momentum",
     "nesterov": "Nesterov momentum for SGD",
     "weight_decay": "L2 weight decay",
+    "l1": "coefficient of the l1 term added to the training loss, over every weight and bias"
+    " (LOMP; 0: none)",
     "schedule": "learning-rate schedule of each phase (warm-up, every retraining level)",
     "pruner": "which weights to remove and how many",
     "scope": "where weights compete: all together, per tensor, (SAP) per output unit, or"
@@ -319,8 +335,10 @@ FIELD_HELP = {
     "rewind": "where surviving weights go after a prune",
     "score": "how the magnitude pruners (lth, sap; global scope) rank weights: magnitude |w|,"
     " or flow-guided: |w| times its layer's information-flow fragility (docs/flow-guided.md)",
-    "target_remaining": "prune once, straight to this fraction of the prunable weights (global"
-    " scope, levels 1): synflow and snip need it, lth and random accept it instead of rate",
+    "target_remaining": "where pruning ends, as a fraction of the prunable weights (global"
+    " scope), or limit: the pruning limit predicted on theta* after the warm-up. With levels 1,"
+    " prune once, straight to it (synflow and snip need it, lth and random take it instead of"
+    " rate); with more levels each prune is capped at it and the run ends there",
     "synflow_iterations": "synflow: rounds of scoring and pruning, on the exponential schedule",
     "snip_batch": "snip: training examples in the one batch the sensitivities are taken on",
     "stop": "stopping rule of a retraining phase",
@@ -406,10 +424,16 @@ def field_type(name: str) -> type:
     return typing.get_origin(hint) or hint
 
 
+#: The one word target_remaining takes besides a number.
+LIMIT_TARGET = "limit"
+
+
 def _coerce(name: str, value: Any) -> Any:
     kind = field_type(name)
     if value is None:
         return None
+    if name == "target_remaining" and value == LIMIT_TARGET:
+        return value
     if kind is list:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
@@ -495,6 +519,8 @@ def _yaml_type_problem(name: str, value: Any) -> str | None:
     """Why a YAML ``value`` cannot be the field ``name`` (None: it can, or ``name`` is not a
     field, which :func:`resolve` reports)."""
     if name not in FIELD_NAMES or value is None:
+        return None
+    if name == "target_remaining" and value == LIMIT_TARGET:
         return None
     kind = field_type(name)
     allowed = _YAML_TYPES[kind]
@@ -583,7 +609,7 @@ def validate(config: Config) -> None:
 
     for f in fields(Config):
         value = getattr(c, f.name)
-        if field_type(f.name) is not float or value is None:
+        if field_type(f.name) is not float or value is None or value == LIMIT_TARGET:
             continue
         if not (math.isfinite(value) and abs(value) <= FLOAT_MAX):
             bad(f.name, f"must be a finite number of at most {FLOAT_MAX:.3g} (float32's range)")
@@ -650,9 +676,14 @@ def validate(config: Config) -> None:
     for name in ("gamma", "eps", "lr"):
         if getattr(c, name) <= 0:
             bad(name, "must be > 0")
-    for name in ("eta_r", "weight_decay", "delta"):
+    for name in ("eta_r", "weight_decay", "delta", "l1"):
         if getattr(c, name) < 0:
             bad(name, "must be >= 0")
+    if c.l1 > 0 and c.weight_decay > 0:
+        problems.append(
+            f"weight_decay: {c.weight_decay!r} is not allowed with l1 {c.l1!r}: the l1 term"
+            " replaces weight decay (LOMP trains with weight decay 0); set weight_decay 0"
+        )
     if not 0 <= c.momentum < 1:
         bad("momentum", "must be in [0, 1)")
     if not 0 <= c.rate < 1:
@@ -735,24 +766,32 @@ def _one_shot_problems(c: Config) -> list[str]:
                 " weights to keep, e.g. 0.1)"
             )
         return problems
-    if not 0 < target < 1:
+    if target == LIMIT_TARGET:
+        if c.pruner in AT_INIT_PRUNERS or c.warmup_epochs == 0:
+            problems.append(
+                "target_remaining: limit is not allowed for a method that prunes at"
+                " initialisation: the pruning limit is predicted on a trained network (theta*)"
+            )
+        if c.pruner == "random":
+            problems.append(
+                "target_remaining: limit predicts how far magnitude pruning can go; the random"
+                " pruner is not magnitude pruning"
+            )
+    elif not 0 < target < 1:
         problems.append(f"target_remaining: {target!r} is not allowed; must be in (0, 1)")
-    if c.pruner == "sap":
-        problems.append(
-            f"target_remaining: {target!r} would be ignored: the sap pruner sets its own count"
-            f" from the PQ Index; use lth, random, {' or '.join(AT_INIT_PRUNERS)}"
-        )
     if c.scope != "global":
         problems.append(
-            f"scope: {c.scope!r} is not allowed with target_remaining; one-shot pruning ranks"
+            f"scope: {c.scope!r} is not allowed with target_remaining; pruning to a target ranks"
             " all weights together (global)"
         )
-    if c.levels != 1:
+    if c.levels == 0:
+        problems.append("target_remaining: would be ignored: levels is 0, so nothing is pruned")
+    elif c.pruner in AT_INIT_PRUNERS and c.levels != 1:
         problems.append(
-            f"levels: {c.levels} is not allowed with target_remaining, which prunes once,"
-            " straight to it; set levels 1"
+            f"levels: {c.levels} is not allowed with target_remaining, which the {c.pruner}"
+            " pruner reaches in one prune; set levels 1"
         )
-    if c.pruner in ("lth", "random") and c.rate != default_value("rate"):
+    if c.levels == 1 and c.pruner in ("lth", "random") and c.rate != default_value("rate"):
         problems.append(
             f"rate: {c.rate!r} would be ignored: target_remaining ({target!r}) sets how many"
             " weights go"

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from incop.config import METHODS, Config, default_value, resolve, to_yaml
+from incop.config import LIMIT_TARGET, METHODS, Config, default_value, resolve, to_yaml
 from incop.engine.distributed import World, current_world, mask_fingerprint, shared_probe
 from incop.engine.fastpath import training_module
 from incop.engine.finetune import finetune
@@ -50,10 +50,26 @@ from incop.engine.training import (
 )
 from incop.errors import UserError
 from incop.methods.at_init import PruneContext
-from incop.methods.pruning import preview
+from incop.methods.limit import pruning_limit
+from incop.methods.pruning import keep_count, preview, prune_scores
 from incop.methods.rewind import snapshot
 from incop.methods.stopping import Reference
-from incop.workload.sources import BatchSource, MappedSource, check_sources
+from incop.workload.sources import BatchSource, MappedSource, check_sources, make_probe
+
+#: Training examples the pruning limit is measured on (LIMIT.md B6's default), at most.
+LIMIT_SAMPLES = 8192
+
+
+def with_l1(loss_fn: LossFn, model: nn.Module, l1: float) -> LossFn:
+    """``loss_fn`` plus ``l1`` times the l1 norm of every parameter (LOMP's objective; the
+    official code sums every weight and bias, BatchNorm's included)."""
+    if l1 == 0:
+        return loss_fn
+
+    def regularised(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return loss_fn(outputs, targets) + l1 * sum(p.abs().sum() for p in model.parameters())
+
+    return regularised
 
 
 def resolve_device(name: str) -> torch.device:
@@ -166,7 +182,7 @@ class IMP:
                 self.train_data,
                 self.optimizer,
                 enforcer=self.enforcer,
-                loss_fn=self.loss_fn,
+                loss_fn=self.train_loss_fn,
                 device=self.device,
                 scheduler=self.scheduler,
                 precision=self.precision,
@@ -436,7 +452,9 @@ class IMP:
             epoch = state["epoch"] + 1
         else:
             weights = {name: p.detach() for name, p in self.params.items()}
-            self.masks.update(self.pruner(weights, self.masks, self.generator))
+            self.masks.update(
+                self.to_target(weights, self.pruner(weights, self.masks, self.generator))
+            )
             self.world.check_same(mask_fingerprint(self.masks), "the masks after the prune")
             if self.rewind.snapshot is not None:
                 self.model.load_state_dict(self.snapshots[self.rewind.snapshot])
@@ -507,6 +525,11 @@ class IMP:
                 f" include={c.include} exclude={c.exclude}"
             )
         self.masks = full_masks(self.params)
+        self.train_loss_fn = with_l1(self.loss_fn, self.model, c.l1)
+        #: Where pruning ends (fraction of the prunable weights): a number, or the pruning
+        #: limit once theta* is trained (``target_remaining: limit``); None: no target.
+        self.target = c.target_remaining if isinstance(c.target_remaining, float) else None
+        self.limit: dict[str, Any] | None = None
         self.enforcer = MaskEnforcer(self.params, self.masks)
         self.precision = Precision(c.precision, self.device)
         self.pruner = c.build_pruner()
@@ -607,6 +630,7 @@ class IMP:
                 else:
                     self.bar.advance(warmup.epochs)
                     self.level_zero(warmup, shared=True)
+                self.predict_limit()
                 self.save_state("done", 0, c.warmup_epochs, _Clock(self.device))
             while len(self.levels) <= c.levels and not self._should_end():
                 level = len(self.levels)
@@ -627,6 +651,7 @@ class IMP:
             dense_metric=self.dense_metric,
             final=final,
             config=c,
+            limit=self.limit,
             level_masks=self.level_masks,
             sparsity=sparsity_report(self.model, self.masks, self.example_input),
         )
@@ -656,7 +681,35 @@ class IMP:
             )
 
     def _should_end(self) -> bool:
+        if self.target is not None and len(self.levels) > 1:
+            total = sum(m.numel() for m in self.masks.values())
+            if sum(int(m.sum()) for m in self.masks.values()) <= keep_count(total, self.target):
+                return True  # the target is reached
         return self.config.on_divergence == "stop" and self.levels[-1].stop_reason == "diverged"
+
+    def to_target(self, weights: dict[str, torch.Tensor], masks: Masks) -> Masks:
+        """The pruner's new ``masks``, held to the target: with one level, pruned straight to
+        it by magnitude (unless the pruner did so itself); with more, never below it."""
+        if self.target is None or getattr(self.pruner, "target", None) is not None:
+            return masks
+        total = sum(m.numel() for m in masks.values())
+        keep = keep_count(total, self.target)
+        if self.config.levels == 1 or sum(int(m.sum()) for m in masks.values()) < keep:
+            scores = {name: w.abs() for name, w in weights.items()}
+            return prune_scores(scores, self.masks, keep)
+        return masks
+
+    def predict_limit(self) -> None:
+        """``target_remaining: limit``: the pruning limit of theta* (the current weights) on a
+        seeded subset of the training data (8192 examples at most, batches of 128), recorded
+        and taken as the target."""
+        if self.config.target_remaining != LIMIT_TARGET or self.limit is not None:
+            return
+        batches = make_probe(self.train_data, LIMIT_SAMPLES, self.config.seed, 128)
+        batches = [(x.to(self.device), y.to(self.device)) for x, y in batches]
+        limit = pruning_limit(self.model, batches, loss_fn=self.loss_fn, seed=self.config.seed)
+        self.limit = {k: v for k, v in limit.to_dict().items() if not k.startswith("ritz_")}
+        self.target = limit.predicted_remaining_fraction
 
 
 def prune(

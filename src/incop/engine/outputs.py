@@ -163,6 +163,8 @@ RUN_LAYOUT = Layout(
         r"summary\.json",
         r"state\.pt",
         r"manifest\.json",
+        r"limit\.json",
+        r"limit\.csv",
         r"levels/\d+/checkpoint\.pt",
         r"final/checkpoint\.pt",
         r"snapshots/[a-z]+-\d+\.pt",
@@ -202,6 +204,11 @@ STATE_KEYS: dict[str, tuple[type, ...]] = {
     "metrics_sha256": (str,),
     "files": (dict,),
 }
+#: Keys a state of an earlier incop may lack, and the types their values may have.
+OPTIONAL_STATE_KEYS: dict[str, tuple[type, ...]] = {
+    "target": (float, type(None)),
+    "limit": (dict, type(None)),
+}
 PHASES = ("warmup", "retrain", "done", "finetune")
 
 
@@ -226,6 +233,12 @@ def check_state(state: Any, path: Path) -> None:
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             allowed = " or ".join(t.__name__ for t in types)
             raise refuse(f"holds a {type(value).__name__} under {key!r}, where {allowed} belongs")
+    for key, types in OPTIONAL_STATE_KEYS.items():
+        if key in state and not isinstance(state[key], types):
+            allowed = " or ".join(t.__name__ for t in types)
+            raise refuse(
+                f"holds a {type(state[key]).__name__} under {key!r}, where {allowed} belongs"
+            )
     if state["phase"] not in PHASES:
         raise refuse(f"holds the unknown phase {state['phase']!r}")
     for key in ("files", "snapshots"):

@@ -61,9 +61,13 @@ class Result:
     sparsity: SparsityReport | None = None
     dense_metric: float | None = None
     final: FinalResult | None = None
+    #: The pruning limit predicted on theta* (``target_remaining: limit``), as
+    #: :meth:`incop.methods.limit.Limit.to_dict` gives it, else None.
+    limit: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         """The content of ``summary.json``."""
+        extra = {"limit": self.limit} if self.limit is not None else {}
         return {
             "levels": [level.to_dict() for level in self.levels],
             "dense_accuracy": self.dense_accuracy,
@@ -72,6 +76,7 @@ class Result:
             "final": self.final.to_dict() if self.final is not None else None,
             # Results are bitwise reproducible only at the same thread count (README, "Trust").
             "threads": torch.get_num_threads(),
+            **extra,
         }
 
     def table(self) -> str:

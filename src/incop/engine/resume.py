@@ -54,6 +54,8 @@ def capture_state(
         "record": loop.record,
         "rule": loop.rule.state_dict() if loop.levels else None,
         "epoch_counter": loop.epoch_counter,
+        "target": loop.target,
+        "limit": loop.limit,
         "threads": torch.get_num_threads(),
         "generator": loop.generator.get_state(),
         "torch_rng": torch.get_rng_state(),
@@ -107,6 +109,9 @@ def restore_state(loop: IMP, state: dict[str, Any]) -> None:
         for lv in loop.levels
     ]
     loop.epoch_counter = state["epoch_counter"]
+    # Saved before targets existed: none then (and the limit is taken again if asked).
+    loop.target = state.get("target", loop.target)
+    loop.limit = state.get("limit")
     loop.generator.set_state(state["generator"].cpu())
     torch.set_rng_state(state["torch_rng"].cpu())
     if state["cuda_rng"] is not None and torch.cuda.is_available():

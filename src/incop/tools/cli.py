@@ -248,6 +248,42 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _number_or(value: str, word: str, name: str, kind: type = float) -> Any:
+    """``value`` as a ``kind``, or None where it is ``word``."""
+    if value == word:
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        raise UserError(f"{name}: {value!r} is not allowed; give {word} or a number") from None
+
+
+def cmd_limit(args: argparse.Namespace) -> int:
+    from incop.config import max_threads
+    from incop.tools.limit import LimitOptions, format_limit, measure_limit
+
+    if args.threads is not None:
+        if not 1 <= args.threads <= max_threads():
+            raise UserError(
+                f"threads: {args.threads} is not allowed; must be in 1..{max_threads()}"
+            )
+        import torch
+
+        torch.set_num_threads(args.threads)
+    options = LimitOptions(
+        level=args.level, samples=args.samples, batch_size=args.batch_size,
+        eps=_number_or(args.eps, "auto", "eps"), lanczos_iters=args.lanczos_iters,
+        probes=args.probes, zero_rows=_number_or(args.zero_rows, "off", "zero_rows", int),
+        density=args.density, grid=args.grid, seed=args.seed, actual=args.actual,
+        tolerance=args.tolerance, strict=args.strict,
+    )  # fmt: skip
+    summary = measure_limit(args.run, options, model=args.model, dataset=args.dataset,
+                            data_dir=args.data_dir, out=args.out, progress=True)  # fmt: skip
+    print(format_limit(summary))
+    print(f"\nlimit.json and limit.csv in {args.out or args.run}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from incop.tools.ticket import export_ticket
 
@@ -323,6 +359,66 @@ def build_parser() -> argparse.ArgumentParser:
         "--level", type=int, help="the level (default: the fine-tuned ticket, else the last)"
     )
     export.set_defaults(handler=cmd_export)
+    limit = commands.add_parser(
+        "limit", help="predict how far a trained network can be pruned (Zhang et al. 2024)"
+    )
+    limit.add_argument("run", metavar="RUN_DIR", help="a run folder, or a checkpoint with --model")
+    limit.add_argument("--model", help="the model of a checkpoint file")
+    limit.add_argument("--dataset", help="the dataset of a checkpoint file")
+    limit.add_argument("--data-dir", help="where the dataset is")
+    limit.add_argument(
+        "--level",
+        type=int,
+        default=0,
+        help="the level measured (default 0: theta*; the theory assumes a trained minimum)",
+    )
+    limit.add_argument(
+        "--samples",
+        type=int,
+        help="training examples, a seeded subset (default: 8192, or the split)",
+    )
+    limit.add_argument("--batch-size", type=int, default=128, help="default: %(default)s")
+    limit.add_argument(
+        "--eps",
+        default="auto",
+        help="the loss tolerance: auto (the std of the batch losses) or a number",
+    )
+    limit.add_argument("--lanczos-iters", type=int, default=128, help="default: %(default)s")
+    limit.add_argument("--probes", type=int, default=1, help="Lanczos starts (default 1)")
+    limit.add_argument(
+        "--zero-rows",
+        default="off",
+        help="magnitude quantiles tested for zero Hessian rows: off or a count"
+        " (the official code: 100)",
+    )
+    limit.add_argument(
+        "--density",
+        default="quadrature",
+        help="quadrature, or official (the official code's grid and integer R,"
+        " for reproduction only)",
+    )
+    limit.add_argument("--grid", type=int, default=1000, help="points of pi (default 1000)")
+    limit.add_argument("--seed", type=int, default=0, help="default 0")
+    limit.add_argument(
+        "--actual",
+        action="store_true",
+        help="also prune once at every pi and find the actual threshold on the"
+        " validation split (test accuracy reported apart)",
+    )
+    limit.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.0,
+        help="--actual: accuracy may fall this far below the dense one",
+    )
+    limit.add_argument(
+        "--strict",
+        action="store_true",
+        help="--actual: strictly above the dense accuracy (the official rule)",
+    )
+    limit.add_argument("--out", help="the folder for limit.json and limit.csv (default: the run)")
+    limit.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
+    limit.set_defaults(handler=cmd_limit)
     listing = commands.add_parser("list", help="list methods, models and datasets")
     listing.set_defaults(handler=cmd_list)
     return parser

@@ -156,14 +156,14 @@ def compare_layout() -> Layout:
 
 
 #: The IMP schedule of a comparison (warm-up, levels) does not reach methods that prune once
-#: (a preset with target_remaining: synflow, snip, random-init), and target_remaining reaches
+#: (a preset without warm-up: synflow, snip, random-init), and target_remaining reaches
 #: only them: one command compares IMP with pruning at initialisation.
 ONE_SHOT_ONLY, IMP_ONLY = ("target_remaining",), ("warmup_epochs", "levels")
 
 
 def method_config(overrides: dict[str, Any], method: str, seed: int, **extra: Any) -> Config:
     """The config of ``method`` at ``seed`` in a comparison of ``overrides``."""
-    one_shot = METHODS.get(method).get("target_remaining") is not None
+    one_shot = METHODS.get(method).get("warmup_epochs") == 0
     skip = IMP_ONLY if one_shot else ONE_SHOT_ONLY
     own = {k: v for k, v in overrides.items() if k.replace("-", "_") not in skip}
     return resolve({**own, "method": method, "seed": seed, **extra})
@@ -176,7 +176,7 @@ def check_plan(
     setting in ``overrides`` that no method of the plan would use."""
     problems = []
     known = [m for m in methods if m in METHODS]
-    one_shot = [m for m in known if METHODS.get(m).get("target_remaining") is not None]
+    one_shot = [m for m in known if METHODS.get(m).get("warmup_epochs") == 0]
     for keys, users, who in ((ONE_SHOT_ONLY, one_shot, "methods that prune once (at init)"),
                              (IMP_ONLY, set(known) - set(one_shot), "IMP methods")):  # fmt: skip
         given = [k for k in (overrides or {}) if k.replace("-", "_") in keys]
