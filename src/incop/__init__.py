@@ -12,6 +12,7 @@ Public API::
     incop.apply_masks(model, masks, optimizer=None) -> MaskHandle
     incop.load_ticket(source, model=None, *, level=None) -> Ticket (model, masks)
     incop.export_ticket(source, format, out, *, level=None, model=None) -> Path
+    incop.pruning_limit(model, batches, *, loss_fn=None, eps=None, ...) -> Limit
 """
 
 from incop.config import Config
@@ -20,6 +21,7 @@ from incop.engine.masks import prunable_parameters, sparsity_report
 from incop.engine.result import LevelResult, Result
 from incop.errors import DataError, UserError
 from incop.methods.flows import Flow, gradient_flow, information_flow
+from incop.methods.limit import Limit, pruning_limit
 from incop.methods.pruning import pq_index, sap_prune_count
 from incop.tools.ticket import MaskHandle, Ticket, apply_masks, export_ticket, load_ticket
 from incop.workload.data import Batches
@@ -30,6 +32,7 @@ __all__ = [
     "DataError",
     "Flow",
     "LevelResult",
+    "Limit",
     "MaskHandle",
     "Result",
     "Ticket",
@@ -42,6 +45,7 @@ __all__ = [
     "pq_index",
     "prunable_parameters",
     "prune",
+    "pruning_limit",
     "sap_prune_count",
     "sparsity_report",
 ]
