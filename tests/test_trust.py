@@ -387,12 +387,27 @@ def test_the_manifest_lists_every_file_incop_wrote(finished):
 # --- folders written before manifests and state digests -----------------------------------------
 
 
+#: Config fields added since the version before manifests: its config.yaml files lack them.
+ADDED_SINCE = ("l1",)
+
+
 def _as_before_manifests(folder: Path) -> None:
-    """What the previous incop wrote: no manifest.json, state.pt a bare torch.save archive."""
+    """What the previous incop wrote: no manifest.json, state.pt a bare torch.save archive, and
+    config.yaml (with its digest in the state) without the fields added since."""
     for manifest in folder.rglob("manifest.json"):
         manifest.unlink()
-    for state in folder.rglob("state.pt"):
-        torch.save(read_state_file(state), state)
+    for config in folder.rglob("config.yaml"):
+        saved = yaml.safe_load(config.read_text())
+        for name in ADDED_SINCE:
+            saved.pop(name, None)
+        config.write_text(yaml.safe_dump(saved, sort_keys=False))
+    for state_file in folder.rglob("state.pt"):
+        state = read_state_file(state_file)
+        for name in ADDED_SINCE:
+            state["config"].pop(name, None)
+        config = state_file.parent / "config.yaml"
+        state["files"]["config.yaml"] = hashlib.sha256(config.read_bytes()).hexdigest()
+        torch.save(state, state_file)
 
 
 def test_a_run_folder_of_the_previous_version_resumes_and_gains_a_manifest(finished, tmp_path):

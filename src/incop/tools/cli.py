@@ -119,6 +119,10 @@ def _mode(args: argparse.Namespace) -> str:
     return "resume" if args.resume else "overwrite" if args.overwrite else "new"
 
 
+#: What a run's config.yaml has held since the first incop: without them it is not one.
+RUN_CORE = ("method", "model", "dataset", "seed", "levels", "warmup_epochs", "max_epochs")
+
+
 def _saved(args: argparse.Namespace, file: str) -> dict[str, Any]:
     """The settings saved in a run folder, for --resume, with the flags that say where the
     data is (``--data-dir``, ``--download``) over them; any other setting is refused."""
@@ -133,8 +137,10 @@ def _saved(args: argparse.Namespace, file: str) -> dict[str, Any]:
     if not path.exists():
         raise UserError(f"resume: {args.resume!r} holds no {file}, so no run to continue")
     saved = load_yaml(path)
-    expected = FIELD_NAMES if file == "config.yaml" else ["settings", "methods", "seeds"]
-    missing = [name for name in expected if name not in saved and name != "out"]
+    # A setting added by a later incop is absent from an older run's config and ran as its
+    # default (resume checks the settings so); these every run's config has always held.
+    expected = RUN_CORE if file == "config.yaml" else ["settings", "methods", "seeds"]
+    missing = [name for name in expected if name not in saved]
     if missing:
         raise UserError(
             f"resume: {path} is incomplete or corrupt (it lacks {', '.join(missing)});"
