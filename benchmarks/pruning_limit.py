@@ -6,8 +6,9 @@ theta* the best validation epoch), then the pruning limit of theta* on 8192 trai
 (128 Lanczos steps, 1 probe) in both density modes, and the actual one-shot threshold on the
 VALIDATION split (the largest removed fraction whose validation accuracy is at least the
 dense one's, on a grid of ``--grid`` fractions; test accuracy reported apart). Then one IMP run
-(``sap``, mlp, seed 0) aiming at ``--target-remaining limit`` beside the same run at a fixed
-target, to see what aiming at the limit gives.
+(``sap``, mlp, seed 0, 40 levels of 1 epoch: SAP prunes a shrinking share each level) aiming
+at ``--target-remaining limit`` beside the same run at a fixed target (0.1), to see what
+aiming at the limit gives.
 
     python benchmarks/pruning_limit.py [--models mlp,lenet5] [--seeds 0,1,2] [--epochs 30]
                                        [--grid 200] [--out runs/pruning-limit] [--resume]
@@ -83,7 +84,7 @@ def imp_part(target: str, out: Path, data: str) -> dict:
         return json.loads(done.read_text())
     run = out / f"sap-{target}"
     config = resolve({"method": "sap", "model": "mlp", "dataset": "fashion-mnist",
-                      "data_dir": data, "warmup_epochs": 10, "levels": 15, "max_epochs": 2,
+                      "data_dir": data, "warmup_epochs": 10, "levels": 40, "max_epochs": 1,
                       "target_remaining": target, "seed": 0, "threads": 1,
                       "out": str(run)})  # fmt: skip
     result = run_experiment(config, mode="overwrite" if run.exists() else "new")
