@@ -6,9 +6,9 @@ theta* the best validation epoch), then the pruning limit of theta* on 8192 trai
 (128 Lanczos steps, 1 probe) in both density modes, and the actual one-shot threshold on the
 VALIDATION split (the largest removed fraction whose validation accuracy is at least the
 dense one's, on a grid of ``--grid`` fractions; test accuracy reported apart). Then one IMP run
-(``sap``, mlp, seed 0, 40 levels of 1 epoch: SAP prunes a shrinking share each level) aiming
-at ``--target-remaining limit`` beside the same run at a fixed target (0.1), to see what
-aiming at the limit gives.
+on the mlp, seed 0 (``sap``, 40 levels of 1 epoch: SAP prunes a shrinking share each level;
+``lth``, 15 levels of 1 epoch at 20% a level) aiming at ``--target-remaining limit`` beside the
+same run at a fixed target (0.1), to see what aiming at the limit gives.
 
     python benchmarks/pruning_limit.py [--models mlp,lenet5] [--seeds 0,1,2] [--epochs 30]
                                        [--grid 200] [--out runs/pruning-limit] [--resume]
@@ -78,18 +78,20 @@ def lomp_part(model: str, seed: int, epochs: int, grid: int, out: Path, data: st
     return part
 
 
-def imp_part(target: str, out: Path, data: str) -> dict:
-    done = out / f"sap-{target}.json"
+def imp_part(method: str, target: str, out: Path, data: str) -> dict:
+    done = out / f"{method}-{target}.json"
     if done.exists():
         return json.loads(done.read_text())
-    run = out / f"sap-{target}"
-    config = resolve({"method": "sap", "model": "mlp", "dataset": "fashion-mnist",
-                      "data_dir": data, "warmup_epochs": 10, "levels": 40, "max_epochs": 1,
+    run = out / f"{method}-{target}"
+    levels = 40 if method == "sap" else 15
+    config = resolve({"method": method, "model": "mlp", "dataset": "fashion-mnist",
+                      "data_dir": data, "warmup_epochs": 10, "levels": levels, "max_epochs": 1,
                       "target_remaining": target, "seed": 0, "threads": 1,
                       "out": str(run)})  # fmt: skip
     result = run_experiment(config, mode="overwrite" if run.exists() else "new")
     last = result.levels[-1]
     part = {
+        "method": method,
         "target": target,
         "levels": len(result.levels) - 1,
         "epochs": sum(lv.epochs for lv in result.levels[1:]),
@@ -117,7 +119,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=30, help="LOMP training epochs")
     parser.add_argument("--grid", type=int, default=200, help="pi grid of the actual threshold")
-    parser.add_argument("--imp", default="0.1,limit", help="sap targets ('' to skip)")
+    parser.add_argument("--imp", default="sap:0.1,sap:limit,lth:0.1,lth:limit",
+                        help="IMP runs on the mlp, method:target ('' to skip)")  # fmt: skip
     parser.add_argument("--out", default="runs/pruning-limit")
     parser.add_argument("--resume", action="store_true", help="keep the parts already done")
     args = parser.parse_args()
@@ -130,7 +133,7 @@ def main() -> None:
     data = f"{data}/FashionMNIST"
     parts = [lomp_part(m, int(s), args.epochs, args.grid, out, data)
              for m in args.models.split(",") for s in args.seeds.split(",")]  # fmt: skip
-    imp = [imp_part(t, out, data) for t in args.imp.split(",") if t]
+    imp = [imp_part(*run.split(":"), out, data) for run in args.imp.split(",") if run]
     print("removed fraction of the prunable weights: predicted (quadrature, official grid) and")
     print("actual one-shot threshold on validation; mean ± std over seeds")
     head = (f"{'model':<7} {'predicted':>15} {'official':>15} {'actual (val)':>15}"
@@ -147,7 +150,8 @@ def main() -> None:
               f" {mean_std([p['dense_val'] for p in rows]):>15}"
               f" {statistics.fmean(p['limit_seconds'] for p in rows):>9.0f}")  # fmt: skip
     for part in imp:
-        print(f"sap mlp, target {part['target']}: {part['levels']} levels, {part['epochs']}"
+        print(f"{part.get('method', 'sap')} mlp, target {part['target']}: {part['levels']}"
+              f" levels, {part['epochs']}"
               f" epochs, remaining {part['remaining']:.3f}, val {part['val']:.4f} (dense"
               f" {part['dense_val']:.4f}), test {part['test']:.4f}")  # fmt: skip
     (out / "results.json").write_text(json.dumps({"lomp": parts, "imp": imp}, indent=1))
