@@ -304,6 +304,8 @@ def test_incop_limit_prints_both_fractions_and_writes_its_files(dense_run, capsy
         (["--eps", "nan"], "eps"),
         (["--eps", "x"], "eps"),
         (["--level", "7"], "level 7"),
+        (["--tolerance", "0.01"], "--tolerance would be ignored"),
+        (["--strict"], "--strict would be ignored"),
     ],
 )
 def test_incop_limit_refuses_bad_input_before_work(dense_run, tmp_path, capsys, flags, named):

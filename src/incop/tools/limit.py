@@ -82,6 +82,9 @@ class LimitOptions:
             problems.append(f"tolerance: {self.tolerance} is not allowed; must be >= 0")
         if self.level < 0:
             problems.append(f"level: {self.level} is not allowed; must be >= 0")
+        if not self.actual and (self.tolerance != 0 or self.strict):
+            flag = "--tolerance" if self.tolerance != 0 else "--strict"
+            problems.append(f"{flag} would be ignored: it is a rule of --actual, not given")
         if problems:
             raise UserError("\n".join(problems))
 
@@ -153,6 +156,8 @@ def measure_limit(
     else:
         if not (model and dataset):
             raise UserError(f"limit: {source} is a file: name its --model and --dataset")
+        if options.level != 0:
+            raise UserError("limit: --level picks a level of a run folder; a checkpoint is one")
         config = resolve({"model": model, "dataset": dataset, "data_dir": data_dir})
         loaded = load_tensors(source)
         state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
