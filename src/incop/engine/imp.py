@@ -708,8 +708,10 @@ class IMP:
         batches = make_probe(self.train_data, LIMIT_SAMPLES, self.config.seed, 128)
         batches = [(x.to(self.device), y.to(self.device)) for x, y in batches]
         limit = pruning_limit(self.model, batches, loss_fn=self.loss_fn, seed=self.config.seed)
-        self.limit = {k: v for k, v in limit.to_dict().items() if not k.startswith("ritz_")}
-        self.target = limit.predicted_remaining_fraction
+        measured = {k: v for k, v in limit.to_dict().items() if not k.startswith("ritz_")}
+        # Ranks may hold other data: every rank takes rank 0's limit, so the masks agree.
+        self.limit = self.world.from_main(measured)
+        self.target = self.limit["predicted_remaining_fraction"]
 
 
 def prune(
