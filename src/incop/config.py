@@ -229,6 +229,20 @@ METHODS.register("lomp", "l1-trained dense network, one magnitude prune to the p
 )  # fmt: skip
 
 
+#: The cheap baselines an efficient-IMP claim is judged against (issue 26). One-shot: the dense
+#: warm-up, one global magnitude prune straight to target_remaining (0.1, as the at-init
+#: methods), then one fine-tune as long as a level's default retraining (10 epochs).
+METHODS.register("oneshot", "dense warm-up, one magnitude prune to target_remaining, fine-tune")(
+    {"pruner": "lth", "levels": 1, "stop": "fixed", "max_epochs": 0, "min_epochs": 0,
+     "finetune_epochs": 10, "target_remaining": 0.1}
+)  # fmt: skip
+#: Learning-rate rewinding (Renda et al. 2020): SAP's rate, the weights kept after each prune
+#: and a fresh optimiser whose schedule restarts each level: what ``rewind: lr`` already does.
+METHODS.register("lr-rewind", "SAP, the weights kept after each prune, the schedule restarted")(
+    {"pruner": "sap", "stop": "fixed", "rewind": "lr"}
+)
+
+
 #: Named settings for whole experiments (``--preset``): the published protocol (METHOD.md
 #: section 7) for each network and dataset of the paper, for users with a GPU, and one sized
 #: for a 2-core CPU. They sit above the method's preset and below the user's file and flags.
