@@ -79,6 +79,14 @@ class Layout:
     def is_appended(self, relative: str) -> bool:
         return any(re.fullmatch(p, relative) for p in self.appended)
 
+    def files_below(self, root: Path) -> list[str]:
+        """The files below ``root`` that this layout names (links not followed), sorted."""
+        return sorted(
+            r
+            for r, is_dir in _entries(root)
+            if not is_dir and not (root / r).is_symlink() and self.names_file(r)
+        )
+
     def names_leftover(self, relative: str) -> bool:
         """``relative`` is the lock, or a temporary file of an atomic write of a file incop
         writes here (left by a killed process)."""

@@ -680,10 +680,15 @@ class IMP:
                 stacklevel=3,
             )
 
+    def _target_count(self, masks: Masks) -> tuple[int, int]:
+        """``(alive, kept at the target)`` weights of ``masks``."""
+        total = sum(m.numel() for m in masks.values())
+        return sum(int(m.sum()) for m in masks.values()), keep_count(total, self.target)
+
     def _should_end(self) -> bool:
         if self.target is not None and len(self.levels) > 1:
-            total = sum(m.numel() for m in self.masks.values())
-            if sum(int(m.sum()) for m in self.masks.values()) <= keep_count(total, self.target):
+            alive, keep = self._target_count(self.masks)
+            if alive <= keep:
                 return True  # the target is reached
         return self.config.on_divergence == "stop" and self.levels[-1].stop_reason == "diverged"
 
@@ -692,9 +697,8 @@ class IMP:
         it by magnitude (unless the pruner did so itself); with more, never below it."""
         if self.target is None or getattr(self.pruner, "target", None) is not None:
             return masks
-        total = sum(m.numel() for m in masks.values())
-        keep = keep_count(total, self.target)
-        if self.config.levels == 1 or sum(int(m.sum()) for m in masks.values()) < keep:
+        alive, keep = self._target_count(masks)
+        if self.config.levels == 1 or alive < keep:
             scores = {name: w.abs() for name, w in weights.items()}
             return prune_scores(scores, self.masks, keep)
         return masks

@@ -203,12 +203,11 @@ STATE_KEYS: dict[str, tuple[type, ...]] = {
     "metrics_lines": (int,),
     "metrics_sha256": (str,),
     "files": (dict,),
-}
-#: Keys a state of an earlier incop may lack, and the types their values may have.
-OPTIONAL_STATE_KEYS: dict[str, tuple[type, ...]] = {
     "target": (float, type(None)),
     "limit": (dict, type(None)),
 }
+#: Keys a state of an earlier incop may lack (checked when present).
+OPTIONAL_STATE_KEYS = ("target", "limit")
 PHASES = ("warmup", "retrain", "done", "finetune")
 
 
@@ -228,17 +227,13 @@ def check_state(state: Any, path: Path) -> None:
         raise refuse(f"has format {state.get('format')!r}, expected {STATE_FORMAT}")
     for key, types in STATE_KEYS.items():
         if key not in state:
+            if key in OPTIONAL_STATE_KEYS:
+                continue
             raise refuse(f"lacks the key {key!r}")
         value = state[key]
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             allowed = " or ".join(t.__name__ for t in types)
             raise refuse(f"holds a {type(value).__name__} under {key!r}, where {allowed} belongs")
-    for key, types in OPTIONAL_STATE_KEYS.items():
-        if key in state and not isinstance(state[key], types):
-            allowed = " or ".join(t.__name__ for t in types)
-            raise refuse(
-                f"holds a {type(state[key]).__name__} under {key!r}, where {allowed} belongs"
-            )
     if state["phase"] not in PHASES:
         raise refuse(f"holds the unknown phase {state['phase']!r}")
     for key in ("files", "snapshots"):
@@ -446,7 +441,7 @@ class RunWriter(NullWriter):
             self._verify(relative, digest)
         kept = self._verified_metrics(state["metrics_lines"], state["metrics_sha256"])
         if self.folder.legacy:
-            self.folder.adopt(_layout_files(self.root))
+            self.folder.adopt(RUN_LAYOUT.files_below(self.root))
         self.folder.write_bytes(METRICS_FILE, b"".join(kept))
         self.lines = len(kept)
         self._metrics_bytes = sum(len(line) for line in kept)
@@ -460,7 +455,7 @@ class RunWriter(NullWriter):
         """Remove every file of the run but ``config.yaml``; refuse, naming them, files there
         that incop did not write."""
         keep = (CONFIG_FILE, MANIFEST_FILE)
-        progress = [r for r in _layout_files(self.root) if r not in keep]
+        progress = [r for r in RUN_LAYOUT.files_below(self.root) if r not in keep]
         foreign = [r for r in progress if not self.folder.owns(r)]
         if foreign:
             raise UserError(
@@ -495,16 +490,6 @@ class RunWriter(NullWriter):
                 f" {lines} lines of it; this run cannot be resumed exactly"
             )
         return complete
-
-
-def _layout_files(root: Path) -> list[str]:
-    """The files below ``root`` that a run folder's layout names (links excluded), sorted."""
-    found = []
-    for path in root.rglob("*"):
-        relative = path.relative_to(root).as_posix()
-        if path.is_file() and not path.is_symlink() and RUN_LAYOUT.names_file(relative):
-            found.append(relative)
-    return sorted(found)
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -181,7 +181,13 @@ def width(
     """G(R) = z + (1 - z) sum_k tau_k 2 eps / (2 eps + |theta_k| R^2), at every ``radius``."""
     r = torch.as_tensor(radius, dtype=torch.float64).reshape(-1, 1)
     terms = ritz_weights * (2 * eps) / (2 * eps + ritz_values.abs() * r**2)
-    return zero_row_fraction + (1 - zero_row_fraction) * terms.sum(dim=1)
+    return with_zero_rows(terms.sum(dim=1), zero_row_fraction)
+
+
+def with_zero_rows(g: torch.Tensor, z: float) -> torch.Tensor:
+    """The zero-row atom (LIMIT.md B3 item 6): a fraction z of the spectrum at 0, where the
+    width term is 1, mixed with ``g``."""
+    return z + (1 - z) * g
 
 
 def official_width(
@@ -208,7 +214,7 @@ def official_width(
     r = torch.as_tensor(radius, dtype=torch.float64).reshape(-1, 1).round()
     axes = 2 * eps / grid
     g = (density * axes / (r**2 + axes)).sum(dim=1) / density.sum()
-    return zero_row_fraction + (1 - zero_row_fraction) * g
+    return with_zero_rows(g, zero_row_fraction)
 
 
 def magnitude_curve(

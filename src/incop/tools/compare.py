@@ -68,6 +68,9 @@ LEVEL_FIELDS = (
 
 
 PLAN_FILE = "compare.yaml"
+#: What a comparison writes again whenever it finishes or reports (``plots/`` too): a resume
+#: may find them missing.
+REWRITTEN = ("comparison.json", "report.md", "report.html")
 
 
 def run_folder(out: Path, method: str, seed: int) -> Path:
@@ -91,20 +94,16 @@ def take_up(folder: OwnedFolder) -> None:
     if not folder.legacy:
         folder.verify(PLAN_FILE)
         for relative in folder.files():
-            if (folder.root / relative).exists() or relative.split("/")[0] in (
-                "warmup",
-                *METHODS.names(),
-            ):
+            rewritten = relative in REWRITTEN or relative.startswith("plots/")
+            if (folder.root / relative).exists() or not rewritten:
                 folder.verify(relative, needed_by="the comparison")
         return
-    layout, adopted = compare_layout(), []
-    for path in sorted(folder.root.rglob("*")):
-        relative = path.relative_to(folder.root).as_posix()
+    adopted = []
+    for relative in compare_layout().files_below(folder.root):
         parts = relative.split("/")
-        run = folder.root / parts[0] / (parts[1] if len(parts) > 2 else "")
         # An unfinished run takes itself up when it resumes (against its own state.pt).
-        unfinished = len(parts) > 2 and parts[0] != "warmup" and not (run / "summary.json").exists()
-        if path.is_file() and layout.names_file(relative) and not unfinished:
+        run = folder.root / parts[0] / parts[1] if len(parts) > 2 else None
+        if run is None or parts[0] == "warmup" or (run / "summary.json").exists():
             adopted.append(relative)
     folder.adopt(adopted)
 

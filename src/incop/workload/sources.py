@@ -188,7 +188,7 @@ def check_sources(
             problems.append(str(exc))
             continue
         x, y = _whole(data, batch)
-        classes = _class_range_problem(model, name, batch, x, y, loss_fn, device)
+        classes = _class_range_problem(model, name, batch, y, loss_fn, device)
         tried = [classes] if classes else trial_step(model, name, batch, loss_fn, device, metric_fn)
         if tried:
             problems += tried
@@ -202,7 +202,7 @@ def check_sources(
     return example
 
 
-def _class_range_problem(model, name, batch, x, y, loss_fn, device) -> str | None:
+def _class_range_problem(model, name, batch, y, loss_fn, device) -> str | None:
     """For class losses: targets outside the model's outputs (every example of ``y``)."""
     if not (_classifies(loss_fn) and torch.is_tensor(y) and not y.is_floating_point()):
         return None
