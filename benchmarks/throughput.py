@@ -3,7 +3,7 @@ FLOP lower bound, and data parallel on 2 CPU ranks against one process.
 
 1. **Masked epoch vs plain loop.** For ``mlp``, ``lenet5`` and ``resnet20`` on Fashion-MNIST
    images (``../shared/datasets``; random images of the same shape without them): one epoch of
-   ``incop.engine.training.train_epoch`` with masks at 10% of the weights (global magnitude), the
+   ``incop.core.training.train_epoch`` with masks at 10% of the weights (global magnitude), the
    model as incop trains it (``channels_last`` for conv models), against a hand-written loop
    (zero_grad, forward, cross-entropy, backward, step) on a copy of the same model as built,
    same batches, batch size 64, SGD with momentum 0.9 and weight decay 5e-4. The two run
@@ -46,11 +46,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from incop.engine.distributed import World
+from incop.core.masks import MaskEnforcer, full_masks, prunable_parameters
+from incop.core.training import make_optimizer, train_epoch
+from incop.core.world import World
 from incop.engine.fastpath import training_module
-from incop.engine.masks import MaskEnforcer, full_masks, prunable_parameters
-from incop.engine.training import make_optimizer, train_epoch
-from incop.methods.pruning import MagnitudePruner
+from incop.methods.pruners import MagnitudePruner
 from incop.workload.data import Batches, load_dataset
 from incop.workload.models import build_model
 

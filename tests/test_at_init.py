@@ -12,15 +12,10 @@ from torch.func import functional_call
 
 import incop
 from incop.config import resolve
-from incop.engine.masks import full_masks, prunable_parameters, remaining_fraction
+from incop.core.masks import full_masks, prunable_parameters, remaining_fraction
 from incop.errors import UserError
-from incop.methods.at_init import (
-    PruneContext,
-    SNIPPruner,
-    SynFlowPruner,
-    snip_scores,
-    synflow_scores,
-)
+from incop.methods.at_init import PruneContext, snip_scores, synflow_scores
+from incop.methods.pruners import SNIPPruner, SynFlowPruner
 from incop.tools.cli import main
 from incop.workload.data import Batches
 from incop.workload.models import build_model

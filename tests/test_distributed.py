@@ -13,8 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from helpers import wait_mid_level
-from incop.engine.distributed import World, mask_fingerprint
-from incop.engine.training import EpochStats
+from incop.core.training import EpochStats
+from incop.core.world import World
+from incop.engine.distributed import mask_fingerprint
 from incop.tools.cli import _without_nproc, main
 from incop.workload.data import Batches
 

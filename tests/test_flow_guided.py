@@ -6,11 +6,11 @@ from torch import nn
 
 import incop
 from incop.config import resolve
-from incop.engine.masks import full_masks, prunable_parameters
+from incop.core.masks import full_masks, prunable_parameters
 from incop.errors import UserError
 from incop.methods.at_init import PruneContext
 from incop.methods.flow_guided import FlowGuidedPruner, guide_factors, layer_sensitivity
-from incop.methods.pruning import MagnitudePruner
+from incop.methods.pruners import MagnitudePruner
 from incop.workload.data import Batches
 
 

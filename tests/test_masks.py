@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from incop.engine.masks import (
+from incop.core.masks import (
     MaskEnforcer,
     full_masks,
     prunable_modules,
@@ -10,8 +10,8 @@ from incop.engine.masks import (
     remaining_fraction,
     sparsity_report,
 )
-from incop.engine.training import make_optimizer
-from incop.methods.pruning import MagnitudePruner
+from incop.core.training import make_optimizer
+from incop.methods.pruners import MagnitudePruner
 
 
 class Net(nn.Module):

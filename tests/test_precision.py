@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from incop.engine.precision import Precision
+from incop.core.precision import Precision
 from incop.errors import UserError
 from incop.tools.cli import main
 

@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from incop import pq_index, sap_prune_count
-from incop.engine.masks import count_alive, full_masks
-from incop.methods.pruning import MagnitudePruner, RandomPruner, SAPPruner
+from incop.core.masks import count_alive, full_masks
+from incop.methods.pruners import MagnitudePruner, RandomPruner, SAPPruner
 
 GEN = torch.Generator().manual_seed(0)
 

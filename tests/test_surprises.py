@@ -126,8 +126,9 @@ def test_the_progress_total_is_the_epochs_that_ran(method, tmp_path):
     from incop.engine.outputs import RunWriter
 
     x, y = blobs()
+    flow = {"probe_size": 64, "eps": 0.5} if method == "incop-gf" else {}
     config = resolve({"method": method, "levels": 3, "warmup_epochs": 2, "max_epochs": 6,
-                      "probe_size": 64, "eps": 0.5})  # fmt: skip
+                      **flow})  # fmt: skip
     imp = IMP(config, TinyNet(), [(x, y)], [blobs(seed=1)], writer=RunWriter(tmp_path))
     result = imp.run()
     ran = sum(level.epochs for level in result.levels)

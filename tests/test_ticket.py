@@ -12,7 +12,7 @@ from torch import nn
 import incop
 from helpers import TinyNet, blobs
 from incop.errors import UserError
-from incop.methods.pruning import MagnitudePruner
+from incop.methods.pruners import MagnitudePruner
 from incop.tools.cli import main
 from incop.tools.ticket.compact import compact
 from incop.tools.ticket.formats import FORMATS

@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
-from incop.config import EPI_THRESHOLD, resolve
+from incop.config import resolve
 from incop.engine.imp import IMP
 from incop.engine.outputs import read_metrics
 from incop.errors import UserError
-from incop.methods.warmup_stop import EPIStop, WarmupStop, mask_iou
+from incop.methods.warmup_stop import EPI_THRESHOLD, EPIStop, WarmupStop, mask_iou
 from incop.tools.cli import main
 
 

@@ -16,8 +16,8 @@ Public API::
 """
 
 from incop.config import Config
+from incop.core.masks import prunable_parameters, sparsity_report
 from incop.engine.imp import prune
-from incop.engine.masks import prunable_parameters, sparsity_report
 from incop.engine.result import LevelResult, Result
 from incop.errors import DataError, UserError
 from incop.methods.flows import Flow, gradient_flow, information_flow

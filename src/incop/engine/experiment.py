@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from incop.config import Config
-from incop.engine.distributed import World, current_world
+from incop.core.world import World
+from incop.engine.distributed import current_world
 from incop.engine.imp import IMP, resolve_device
 from incop.engine.outputs import run_writer
 from incop.engine.result import Result

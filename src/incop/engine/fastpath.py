@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from incop.engine.distributed import World
+from incop.core.world import World
 from incop.errors import UserError
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from incop.engine.training import DivergenceError, make_scheduler
+from incop.core.training import DivergenceError, make_scheduler
 from incop.methods.rewind import snapshot
 
 if TYPE_CHECKING:

@@ -21,10 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from incop.config import LIMIT_TARGET, METHODS, Config, default_value, resolve, to_yaml
-from incop.engine.distributed import World, current_world, mask_fingerprint, shared_probe
-from incop.engine.fastpath import training_module
-from incop.engine.finetune import finetune
-from incop.engine.masks import (
+from incop.core.batches import BatchSource, make_probe
+from incop.core.masks import (
     MaskEnforcer,
     Masks,
     full_masks,
@@ -34,13 +32,9 @@ from incop.engine.masks import (
     unmatched_layer_patterns,
     unmatched_patterns,
 )
-from incop.engine.metrics import Metric, MetricFn
-from incop.engine.outputs import NullWriter, run_writer
-from incop.engine.precision import Precision
-from incop.engine.progress import Progress
-from incop.engine.result import LevelResult, Result
-from incop.engine.resume import capture_state, restore_state
-from incop.engine.training import (
+from incop.core.metrics import Metric, MetricFn
+from incop.core.precision import Precision
+from incop.core.training import (
     DivergenceError,
     LossFn,
     evaluate,
@@ -48,13 +42,21 @@ from incop.engine.training import (
     make_scheduler,
     train_epoch,
 )
+from incop.core.world import World, shared_probe
+from incop.engine.distributed import current_world, mask_fingerprint
+from incop.engine.fastpath import training_module
+from incop.engine.finetune import finetune
+from incop.engine.outputs import NullWriter, run_writer
+from incop.engine.progress import Progress
+from incop.engine.result import LevelResult, Result
+from incop.engine.resume import capture_state, restore_state
 from incop.errors import UserError
 from incop.methods.at_init import PruneContext
 from incop.methods.limit import pruning_limit
 from incop.methods.pruning import keep_count, preview, prune_scores
 from incop.methods.rewind import snapshot
 from incop.methods.stopping import Reference
-from incop.workload.sources import BatchSource, MappedSource, check_sources, make_probe
+from incop.workload.sources import MappedSource, check_sources
 
 #: Training examples the pruning limit is measured on (LIMIT.md B6's default), at most.
 LIMIT_SAMPLES = 8192
@@ -402,7 +404,7 @@ class IMP:
         """theta* with its score, for the stopping rule; data parallel, each rank measures
         the flows on its part of the probe set and they are summed."""
         if self.world.size == 1 or self.probe is None:
-            return Reference(self.model, self.masks, score, self.probe)
+            return Reference(self.model, self.masks, score, self.probe, pruner=self.pruner)
         return Reference(
             self.model,
             self.masks,
@@ -410,6 +412,7 @@ class IMP:
             self.world.part(self.probe),
             origin=self.probe[0][0][:1],
             reduce=self.world.sum,
+            pruner=self.pruner,
         )
 
     def _first_prune(self) -> Masks:
@@ -514,7 +517,7 @@ class IMP:
                 stacklevel=3,
             )
         unmatched = unmatched_patterns(self.model, c.include, c.exclude)
-        if (c.stop == "if" or c.score == "flow-guided") and c.if_skip != default_value("if_skip"):
+        if c.used("if_skip") and c.if_skip != default_value("if_skip"):
             unmatched += unmatched_layer_patterns(self.model, c.if_skip, c.include, c.exclude)
         if unmatched:
             raise UserError("\n".join(unmatched))
@@ -544,7 +547,7 @@ class IMP:
                 self.world,
             )
             self.pruner = self.pruner.bind(context)
-        self.rule = c.build_stopping_rule(self.pruner)
+        self.rule = c.build_stopping_rule()
         self.warmup_stop = c.build_warmup_stop()
         self.rewind = c.build_rewind()
         self.snapshots: dict[str, dict[str, torch.Tensor]] = {}

@@ -41,13 +41,13 @@ from typing import Any
 
 import torch
 
+from incop.core.masks import Masks
 from incop.engine.folders import (
     MANIFEST_FILE,
     Layout,
     OwnedFolder,
     file_digest,
 )
-from incop.engine.masks import Masks
 from incop.errors import StorageError, UserError
 
 #: The only non-tensor, non-container types a file incop reads back may hold. incop itself

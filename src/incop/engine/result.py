@@ -9,8 +9,8 @@ from typing import Any
 import torch
 
 from incop.config import Config
+from incop.core.masks import Masks, SparsityReport
 from incop.engine.finetune import FinalResult
-from incop.engine.masks import Masks, SparsityReport
 from incop.methods.stopping import STOP_REASONS
 
 

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from incop.config import WHERE_FIELDS, Config, default_value
-from incop.engine.masks import pack_mask, unpack_mask
+from incop.config import WHERE_FIELDS, Config, default_value, field_names
+from incop.core.masks import pack_mask, unpack_mask
+from incop.core.training import make_scheduler
 from incop.engine.result import LevelResult
-from incop.engine.training import make_scheduler
 from incop.errors import UserError
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ def check_settings(saved: dict[str, Any], config: Config) -> None:
     """Refuse to go on with other settings than the saved run's. Where the folder and the data
     are does not count (they may have moved since); a setting the saved run did not have yet
     (added in a later incop) ran as its default."""
-    defaults = {name: default_value(name) for name in Config.__dataclass_fields__}
+    defaults = {name: default_value(name) for name in field_names()}
     before = {k: v for k, v in (defaults | saved).items() if k not in WHERE_FIELDS}
     now = {k: v for k, v in config.to_dict().items() if k not in WHERE_FIELDS}
     if before != now:

@@ -1,4 +1,6 @@
-"""Pruning at initialisation (METHOD.md section 8): SynFlow and SNIP.
+"""Pruning at initialisation (METHOD.md section 8): the scores of SynFlow and SNIP, and the
+context every pruner that scores with the network is bound to (the pruners:
+:mod:`incop.methods.pruners.synflow`, :mod:`incop.methods.pruners.snip`).
 
 Both score every alive weight with the network itself, so unlike the magnitude pruners
 (``(weights, masks, generator) -> masks``) they need the model and, for SNIP, a batch of
@@ -17,11 +19,11 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from incop.engine.distributed import World, shared_probe
-from incop.engine.masks import Masks
+from incop.core.batches import Batch, BatchSource
+from incop.core.masks import Masks
+from incop.core.world import World, shared_probe
 from incop.errors import UserError
-from incop.methods.pruning import PRUNERS, Weights, keep_count, prune_scores
-from incop.workload.sources import Batch, BatchSource
+from incop.methods.pruning import Weights
 
 
 @dataclass(frozen=True)
@@ -113,51 +115,3 @@ class NetworkScored:
         if self.context is None:
             raise RuntimeError(f"{type(self).__name__} needs bind(context) before pruning")
         return self.context
-
-
-@dataclass(frozen=True)
-class SynFlowPruner(NetworkScored):
-    """SynFlow (Tanaka et al., 2020): ``iterations`` rounds of scoring and pruning on the
-    exponential schedule, round k keeping ``target ** (k / iterations)`` of the prunable
-    weights; global scope. Data-free."""
-
-    target: float = 0.1
-    iterations: int = 100
-    scope: str = "global"
-    context: PruneContext | None = None
-
-    def __call__(self, weights: Weights, masks: Masks, generator: torch.Generator) -> Masks:
-        context = self._context()
-        total = sum(mask.numel() for mask in masks.values())
-        new = dict(masks)
-        for k in range(1, self.iterations + 1):
-            keep = keep_count(total, self.target ** (k / self.iterations))
-            scores = synflow_scores(context.model, new, context.example_input)
-            new = prune_scores(scores, new, keep)
-        return new
-
-
-@dataclass(frozen=True)
-class SNIPPruner(NetworkScored):
-    """SNIP (Lee et al., 2019): one prune to ``target`` by connection sensitivity on one batch
-    of ``batch_size`` training examples (drawn with the run's seed); global scope."""
-
-    target: float = 0.1
-    batch_size: int = 128
-    scope: str = "global"
-    context: PruneContext | None = None
-
-    def __call__(self, weights: Weights, masks: Masks, generator: torch.Generator) -> Masks:
-        context = self._context()
-        batch, *_ = context.probe(self.batch_size, self.batch_size)
-        scores = snip_scores(context.model, masks, batch, context.loss_fn)
-        total = sum(mask.numel() for mask in masks.values())
-        return prune_scores(scores, masks, keep_count(total, self.target))
-
-
-PRUNERS.register("synflow", "SynFlow at init: data-free, iterative, global (Tanaka et al. 2020)")(
-    SynFlowPruner
-)
-PRUNERS.register("snip", "SNIP at init: connection sensitivity on one batch (Lee et al. 2019)")(
-    SNIPPruner
-)

@@ -7,14 +7,16 @@ much the information flow moves when that tensor alone takes the prune.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import nn
 
-from incop.engine.masks import Masks
+from incop.core.masks import Masks
+from incop.core.options import NoOptions, option
 from incop.methods.at_init import NetworkScored, PruneContext
-from incop.methods.flows import information_flow
-from incop.methods.pruning import Pruner, Weights, prune_scores
+from incop.methods.flows import FLOW_SUMMARIES, IF_SKIP, information_flow
+from incop.methods.pruning import PRUNERS, SCORES, Pruner, Score, Weights, prune_scores
 
 
 def _alive(masks: Masks) -> int:
@@ -100,3 +102,49 @@ class FlowGuidedPruner(NetworkScored):
             return plain
         scores = self.guided_scores(weights, masks, (alive - keep) / alive)
         return prune_scores(scores, masks, keep)
+
+
+@dataclass(frozen=True)
+class FlowGuidedOptions(NoOptions):
+    # The information flow's own settings, shared with the if rule (same names and defaults).
+    probe_size: int = option(2048, "examples in the fixed probe set the flows are measured on")
+    if_summary: str = option("mean", "information flow: how each correlation matrix is summarised",
+                             choices=FLOW_SUMMARIES)  # fmt: skip
+    if_skip: list[str] = option(
+        IF_SKIP, "information flow: module-name patterns left out (residual projections)"
+    )
+
+
+@dataclass(frozen=True)
+class FlowGuidedScore(Score):
+    """``flow-guided``: the run's magnitude pruner ranks by |w| times its tensor's
+    information-flow fragility (:class:`FlowGuidedPruner`)."""
+
+    Options = FlowGuidedOptions
+
+    options: FlowGuidedOptions
+    batch_size: int
+
+    @classmethod
+    def from_options(cls, options: FlowGuidedOptions, config: Any) -> FlowGuidedScore:
+        return cls(options, config.eval_batch_size)
+
+    @classmethod
+    def check_config(cls, config: Any) -> list[str]:
+        c = config
+        pruner = PRUNERS.get(c.pruner) if c.pruner in PRUNERS else None
+        if pruner is not None and (not pruner.by_magnitude or c.scope != "global"):
+            return [
+                "score: flow-guided ranks the weights of the magnitude pruners (lth, sap) in"
+                f" global scope; within one tensor it ranks as magnitude does, so with pruner"
+                f" {c.pruner!r} and scope {c.scope!r} it would do nothing"
+            ]
+        return []
+
+    def guide(self, pruner: Pruner) -> Pruner:
+        o = self.options
+        return FlowGuidedPruner(pruner, o.probe_size, self.batch_size, o.if_summary,
+                                tuple(o.if_skip))  # fmt: skip
+
+
+SCORES.register("flow-guided", "|w| times the layer's information-flow fragility")(FlowGuidedScore)

@@ -18,10 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from incop.engine.masks import Masks, prunable_modules
-from incop.engine.training import Batch, LossFn
+from incop.core.batches import Batch, LossFn
+from incop.core.masks import Masks, prunable_modules
+from incop.core.registry import closest
 from incop.errors import UserError
-from incop.registry import closest
+
+#: Residual projections, left out by default: the information flow follows the main path
+#: (METHOD.md section 4).
+IF_SKIP = ["*downsample*", "*shortcut*"]
 
 FLOW_SUMMARIES = ("mean", "abs-mean")
 #: Sums a tensor over the processes that share a measurement (data parallel), e.g. World.sum.

@@ -3,25 +3,76 @@
 A pruner maps ``(weights, masks) -> new masks``; it only ever removes weights
 (new mask <= old mask). Ranking is by |w| among alive weights, ties broken by
 position (a stable sort), so results are reproducible; ``random`` draws from
-the generator it is given.
+the generator it is given. This module holds the math every pruner shares and the
+:class:`Pruner` protocol; each pruner is a file of :mod:`incop.methods.pruners`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 
-from incop.engine.masks import Masks
-from incop.registry import Registry
+from incop.core.masks import Masks
+from incop.core.options import Component
+from incop.core.registry import Registry
 
 SCOPES_FIXED = ("global", "layer", "channel")
 SCOPES_SAP = ("global", "layer", "neuron", "channel")
 
 Weights = dict[str, torch.Tensor]
-Pruner = Callable[[Weights, Masks, torch.Generator], Masks]
+
+
+@runtime_checkable
+class Pruner(Protocol):
+    """What the IMP loop calls to prune: ``pruner(weights, masks, generator) -> masks``.
+
+    ``weights``: the prunable parameters by name (detached); ``masks``: their current masks
+    (bool, same shapes); ``generator``: the run's seeded generator, for pruners that draw.
+    Returns the new masks, each <= the old one. Optional methods, called when present:
+
+    - ``bind(context: PruneContext) -> Pruner``: before the first prune, for pruners that
+      score with the network or the data (:class:`incop.methods.at_init.PruneContext`);
+    - ``after_backward(model, masks)``: during training, after every backward pass, the
+      gradients in ``param.grad`` (masked; scaled under fp16): the training-time hook of
+      pruners that score by gradients (movement pruning, RigL);
+    - ``state_dict() -> dict`` / ``load_state_dict(dict)``: what it accumulates, saved with
+      the run's state so that ``--resume`` takes it up (tensors, numbers, strings, lists
+      and dicts only: nothing else is read back from a run folder).
+    """
+
+    def __call__(self, weights: Weights, masks: Masks, generator: torch.Generator) -> Masks: ...
+
+
+class PrunerComponent(Component):
+    """A built-in pruner's class attributes (the loop and the checks read these, never names)."""
+
+    #: The scopes it prunes in.
+    scopes: ClassVar[tuple[str, ...]] = SCOPES_FIXED
+    #: It ranks alive weights by |w| (what flow-guided scoring and the pruning limit assume).
+    by_magnitude: ClassVar[bool] = True
+    #: It prunes once, straight to target_remaining, scoring the untrained network.
+    at_init: ClassVar[bool] = False
+
+
+#: Pruner name -> its class (a :class:`PrunerComponent`; ``from_options`` builds it).
+PRUNERS: Registry[type] = Registry("pruner")
+
+
+class Score(Component):
+    """``magnitude``: how the magnitude pruners rank alive weights, by |w| (as they do
+    alone). Another score (:mod:`incop.methods.flow_guided`) wraps the run's pruner."""
+
+    def guide(self, pruner: Pruner) -> Pruner:
+        """The run's pruner, ranking by this score."""
+        return pruner
+
+
+#: Score name -> its class.
+SCORES: Registry[type] = Registry("score")
+SCORES.register("magnitude", "rank by |w|")(Score)
 
 
 # --- SAP's formulas (METHOD.md section 3) -----------------------------------------------------
@@ -195,81 +246,7 @@ def _prune(
     return _prune_each(scores, masks, keep, count_for, rows=scope == "neuron")
 
 
-# --- pruners ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MagnitudePruner:
-    """LTH pruning: remove a fraction ``rate`` of the alive weights, smallest |w| first; or,
-    given ``target``, remove in one prune down to that fraction of the prunable weights
-    (global scope only: one-shot pruning, e.g. at initialisation)."""
-
-    rate: float = 0.2
-    scope: str = "global"
-    target: float | None = None
-
-    def scores(self, weights: Weights, generator: torch.Generator) -> Weights:
-        return {n: w.detach().abs() for n, w in weights.items()}
-
-    def __call__(self, weights: Weights, masks: Masks, generator: torch.Generator) -> Masks:
-        scores = self.scores(weights, generator)
-        if self.target is not None:
-            total = sum(mask.numel() for mask in masks.values())
-            return prune_scores(scores, masks, keep_count(total, self.target))
-
-        def count(alive: torch.Tensor) -> int:
-            return round(self.rate * alive.numel())
-
-        return _prune(scores, weights, masks, self.scope, count)
-
-
-@dataclass(frozen=True)
-class RandomPruner(MagnitudePruner):
-    """Sanity baseline: remove a fraction ``rate`` of the alive weights, uniformly at random."""
-
-    def scores(self, weights: Weights, generator: torch.Generator) -> Weights:
-        return {
-            n: torch.rand(w.shape, generator=generator).to(w.device) for n, w in weights.items()
-        }
-
-
-@dataclass(frozen=True)
-class SAPPruner:
-    """SAP: in each scope prune ``sap_prune_count(d, pq_index(alive), ...)`` smallest weights."""
-
-    p: float = 0.5
-    q: float = 1.0
-    eta_r: float = 0.0
-    gamma: float = 1.0
-    beta: float = 0.9
-    scope: str = "global"
-
-    def count(self, alive: torch.Tensor) -> int:
-        """c for a scope whose alive weights are ``alive`` (any shape)."""
-        pqi = pq_index(alive, self.p, self.q)
-        return sap_prune_count(
-            alive.numel(), pqi, self.p, self.q, self.eta_r, self.gamma, self.beta
-        )
-
-    def __call__(self, weights: Weights, masks: Masks, generator: torch.Generator) -> Masks:
-        scores = {n: w.detach().abs() for n, w in weights.items()}
-        # count() sees scores[mask]: the alive |w| of the scope, which is what PQI measures.
-        return _prune(scores, weights, masks, self.scope, self.count)
-
-
 def preview(pruner: Pruner, weights: Weights, masks: Masks) -> Masks:
     """The masks ``pruner`` would produce now, drawn on a throwaway generator: the run's own
     random state is untouched (for rules that watch the next prune)."""
     return pruner(weights, masks, torch.Generator().manual_seed(0))
-
-
-PRUNERS: Registry[type] = Registry("pruner")
-PRUNERS.register(
-    "lth", "magnitude: smallest |w| first, rate of the alive weights or to target_remaining"
-)(MagnitudePruner)
-PRUNERS.register(
-    "random", "uniformly random, rate of the alive weights or to target_remaining (baseline)"
-)(RandomPruner)
-PRUNERS.register("sap", "magnitude, the count adapted to the PQ Index (Diao et al. 2023)")(
-    SAPPruner
-)

@@ -8,9 +8,24 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from incop.core.options import NoOptions, option
 from incop.errors import UserError
 
 REWIND_MODES = ("init", "epoch:K", "dense", "none", "lr")
+
+
+@dataclass(frozen=True)
+class RewindOptions(NoOptions):
+    rewind: str = option("dense", "where surviving weights go after a prune",
+                         choices=REWIND_MODES, checked=False)  # fmt: skip
+
+    def check(self) -> list[str]:
+        try:
+            Rewind.parse(self.rewind)
+        except UserError as exc:
+            return [str(exc)]
+        return []
+
 
 StateDict = dict[str, torch.Tensor]
 

@@ -11,26 +11,26 @@ from pathlib import Path
 from typing import Any
 
 from incop.config import (
-    FIELD_HELP,
-    FIELD_NAMES,
     WHERE_FIELDS,
     Config,
     choices,
     default_value,
+    field_names,
     field_type,
+    help_line,
     load_yaml,
     method_defaults,
     resolve,
 )
+from incop.core.registry import closest
 from incop.errors import StorageError, UserError
-from incop.registry import closest
 from incop.tools.ticket.formats import FORMATS
 
 
 def field_help(name: str) -> str:
     """A field's ``--help`` line: what it is, its default, its allowed values, and the value
     each method sets where that differs."""
-    parts = [FIELD_HELP[name], f"default: {_shown(default_value(name))}"]
+    parts = [help_line(name), f"default: {_shown(default_value(name))}"]
     allowed = choices().get(name)
     if allowed:
         parts.append("allowed: " + ", ".join(allowed))
@@ -60,7 +60,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] 
     parser.add_argument(
         "--overwrite", action="store_true", help="replace the earlier result in the --out folder"
     )
-    for name in FIELD_NAMES:
+    for name in field_names():
         if name in skip:
             continue
         flag = "--" + name.replace("_", "-")
@@ -101,7 +101,7 @@ class _Parser(argparse.ArgumentParser):
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The settings the user gave: the YAML file, then the flags over it (unresolved)."""
     values = load_yaml(args.config) if args.config else {}
-    flags = {name: getattr(args, name, None) for name in FIELD_NAMES}
+    flags = {name: getattr(args, name, None) for name in field_names()}
     return {**values, **{k: v for k, v in flags.items() if v is not None}}
 
 
@@ -299,12 +299,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from incop.config import FIELD_HELP, METHODS, PRESETS
-    from incop.methods.pruning import PRUNERS
+    from incop.config import COMPONENTS, METHODS, PRESETS, SECTIONS, option_specs
+    from incop.core.callbacks import LOGGERS
     from incop.workload.data import DATASETS
     from incop.workload.models import MODELS
 
-    for title, registry in (("methods", METHODS), ("pruners", PRUNERS)):
+    specs = option_specs()
+    for title, registry in {"methods": METHODS, **COMPONENTS, "log": LOGGERS}.items():
         print(f"{title}:")
         width = max(map(len, registry.names()))
         for name in registry.names():
@@ -316,11 +317,24 @@ def cmd_list(args: argparse.Namespace) -> int:
         ("export formats", FORMATS.names()),
     ):
         print(f"{title}: {', '.join(names)}")
-    print("settings (flags of `incop run`, keys of a config file):")
-    width = max(map(len, FIELD_HELP))
-    for name, text in FIELD_HELP.items():
-        print(f"  {name:<{width}}  {text}")
+    print("settings (flags of `incop run`, keys of a config file), by section:")
+    width = max(map(len, specs))
+    owned: dict[str, list[str]] = {}
+    for name, spec in specs.items():
+        for kind, component in spec.owners:
+            owned.setdefault(f"{kind} {component}", []).append(name)
+    groups = {section: [s.name for s in _fields(options)] for section, options in SECTIONS.items()}
+    for group, names in {**groups, **owned}.items():
+        print(f"  [{group}]")
+        for name in names:
+            print(f"  {name:<{width}}  {specs[name].help}")
     return 0
+
+
+def _fields(options: type) -> list[Any]:
+    import dataclasses
+
+    return [f for f in dataclasses.fields(options) if f.init]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,8 +34,9 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from incop.config import MAX_SEED, METHODS, Config, dense_phase, resolve
-from incop.engine.distributed import World, current_world
+from incop.config import MAX_SEED, METHODS, Config, dense_phase, resolve, unused_by
+from incop.core.world import World
+from incop.engine.distributed import current_world
 from incop.engine.experiment import build_batches
 from incop.engine.folders import LOCK_FILE, MANIFEST_FILE, Layout, Manifest, OwnedFolder
 from incop.engine.imp import IMP, WarmUp, resolve_device
@@ -164,7 +165,11 @@ def method_config(overrides: dict[str, Any], method: str, seed: int, **extra: An
     """The config of ``method`` at ``seed`` in a comparison of ``overrides``."""
     one_shot = METHODS.get(method).get("warmup_epochs") == 0
     skip = IMP_ONLY if one_shot else ONE_SHOT_ONLY
-    own = {k: v for k, v in overrides.items() if k.replace("-", "_") not in skip}
+    # The options of components this method does not choose (eps for sap) are the others'.
+    unused = unused_by(method, overrides)
+    own = {
+        k: v for k, v in overrides.items() if k.replace("-", "_") not in skip and k not in unused
+    }
     return resolve({**own, "method": method, "seed": seed, **extra})
 
 
@@ -184,6 +189,14 @@ def check_plan(
                 f"{', '.join(given)}: would be ignored: only {who} use it, and the plan has"
                 f" none ({', '.join(known)})"
             )
+    if known:
+        idle = set.intersection(*(unused_by(m, overrides or {}) for m in known))
+        problems += [
+            f"{key}: would be ignored: no method of the plan ({', '.join(known)}) has a"
+            " component that uses it"
+            for key in overrides or {}
+            if key in idle
+        ]
     if not methods:
         problems.append("methods: none given; name at least one, e.g. sap,incop-gf")
     for method in methods:

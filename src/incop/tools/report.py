@@ -28,6 +28,7 @@ from incop.config import MAX_SEED, METHODS
 from incop.engine.folders import OwnedFolder
 from incop.engine.outputs import read_metrics
 from incop.errors import UserError
+from incop.methods.stopping import STOPPING_RULES
 from incop.tools.compare import (
     DEFAULT_METHODS,
     PLAN_FILE,
@@ -37,7 +38,6 @@ from incop.tools.compare import (
     take_up,
 )
 
-FLOW_STOPS = ("if", "gf")
 #: Settings left out of the config block and of the per-method settings: the method names each
 #: row already, seed and out differ from run to run.
 PER_RUN = ("method", "seed", "out")
@@ -178,6 +178,11 @@ def _varying(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
     configs = [seeds[0]["config"] for seeds in runs.values()]
     keys = [k for k in configs[0] if k not in PER_RUN]
     return [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
+
+
+def _measures_flow(stop: str | None) -> bool:
+    """Whether runs stopped by ``stop`` logged a flow distance worth a figure."""
+    return stop in STOPPING_RULES and STOPPING_RULES.get(stop).needs_probe
 
 
 def _distance_segments(metrics: Sequence[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -400,7 +405,7 @@ def _distance_figure(
 ) -> Figure | None:
     flows = {}
     for method, seeds in runs.items():
-        if seeds[0]["config"].get("stop") in FLOW_STOPS:
+        if _measures_flow(seeds[0]["config"].get("stop")):
             segments = _distance_segments([s["metrics"] for s in seeds])
             if segments:
                 flows[method] = (seeds[0]["config"], segments)

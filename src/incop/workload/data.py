@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from incop.core.registry import Registry
 from incop.errors import DataError, UserError
-from incop.registry import Registry
 
 log = logging.getLogger(__name__)
 

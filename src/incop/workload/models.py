@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from incop.core.registry import Registry
 from incop.errors import UserError
-from incop.registry import Registry
 
 ModelBuilder = Callable[[int, int, int], nn.Module]
 

@@ -15,11 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from incop.core.batches import Batch, BatchSource
 from incop.errors import UserError
-
-Batch = tuple[torch.Tensor, torch.Tensor]
-#: Any re-iterable source of ``(inputs, targets)`` batches: a DataLoader, a list, data.Batches.
-BatchSource = Iterable[Batch]
 
 #: Losses whose integer targets index the model's outputs, so their range can be checked.
 _CLASS_LOSSES = (F.cross_entropy, F.nll_loss)
@@ -224,21 +221,3 @@ def _class_range_problem(model, name, batch, y, loss_fn, device) -> str | None:
             f" (class targets must be in 0..{classes - 1})"
         )
     return None
-
-
-def make_probe(data: BatchSource, size: int, seed: int, batch_size: int) -> list[Batch]:
-    """The fixed probe set (METHOD.md section 4): ``size`` training examples drawn once with
-    ``seed``, as a list of batches. Data with a ``sample(n, seed, batch_size)`` method (the
-    built-in datasets) is sampled at random; any other iterable gives its first ``size``
-    examples in iteration order."""
-    if hasattr(data, "sample"):
-        return list(data.sample(size, seed, batch_size))
-    xs, ys, count = [], [], 0
-    for x, y in data:
-        xs.append(x)
-        ys.append(y)
-        count += y.shape[0]
-        if count >= size:
-            break
-    x, y = torch.cat(xs)[:size], torch.cat(ys)[:size]
-    return list(zip(x.split(batch_size), y.split(batch_size), strict=True))

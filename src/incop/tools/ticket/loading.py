@@ -13,9 +13,10 @@ import torch
 import yaml
 from torch import nn
 
-from incop.engine.masks import Masks, prunable_parameters
+from incop.core.masks import Masks, prunable_parameters
 from incop.errors import UserError
 from incop.tools.ticket.masking import masked_parameters
+from incop.tools.ticket.reading import read_onnx, read_sparse, sparse_config
 
 
 class Ticket(NamedTuple):
@@ -125,7 +126,6 @@ def _from_torch_prune(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.T
 
 
 def _read(path: Path, model: nn.Module | None) -> tuple[nn.Module, dict[str, torch.Tensor], Masks]:
-    from incop.tools.ticket.formats import read_onnx, read_sparse, sparse_config
 
     if not zipfile.is_zipfile(path):  # every torch.save file is a zip archive
         if is_safetensors(path):
@@ -233,7 +233,6 @@ def load_ticket(
 def ticket_config(source: Path) -> str | None:
     """The saved config (YAML text) that comes with ``source``, or None: a run folder's, that
     of the run a checkpoint sits in, or the one a ``sparse`` export holds."""
-    from incop.tools.ticket.formats import sparse_config
 
     if source.is_dir():
         return config_text(source)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from incop.engine.masks import MaskEnforcer, Masks
+from incop.core.masks import MaskEnforcer, Masks
 from incop.errors import UserError
 
 

@@ -10,12 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from incop.engine.masks import MaskEnforcer
-from incop.engine.precision import FP32, Precision
+from incop.core.batches import Batch, LossFn
+from incop.core.masks import MaskEnforcer
+from incop.core.precision import FP32, Precision
 from incop.errors import UserError
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Batch = tuple[torch.Tensor, torch.Tensor]
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("none", "cosine", "step")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from incop.registry import closest
+from incop.core.registry import closest
 
 Masks = dict[str, torch.Tensor]
 

@@ -1,0 +1,281 @@
+"""The sections of a run's settings that belong to the loop itself (what to run, the schedule,
+the data splits, training, pruning in general). Each chosen component (pruner, stopping rule,
+warm-up stop, score, rewind) brings its own section, declared in its file; together they make
+the flat namespace of :class:`incop.config.Config`: the YAML keys, the ``--flags`` and the
+``incop.prune`` keywords. Units: epochs are passes over the training data; fractions in [0, 1].
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+import incop.methods.flow_guided  # noqa: F401  (registers the flow-guided score)
+import incop.methods.pruners  # noqa: F401  (registers the built-in pruners)
+from incop.config.presets import PRESETS
+from incop.core.callbacks import LOGGERS
+from incop.core.metrics import METRICS
+from incop.core.options import MAX_COUNT, MAX_EPOCHS, NoOptions, in_range, not_allowed, option
+from incop.core.precision import PRECISIONS
+from incop.core.training import OPTIMIZERS, SCHEDULES
+from incop.methods.named import METHODS
+from incop.methods.pruning import PRUNERS, SCORES
+from incop.methods.stopping import STOPPING_RULES
+from incop.methods.warmup_stop import WARMUP_STOPS
+from incop.workload.data import DATASETS
+from incop.workload.models import MODELS
+
+#: Seeds seed torch's generators and, mixed with the epoch, the data order; kept to 32 bits.
+MAX_SEED = 2**32 - 1
+#: At most this many pruning rounds: beyond, a value is a typo.
+MAX_LEVELS = 1000
+#: Training runs in float32: a larger learning rate or coefficient cannot even be represented.
+FLOAT_MAX = float(torch.finfo(torch.float32).max)
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+
+
+def max_threads() -> int:
+    """The most CPU threads a run may ask for: 4 per core of this machine."""
+    return 4 * (os.cpu_count() or 1)
+
+
+def _model_names() -> list[str]:
+    return [*MODELS.names(), "torchvision:<name>"]
+
+
+@dataclass(frozen=True)
+class RunOptions(NoOptions):
+    """What to run, and where."""
+
+    method: str = option(
+        "incop-gf",
+        "named method: sets pruner, stop and their options (see `incop list`)",
+        choices=METHODS.names,
+    )
+    preset: str | None = option(
+        None,
+        "named settings for a whole experiment (the published protocol, cpu-small)",
+        choices=PRESETS.names,
+        checked=False,
+    )
+    model: str = option(
+        "mlp",
+        "registered model, or torchvision:<name> where torchvision is installed",
+        choices=_model_names,
+        checked=False,
+    )
+    dataset: str = option(
+        "digits",
+        "dataset; digits is embedded, the others read their standard files",
+        choices=DATASETS.names,
+    )
+    data_dir: str | None = option(
+        None, "folder with the dataset files (else $INCOP_DATA_DIR, else ~/.cache/incop/data)"
+    )
+    download: bool = option(False, "fetch missing dataset files and check their MD5 sums")
+    seed: int = option(0, "fixes initial weights, data order, probe set and random pruning")
+    device: str = option("auto", "where to train", choices=DEVICES, checked=False)
+    threads: int | None = option(
+        None,
+        "CPU threads torch may use (none: torch's own choice, one per core); 1 on a"
+        " machine other jobs share, where more threads wait on each other",
+    )
+    out: str | None = option(
+        None, "run folder (default runs/<time>-<token>-<method>-<dataset>-<model>)"
+    )
+    log: list[str] = option(
+        [],
+        "loggers writing into the run folder besides metrics.jsonl: tensorboard (event files"
+        " in tensorboard/, needs incop[tensorboard]), csv (metrics.csv)",
+        choices=LOGGERS.names,
+        checked=False,
+    )
+
+    def check(self) -> list[str]:
+        problems = in_range("seed", self.seed, 0, MAX_SEED)
+        threads = max_threads()
+        if self.threads is not None and self.threads < 1:
+            problems.append(
+                not_allowed("threads", self.threads, "must be >= 1 (or none: torch's own choice)")
+            )
+        elif self.threads is not None and self.threads > threads:
+            allowed = f"must be at most {threads} (4 per core of this machine)"
+            problems.append(not_allowed("threads", self.threads, allowed))
+        for name in ("out", "data_dir"):
+            value = getattr(self, name)
+            if isinstance(value, str) and "\x00" in value:
+                problems.append(not_allowed(name, value, "a path cannot hold a NUL character"))
+        unknown = [name for name in self.log if name not in LOGGERS]
+        if unknown:
+            problems.append(
+                f"log: unknown logger {', '.join(map(repr, unknown))}; allowed: "
+                + ", ".join(LOGGERS.names())
+            )
+        if len(set(self.log)) < len(self.log):
+            problems.append(not_allowed("log", self.log, "name each logger once"))
+        return problems
+
+
+@dataclass(frozen=True)
+class ScheduleOptions(NoOptions):
+    """The IMP schedule (METHOD.md section 1)."""
+
+    levels: int = option(5, "pruning rounds K after the dense warm-up")
+    warmup_epochs: int = option(10, "dense training epochs before the first prune")
+    warmup_stop: str = option(
+        "fixed",
+        "when the warm-up ends: fixed (all warmup_epochs) or epi (once the first prune's mask"
+        " stops changing; theta* is that epoch's weights)",
+        choices=WARMUP_STOPS.names,
+    )
+    max_epochs: int = option(10, "cap E on the retraining epochs of a level")
+    min_epochs: int = option(
+        1,
+        "a stopping rule never stops a level before this many epochs (0: may stop on the"
+        " measurement right after rewinding)",
+    )
+    finetune_epochs: int = option(
+        0,
+        "after the last level, train the final ticket this many more epochs (masks kept,"
+        " fresh optimiser and schedule), keeping the best validation epoch",
+    )
+    stop: str = option("fixed", "stopping rule of a retraining phase", choices=STOPPING_RULES.names)
+
+    def check(self) -> list[str]:
+        problems = in_range("levels", self.levels, 0, MAX_LEVELS)
+        for name in ("warmup_epochs", "max_epochs", "min_epochs", "finetune_epochs"):
+            problems += in_range(name, getattr(self, name), 0, MAX_EPOCHS)
+        if self.min_epochs > self.max_epochs:
+            problems.append(f"min_epochs: {self.min_epochs} exceeds max_epochs {self.max_epochs}")
+        return problems
+
+
+@dataclass(frozen=True)
+class DataOptions(NoOptions):
+    """The data splits: validation is held out of the training split, the same for every run."""
+
+    val_fraction: float = option(
+        0.1,
+        "share of each class of the training split held out for validation (built-in"
+        " datasets; every decision reads validation, the test split is only reported)",
+    )
+    split_seed: int = option(
+        0,
+        "seed of the validation split, apart from the run's seed so that every method and"
+        " seed of a comparison shares one validation set",
+    )
+    train_fraction: float = option(
+        1.0,
+        "share of each class of the rest of the training split that trains (drawn with"
+        " split_seed); below 1 for quick studies on a CPU",
+    )
+
+    def check(self) -> list[str]:
+        problems = in_range("split_seed", self.split_seed, 0, MAX_SEED)
+        if not 0 < self.val_fraction < 1:
+            problems.append(not_allowed("val_fraction", self.val_fraction, "must be in (0, 1)"))
+        if not 0 < self.train_fraction <= 1:
+            problems.append(not_allowed("train_fraction", self.train_fraction, "must be in (0, 1]"))
+        return problems
+
+
+@dataclass(frozen=True)
+class TrainingOptions(NoOptions):
+    """How every phase trains and evaluates."""
+
+    precision: str = option(
+        "fp32",
+        "arithmetic of training and evaluation: fp32, or bf16 / fp16 autocast (fp16 on CUDA"
+        " only, with a gradient scaler); flows are always measured in fp32",
+        choices=PRECISIONS,
+    )
+    channels_last: bool | None = option(
+        None,
+        "train convolutions in the channels_last memory layout (unset: on for models with a"
+        " Conv2d, about 0.8x the time on CPU; the numbers computed are the same up to"
+        " rounding)",
+    )
+    compile: bool = option(
+        False, "train the model compiled with torch.compile (the first epochs pay the compilation)"
+    )
+    batch_size: int = option(64, "training batch size (the global batch when data parallel)")
+    eval_batch_size: int = option(1000, "batch size for evaluation and flow measurements")
+    metric: str = option(
+        "accuracy",
+        "the validation number every decision reads (best dense epoch, accuracy rule, flow"
+        " rules' accuracy clause); loss suits any task, accuracy classification",
+        choices=METRICS,
+        checked=False,
+    )
+    on_divergence: str = option(
+        "continue",
+        "after a level whose loss became NaN or infinite: go on, or stop the run",
+        choices=("continue", "stop"),
+    )
+    optimizer: str = option("sgd", "training optimiser", choices=OPTIMIZERS)
+    lr: float = option(0.01, "learning rate")
+    momentum: float = option(0.9, "SGD momentum")
+    nesterov: bool = option(False, "Nesterov momentum for SGD")
+    weight_decay: float = option(5e-4, "L2 weight decay")
+    l1: float = option(
+        0.0,
+        "coefficient of the l1 term added to the training loss, over every weight and bias"
+        " (LOMP; 0: none)",
+    )
+    schedule: str = option(
+        "none",
+        "learning-rate schedule of each phase (warm-up, every retraining level)",
+        choices=SCHEDULES,
+    )
+
+    def check(self) -> list[str]:
+        problems = []
+        for name in ("batch_size", "eval_batch_size"):
+            problems += in_range(name, getattr(self, name), 1, MAX_COUNT)
+        if self.lr <= 0:
+            problems.append(not_allowed("lr", self.lr, "must be > 0"))
+        for name in ("weight_decay", "l1"):
+            if getattr(self, name) < 0:
+                problems.append(not_allowed(name, getattr(self, name), "must be >= 0"))
+        if self.l1 > 0 and self.weight_decay > 0:
+            problems.append(
+                f"weight_decay: {self.weight_decay!r} is not allowed with l1 {self.l1!r}: the l1"
+                " term replaces weight decay (LOMP trains with weight decay 0); set"
+                " weight_decay 0"
+            )
+        if not 0 <= self.momentum < 1:
+            problems.append(not_allowed("momentum", self.momentum, "must be in [0, 1)"))
+        return problems
+
+
+@dataclass(frozen=True)
+class PruningOptions(NoOptions):
+    """What every pruner shares: which weights, in what scope, how ranked, to what target."""
+
+    pruner: str = option("sap", "which weights to remove and how many", choices=PRUNERS.names)
+    scope: str = option(
+        "global",
+        "where weights compete: all together, per tensor, (SAP) per output unit, or channel:"
+        " whole output units by their L2 norm, the classifier kept (docs/channel.md)",
+        choices=("global", "layer", "neuron", "channel"),
+        checked=False,
+    )
+    include: list[str] = option(
+        [], "shell patterns of weights to prune instead of every Conv/Linear weight"
+    )
+    exclude: list[str] = option([], "shell patterns of weights never to prune, e.g. fc3.weight")
+    score: str = option(
+        "magnitude",
+        "how the magnitude pruners (lth, sap; global scope) rank weights: magnitude |w|, or"
+        " flow-guided: |w| times its layer's information-flow fragility (docs/flow-guided.md)",
+        choices=SCORES.names,
+    )
+    target_remaining: float | None = option(
+        None,
+        "where pruning ends, as a fraction of the prunable weights (global scope), or limit:"
+        " the pruning limit predicted on theta* after the warm-up. With levels 1, prune once,"
+        " straight to it (synflow and snip need it, lth and random take it instead of rate);"
+        " with more levels each prune is capped at it and the run ends there",
+    )

@@ -1,0 +1,26 @@
+"""Stopping rules for a retraining phase (METHOD.md section 6), one file each; importing this
+package registers them (a new one: its file, and its line here). The protocol, the registry
+and the reasons: :mod:`incop.methods.stopping.rule`."""
+
+# isort: off
+# In the order `--help` and the error messages list them.
+from incop.methods.stopping.rule import STOP_REASONS, STOPPING_RULES, Reference, StoppingRule
+from incop.methods.stopping.accuracy import AccuracyRule
+from incop.methods.stopping.flow import FlowRule
+from incop.methods.stopping.information import InformationFlowRule
+from incop.methods.stopping.gradient import GradientFlowRule
+from incop.methods.stopping.mask import MaskRule
+
+# isort: on
+
+__all__ = [
+    "STOPPING_RULES",
+    "STOP_REASONS",
+    "AccuracyRule",
+    "FlowRule",
+    "GradientFlowRule",
+    "InformationFlowRule",
+    "MaskRule",
+    "Reference",
+    "StoppingRule",
+]

@@ -1,0 +1,49 @@
+"""``gf``, InCoP-GF: a level ends once the gradient flow is back (METHOD.md sections 4, 6)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from incop.core.masks import Masks
+from incop.core.options import option
+from incop.methods.flows import gradient_flow
+from incop.methods.stopping.flow import FlowOptions, FlowRule
+from incop.methods.stopping.rule import register_rule
+
+
+@dataclass(frozen=True)
+class GFOptions(FlowOptions):
+    gf_normalize: bool = option(
+        False, "gradient flow: divide each layer's norm by its alive weights"
+    )
+
+
+@dataclass
+class GradientFlowRule(FlowRule):
+    """``gf(eps)``, InCoP-GF: :func:`incop.gradient_flow` of the probe set, per prunable layer;
+    ``normalize`` divides each layer's norm by its number of alive weights."""
+
+    normalize: bool = False
+    name: str = field(default="gf", init=False)
+
+    Options = GFOptions
+
+    @classmethod
+    def from_options(cls, options: GFOptions, config: Any) -> GradientFlowRule:
+        o = options
+        return cls(config.max_epochs, config.min_epochs, o.eps, o.distance, o.accuracy_clause,
+                   normalize=o.gf_normalize)  # fmt: skip
+
+    def flow(self, model: nn.Module, masks: Masks) -> torch.Tensor:
+        params = {name: model.get_parameter(name) for name in masks}
+        r = self.reference
+        return gradient_flow(
+            model, r.probe, masks=masks, normalize=self.normalize, params=params, reduce=r.reduce
+        )
+
+
+register_rule("gf", "InCoP-GF: a level ends once the gradient flow is back (eps)")(GradientFlowRule)

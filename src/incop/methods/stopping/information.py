@@ -1,0 +1,56 @@
+"""``if``, InCoP-IF: a level ends once the information flow is back (METHOD.md sections 4, 6)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from incop.core.masks import Masks
+from incop.core.options import option
+from incop.methods.flows import FLOW_SUMMARIES, IF_SKIP, information_flow
+from incop.methods.stopping.flow import FlowOptions, FlowRule
+from incop.methods.stopping.rule import register_rule
+
+
+@dataclass(frozen=True)
+class IFOptions(FlowOptions):
+    if_summary: str = option("mean", "information flow: how each correlation matrix is summarised",
+                             choices=FLOW_SUMMARIES)  # fmt: skip
+    if_skip: list[str] = option(
+        IF_SKIP, "information flow: module-name patterns left out (residual projections)"
+    )
+
+
+@dataclass
+class InformationFlowRule(FlowRule):
+    """``if(eps)``, InCoP-IF: :func:`incop.information_flow` of the probe set.
+
+    ``summary`` reduces each correlation matrix (``mean`` or ``abs-mean``);
+    ``skip`` lists module-name patterns left out (residual projections by default).
+    """
+
+    summary: str = "mean"
+    skip: tuple[str, ...] = ("*downsample*", "*shortcut*")
+    name: str = field(default="if", init=False)
+
+    Options = IFOptions
+
+    @classmethod
+    def from_options(cls, options: IFOptions, config: Any) -> InformationFlowRule:
+        o = options
+        return cls(config.max_epochs, config.min_epochs, o.eps, o.distance, o.accuracy_clause,
+                   summary=o.if_summary, skip=tuple(o.if_skip))  # fmt: skip
+
+    def flow(self, model: nn.Module, masks: Masks) -> torch.Tensor:
+        r = self.reference
+        return information_flow(
+            model, r.probe, summary=self.summary, skip=self.skip, origin=r.origin, reduce=r.reduce
+        ).vector
+
+
+register_rule("if", "InCoP-IF: a level ends once the information flow is back (eps)")(
+    InformationFlowRule
+)

@@ -1,0 +1,118 @@
+"""``epi``: the dense warm-up ends as soon as the first prune's mask stops changing
+(docs/epi.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from incop.core.masks import Masks, pack_mask, unpack_mask
+from incop.core.options import MAX_COUNT, MAX_EPOCHS, NoOptions, in_range, not_allowed, option
+from incop.methods.stopping.rule import STOP_REASONS
+from incop.methods.warmup_stop.stop import WARMUP_STOPS, WarmupStop, mask_iou
+
+#: epi_threshold's default: the smallest logged similarity at which every logged warm-up
+#: (digits mlp, 3 seeds; Fashion-MNIST lenet5, 2 seeds) ends within 1 point of its full
+#: warm-up's best validation accuracy. docs/epi.md has the logs, and why it saves nothing on
+#: lenet5.
+EPI_THRESHOLD = 0.986
+
+
+@dataclass(frozen=True)
+class EPIOptions(NoOptions):
+    epi_window: int = option(
+        3, "epi: the mask of each epoch is compared with those of this many before it"
+    )
+    epi_threshold: float = option(
+        EPI_THRESHOLD,
+        "epi: end the warm-up once the smallest intersection over union in the window is at"
+        " least this (docs/epi.md)",
+    )
+    min_warmup_epochs: int = option(1, "epi: never end the warm-up before this many epochs")
+
+    def check(self) -> list[str]:
+        problems = in_range("epi_window", self.epi_window, 1, MAX_COUNT)
+        if not 0 < self.epi_threshold <= 1:
+            problems.append(not_allowed("epi_threshold", self.epi_threshold, "must be in (0, 1]"))
+        return problems + in_range("min_warmup_epochs", self.min_warmup_epochs, 0, MAX_EPOCHS)
+
+
+@dataclass
+class EPIStop(WarmupStop):
+    """``epi``, in the spirit of EPI (Shen et al., "When to Prune? A Policy towards Early
+    Structural Pruning", CVPR 2022): after every dense epoch, the mask the first prune would
+    produce; the similarity of epoch t is the smallest intersection over union between its
+    mask and each of the ``window`` epochs before it (None until there are ``window``). The
+    warm-up ends after the first epoch t >= ``min_epochs`` whose similarity is at least
+    ``threshold``: the sub-network the first prune keeps has stopped changing."""
+
+    window: int = 3
+    threshold: float = EPI_THRESHOLD
+    min_epochs: int = 1
+    name: str = field(default="epi", init=False)
+
+    Options = EPIOptions
+
+    @classmethod
+    def from_options(cls, options: EPIOptions, config: Any) -> EPIStop:
+        return cls(options.epi_window, options.epi_threshold, options.min_warmup_epochs)
+
+    @classmethod
+    def check_config(cls, config: Any) -> list[str]:
+        c = config
+        problems = []
+        if c.min_warmup_epochs > c.warmup_epochs:
+            problems.append(
+                f"min_warmup_epochs: {c.min_warmup_epochs!r} is not allowed; must be in"
+                f" 0..warmup_epochs ({c.warmup_epochs})"
+            )
+        if c.warmup_epochs <= c.epi_window:
+            problems.append(
+                f"warmup_stop: epi can never end a warm-up of {c.warmup_epochs} epochs early: it"
+                f" compares each epoch with the {c.epi_window} before it (epi_window); raise"
+                " warmup_epochs, the cap"
+            )
+        if c.rewind.startswith("epoch:"):
+            k = c.rewind.split(":", 1)[1]
+            if not k.isdigit() or int(k) > c.min_warmup_epochs:
+                problems.append(
+                    f"rewind: {c.rewind!r} needs dense epoch {k}, which an EPI warm-up may end"
+                    f" before; set min_warmup_epochs >= {k}"
+                )
+        return problems
+
+    def __post_init__(self) -> None:
+        self.history: list[Masks] = []
+        self.similarity: float | None = None
+
+    def observe(self, epoch: int, next_mask: Callable[[], Masks]) -> float | None:
+        mask = {name: m.cpu() for name, m in next_mask().items()}  # kept for `window` epochs
+        earlier = self.history[-self.window :]
+        full = len(earlier) == self.window
+        self.similarity = min(mask_iou(mask, m) for m in earlier) if full else None
+        self.history = [*earlier, mask]
+        return self.similarity
+
+    def decide(self, epoch: int) -> bool:
+        ready = epoch >= self.min_epochs and self.similarity is not None
+        return ready and self.similarity >= self.threshold
+
+    def state_dict(self) -> dict:
+        packed = [{n: (tuple(m.shape), pack_mask(m)) for n, m in masks.items()}
+                  for masks in self.history]  # fmt: skip
+        return {"history": packed, "similarity": self.similarity}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = [
+            {n: unpack_mask(bits, shape) for n, (shape, bits) in masks.items()}
+            for masks in state["history"]
+        ]
+        self.similarity = state["similarity"]
+
+
+WARMUP_STOPS.register("epi", "end once the first prune's mask stops changing (EPI)")(EPIStop)
+STOP_REASONS["epi"] = (
+    "the dense network (level 0), its warm-up ended once the first prune's mask stopped"
+    " changing (warmup_stop epi)"
+)
