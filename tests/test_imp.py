@@ -70,9 +70,9 @@ def test_rewind_init_restores_initial_weights(tiny_model, tiny_data):
 
 def test_rewind_dense_restores_the_best_dense_weights(tiny_model, tiny_data):
     imp, result = _imp(tiny_model, tiny_data, rewind="dense")
-    _assert_weights_are(tiny_model, imp.snapshots["dense"], result.masks)
+    _assert_weights_are(tiny_model, imp.state.snapshots["dense"], result.masks)
     assert not torch.equal(
-        imp.snapshots["dense"]["out.weight"], imp.snapshots["init"]["out.weight"]
+        imp.state.snapshots["dense"]["out.weight"], imp.state.snapshots["init"]["out.weight"]
     )
 
 
@@ -90,9 +90,9 @@ def test_rewind_epoch_k_restores_weights_after_k_dense_epochs(tiny_data):
 @pytest.mark.parametrize("mode", ["none", "lr"])
 def test_rewind_none_and_lr_keep_weights(tiny_model, tiny_data, mode):
     imp, result = _imp(tiny_model, tiny_data, rewind=mode, schedule="cosine")
-    _assert_weights_are(tiny_model, imp.snapshots["dense"], result.masks)
+    _assert_weights_are(tiny_model, imp.state.snapshots["dense"], result.masks)
     # `none` carries the warm-up's optimiser state (momentum) on; `lr` starts a fresh one.
-    carried_state = any(imp.optimizer.state[p] for p in tiny_model.parameters())
+    carried_state = any(imp.state.optimizer.state[p] for p in tiny_model.parameters())
     assert carried_state == (mode == "none")
 
 

@@ -13,28 +13,48 @@ Public API::
     incop.load_ticket(source, model=None, *, level=None) -> Ticket (model, masks)
     incop.export_ticket(source, format, out, *, level=None, model=None) -> Path
     incop.pruning_limit(model, batches, *, loss_fn=None, eps=None, ...) -> Limit
+
+Extending it (CONTRIBUTING.md): ``Pruner`` and ``StoppingRule`` (the protocols a user's own
+object follows), ``Callback``, and for a component registered by name, its ``Options`` made
+of ``option(...)`` fields and a registry (``PRUNERS``, ``STOPPING_RULES``, ``LOGGERS``).
 """
 
 from incop.config import Config
+from incop.core.callbacks import LOGGERS, Callback, Logger
 from incop.core.masks import prunable_parameters, sparsity_report
+from incop.core.options import NoOptions, not_allowed, option
 from incop.engine.imp import prune
 from incop.engine.result import LevelResult, Result
+from incop.engine.state import RunState
 from incop.errors import DataError, UserError
 from incop.methods.flows import Flow, gradient_flow, information_flow
 from incop.methods.limit import Limit, pruning_limit
-from incop.methods.pruning import pq_index, sap_prune_count
+from incop.methods.pruning import PRUNERS, Pruner, PrunerComponent, pq_index, sap_prune_count
+from incop.methods.stopping import STOPPING_RULES, Reference, StoppingRule
+from incop.methods.stopping.rule import register_rule
 from incop.tools.ticket import MaskHandle, Ticket, apply_masks, export_ticket, load_ticket
 from incop.workload.data import Batches
 
 __all__ = [
+    "LOGGERS",
+    "PRUNERS",
+    "STOPPING_RULES",
     "Batches",
+    "Callback",
     "Config",
     "DataError",
     "Flow",
     "LevelResult",
     "Limit",
+    "Logger",
     "MaskHandle",
+    "NoOptions",
+    "Pruner",
+    "PrunerComponent",
+    "Reference",
     "Result",
+    "RunState",
+    "StoppingRule",
     "Ticket",
     "UserError",
     "apply_masks",
@@ -42,10 +62,13 @@ __all__ = [
     "gradient_flow",
     "information_flow",
     "load_ticket",
+    "not_allowed",
+    "option",
     "pq_index",
     "prunable_parameters",
     "prune",
     "pruning_limit",
+    "register_rule",
     "sap_prune_count",
     "sparsity_report",
 ]

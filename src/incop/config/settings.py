@@ -29,6 +29,7 @@ from incop.config.sections import (
 )
 from incop.core.metrics import CALLABLE_PREFIX
 from incop.core.options import OptionSpec, merge, not_allowed, specs_of
+from incop.core import registry
 from incop.core.registry import Registry, closest
 from incop.errors import UserError
 from incop.methods.named import METHODS
@@ -77,6 +78,15 @@ ORDER = (
 
 def option_specs() -> dict[str, OptionSpec]:
     """Every setting a run has now: the sections' and every registered component's."""
+    if _cache.get("generation") != registry.generation:
+        _cache.update(generation=registry.generation, specs=_collect_specs())
+    return _cache["specs"]
+
+
+_cache: dict[str, Any] = {}
+
+
+def _collect_specs() -> dict[str, OptionSpec]:
     specs = [spec for options in SECTIONS.values() for spec in specs_of(options)]
     for kind, registry in COMPONENTS.items():
         for name in registry.names():
@@ -383,7 +393,7 @@ def resolve(*layers: dict[str, Any]) -> Config:
         # Saved with the run: absolute, so the config works from any working directory.
         config.data_dir = str(Path(config.data_dir).expanduser().absolute())
     try:
-        validate(config)
+        validate(config, given=set(values))
     except UserError as exc:
         problems.append(str(exc))
     if problems:
@@ -395,13 +405,14 @@ def _shown(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else repr(value)
 
 
-def validate(config: Config) -> None:
+def validate(config: Config, given: set[str] | None = None) -> None:
     """Raise :class:`UserError` with one line per bad value: setting, value, what is allowed.
 
     Each section and each chosen component checks its own options (``check()``, and
     ``check_config`` for its settings together with others'); here are only the checks that
     span sections, and those every setting gets (finite numbers, names among the allowed,
-    nothing set that this run would ignore)."""
+    nothing set that this run would ignore). ``given``: the settings the user set (a method's
+    own values for a component the user replaced are not the user's to fix); None: all."""
     c = config
     specs = option_specs()
     problems: list[str] = []
@@ -437,7 +448,7 @@ def validate(config: Config) -> None:
     pruner = c.chosen()["pruner"]
     if pruner is not None and c.scope not in pruner.scopes:
         problems.append(_unknown("scope", c.scope, list(pruner.scopes)))
-    problems += _ignored(c, specs) + _target_problems(c, pruner)
+    problems += _ignored(c, specs, given) + _target_problems(c, pruner)
     if not problems:
         rewind = c.build_rewind()
         if rewind.mode == "epoch" and rewind.epoch > c.warmup_epochs:
@@ -470,11 +481,13 @@ def _one_per_setting(problems: list[str]) -> list[str]:
     return list(dict.fromkeys(kept))
 
 
-def _ignored(c: Config, specs: dict[str, OptionSpec]) -> list[str]:
+def _ignored(c: Config, specs: dict[str, OptionSpec], given: set[str] | None) -> list[str]:
     """A component's setting given a value of its own where no component using it is chosen."""
     problems = []
     for name, spec in specs.items():
         if not spec.owners or c.used(name) or getattr(c, name) == spec.default():
+            continue
+        if given is not None and name not in given:
             continue
         users: dict[str, list[str]] = {}
         for kind, component in spec.owners:

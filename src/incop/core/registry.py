@@ -17,6 +17,11 @@ def closest(name: str, valid: list[str]) -> str:
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
+#: Bumped by every registration anywhere: what is computed from the registries' contents
+#: (the settings of a run) is cached per generation.
+generation = 0
+
+
 class Registry(Generic[T]):
     """A table of named entries of one kind (``kind`` is used in error messages)."""
 
@@ -29,10 +34,12 @@ class Registry(Generic[T]):
         """Decorator adding ``entry`` as ``name``; ``help`` is its one-line description."""
 
         def add(entry: T) -> T:
+            global generation
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             self._entries[name] = entry
             self._help[name] = help
+            generation += 1
             return entry
 
         return add

@@ -56,10 +56,13 @@ def train_epoch(
     device: torch.device | None = None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     precision: Precision = FP32,
+    after_backward: Callable[[], None] | None = None,
 ) -> EpochStats:
     """One pass over ``batches`` of ``(inputs (B, ...), targets (B,))``, updating ``model``.
 
     ``precision``: autocast for the forward pass and loss (and fp16's gradient scaler).
+    ``after_backward``: called after every backward pass, the gradients masked, before the
+    optimiser steps (the training-time hook of pruners that score by gradients).
 
     Pruned weights stay exactly zero: ``enforcer`` masks the gradients of every step and,
     as a guard, the weights and optimiser state once at the end of the epoch. ``scheduler``
@@ -81,6 +84,8 @@ def train_epoch(
         precision.backward(loss)
         if enforcer is not None:
             enforcer.mask_gradients()  # scaled or not: a zero stays zero
+        if after_backward is not None:
+            after_backward()
         precision.step(optimizer)
         losses.append(loss.detach())
         if classifies(out, y):

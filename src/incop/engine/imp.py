@@ -1,27 +1,27 @@
 """The IMP loop (METHOD.md section 1): dense warm-up, then prune / rewind / retrain per level.
 
-The loop knows nothing of particular pruners, rewinding modes or stopping
-rules beyond their small interfaces; the config builds them and the loop
-drives them. It holds no global state besides seeding torch's RNG (dropout
-draws from it), and writes only through the writer it is given.
+The loop knows nothing of particular pruners, rewinding modes or stopping rules beyond their
+small interfaces; the config builds them, the phases (:mod:`incop.engine.phases`) use them,
+and the loop sequences the phases. What changes as it runs is one :class:`RunState`. It holds
+no global state besides seeding torch's RNG (dropout draws from it), and writes only through
+the writer it is given and the callbacks.
 """
 
 from __future__ import annotations
 
 import math
-import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from incop.config import LIMIT_TARGET, METHODS, Config, default_value, resolve, to_yaml
-from incop.core.batches import BatchSource, make_probe
+from incop.config import METHODS, USER_PREFIX, Config, default_value, resolve, to_yaml
+from incop.core.batches import BatchSource, LossFn
+from incop.core.callbacks import LOGGERS, Callback, check_callback
 from incop.core.masks import (
     MaskEnforcer,
     Masks,
@@ -36,30 +36,31 @@ from incop.core.metrics import Metric, MetricFn
 from incop.core.precision import Precision
 from incop.core.training import (
     DivergenceError,
-    LossFn,
     evaluate,
     make_optimizer,
     make_scheduler,
     train_epoch,
 )
 from incop.core.world import World, shared_probe
-from incop.engine.distributed import current_world, mask_fingerprint
+from incop.engine import (
+    loggers,  # noqa: F401  (registers the loggers --log names)
+    phases,
+)
+from incop.engine.clock import Clock
+from incop.engine.distributed import current_world
 from incop.engine.fastpath import training_module
-from incop.engine.finetune import finetune
-from incop.engine.outputs import NullWriter, run_writer
+from incop.engine.outputs import NullWriter, RunWriter, run_writer
+from incop.engine.phases import WarmUp
 from incop.engine.progress import Progress
 from incop.engine.result import LevelResult, Result
-from incop.engine.resume import capture_state, restore_state
+from incop.engine.resume import check_settings, warn_threads
+from incop.engine.state import RunState
 from incop.errors import UserError
 from incop.methods.at_init import PruneContext
-from incop.methods.limit import pruning_limit
-from incop.methods.pruning import keep_count, preview, prune_scores
+from incop.methods.pruning import Pruner, preview
 from incop.methods.rewind import snapshot
-from incop.methods.stopping import Reference
+from incop.methods.stopping import Reference, StoppingRule
 from incop.workload.sources import MappedSource, check_sources
-
-#: Training examples the pruning limit is measured on (LIMIT.md B6's default), at most.
-LIMIT_SAMPLES = 8192
 
 
 def with_l1(loss_fn: LossFn, model: nn.Module, l1: float) -> LossFn:
@@ -80,49 +81,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-@dataclass
-class WarmUp:
-    """The outcome of dense training, shareable by every method of one seed.
-
-    ``snapshots``: state dicts ``init`` (theta_0), ``dense`` (theta*) and, for
-    ``epoch:K`` rewinding, ``epoch``; ``best``: the best epoch's record
-    (``val_accuracy`` = a*); ``seconds``: train/eval time spent;
-    ``records``: the epoch records to log; ``epoch_counter``: epochs seen, for data order;
-    ``epochs``: dense epochs trained; ``diverged``: the loss became non-finite before
-    ``warmup_epochs`` (theta* is then the best epoch before that); ``reason``: why it ended
-    (``warmup``: all its epochs; ``epi``: the first prune's mask stopped changing).
-    """
-
-    snapshots: dict[str, dict[str, torch.Tensor]]
-    best: dict[str, Any]
-    seconds: dict[str, float]
-    records: list[dict[str, Any]]
-    epoch_counter: int
-    epochs: int = 0
-    diverged: bool = False
-    reason: str = "warmup"
-
-
-class _Clock:
-    """Wall-clock seconds per category; synchronises CUDA so GPU time is not misattributed."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self.seconds: dict[str, float] = {"train": 0.0, "eval": 0.0, "flow": 0.0}
-
-    @contextmanager
-    def __call__(self, category: str) -> Iterator[None]:
-        if self.cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            if self.cuda:
-                torch.cuda.synchronize()
-            self.seconds[category] += time.perf_counter() - start
-
-
 class IMP:
     """Iterative magnitude pruning of ``model`` in place, as ``config`` says.
 
@@ -130,6 +88,12 @@ class IMP:
     re-iterable once per epoch; if ``train_data`` has ``set_epoch(int)`` it is
     called before every epoch (reshuffling, as with a DistributedSampler).
     ``world``: the ranks of a data-parallel run (default: torchrun's, else one process).
+    ``callbacks``: objects told of every epoch, prune, level and the run's end
+    (:class:`incop.Callback`). ``pruner`` / ``stop``: a user's own pruner or stopping rule,
+    used instead of the config's (whose ``pruner`` / ``stop`` then name it).
+
+    What the run changes as it goes is :attr:`state` (a :class:`RunState`); the phases
+    (:mod:`incop.engine.phases`) do the work, the loop sequences them.
     """
 
     def __init__(
@@ -145,6 +109,9 @@ class IMP:
         metric: Metric | None = None,
         test_data: BatchSource | None = None,
         world: World | None = None,
+        callbacks: Sequence[Any] = (),
+        pruner: Pruner | None = None,
+        stop: StoppingRule | None = None,
     ) -> None:
         self.config = config
         self.world = world or current_world()
@@ -157,13 +124,19 @@ class IMP:
         self.writer = writer or NullWriter()
         self.progress = progress and self.world.is_main  # one bar: rank 0's
         self.device = self.world.device(resolve_device(config.device))
-        self.epoch_counter = 0
+        for callback in callbacks:
+            check_callback(callback)
+        self.user_callbacks = list(callbacks)
+        self.user_parts = {"pruner": pruner, "stop": stop}
+        for kind, part in self.user_parts.items():
+            if part is not None:
+                check_part(kind, part)
 
-    # --- pieces -------------------------------------------------------------------------------
+    # --- services of the phases ----------------------------------------------------------------
 
     def fresh_optimizer(self) -> None:
         c = self.config
-        self.optimizer = make_optimizer(
+        self.state.optimizer = make_optimizer(
             self.model.parameters(),
             c.optimizer,
             lr=c.lr,
@@ -172,27 +145,33 @@ class IMP:
             weight_decay=c.weight_decay,
         )
 
-    def _train_one_epoch(self, clock: _Clock) -> dict[str, float]:
+    def new_clock(self) -> Clock:
+        return Clock(self.device)
+
+    def _train_one_epoch(self, clock: Clock) -> dict[str, float]:
+        s = self.state
         # The rate this epoch trains at: the scheduler steps at its end.
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = s.optimizer.param_groups[0]["lr"]
         if hasattr(self.train_data, "set_epoch"):
-            self.train_data.set_epoch(self.epoch_counter)
-        self.epoch_counter += 1
+            self.train_data.set_epoch(s.epoch_counter)
+        s.epoch_counter += 1
         with clock("train"):
             stats = train_epoch(
                 self.trained,
                 self.train_data,
-                self.optimizer,
+                s.optimizer,
                 enforcer=self.enforcer,
                 loss_fn=self.train_loss_fn,
                 device=self.device,
-                scheduler=self.scheduler,
+                scheduler=s.scheduler,
                 precision=self.precision,
+                after_backward=self.after_backward,
             )
         stats = self.world.combine(stats)
         return {"train_loss": stats.loss, "train_accuracy": stats.accuracy, "lr": lr}
 
-    def _evaluate(self, clock: _Clock) -> dict[str, float]:
+    def evaluate(self, clock: Clock) -> dict[str, float]:
+        """The current weights on the validation data."""
         with clock("eval"):
             stats = evaluate(
                 self.model,
@@ -206,25 +185,52 @@ class IMP:
         value = self.metric.value(stats.loss, stats.accuracy, stats.custom)
         return {"val_loss": stats.loss, "val_accuracy": stats.accuracy, "val_metric": value}
 
-    def log(self, level: int, epoch: int, clock: _Clock, record: dict[str, Any]) -> dict[str, Any]:
-        """Write the full epoch record and return it."""
+    def run_epoch(self, clock: Clock, *, train: bool, measure: bool = True) -> dict[str, Any]:
+        """Train one epoch (if ``train``), evaluate, and (``measure``) the stopping rule's
+        distance.
+
+        Raises :class:`DivergenceError` if the training loss, the validation loss or the
+        distance is not finite."""
+        record = self._train_one_epoch(clock) if train else {}
+        record.update(self.evaluate(clock))
+        if measure and self.state.levels:  # the rule has its dense reference from level 0 on
+            with clock("flow"):
+                distance = self.rule.measure(self.model, self.state.masks)
+            if distance is not None:
+                record["distance"] = distance
+        for key in ("val_loss", "distance"):
+            value = record.get(key)
+            if value is not None and not math.isfinite(value):
+                raise DivergenceError(f"{key.replace('_', ' ')} became {value}")
+        return record
+
+    def emit(self, hook: str, *args: Any) -> None:
+        """Call ``hook`` of every callback that has it, with ``args`` and the state."""
+        for callback in self.callbacks:
+            method = getattr(callback, hook, None)
+            if method is not None:
+                method(*args, self.state) if hook != "close" else method()
+
+    def log(self, level: int, epoch: int, clock: Clock, record: dict[str, Any]) -> dict[str, Any]:
+        """Tell the callbacks (``metrics.jsonl`` first) the full epoch record; return it."""
         full = {
             "level": level,
             "epoch": epoch,
-            "remaining_fraction": remaining_fraction(self.masks),
+            "remaining_fraction": remaining_fraction(self.state.masks),
             **record,
             # Epoch 0 trains nothing: the rate epoch 1 will use.
-            "lr": record.get("lr", self.optimizer.param_groups[0]["lr"]),
+            "lr": record.get("lr", self.state.optimizer.param_groups[0]["lr"]),
             **{f"{k}_seconds": v for k, v in clock.seconds.items()},
         }
-        self.writer.epoch(full)
-        self.bar.show(level=level, **{self.metric.name[:8]: f"{full['val_metric']:.4g}"})
+        self.emit("on_epoch_end", full)
         return full
 
-    def _finish_level(
-        self, level: int, epochs: int, clock: _Clock, last: dict[str, Any], reason: str
+    def finish_level(
+        self, level: int, epochs: int, clock: Clock, last: dict[str, Any], reason: str
     ) -> None:
-        report = sparsity_report(self.model, self.masks, self.example_input)
+        """Decide ``level``: its result, checkpoint and masks."""
+        s = self.state
+        report = sparsity_report(self.model, s.masks, self.example_input)
         result = LevelResult(
             level=level,
             remaining_fraction=report.remaining_fraction,
@@ -242,10 +248,10 @@ class IMP:
             # Per tensor: layer collapse is how one-shot pruning at init is known to fail.
             layer_remaining={layer.name: layer.alive / layer.total for layer in report.layers},
         )
-        self.writer.level(level, self.model.state_dict(), self.masks)
-        self.level_masks.append({k: v.clone() for k, v in self.masks.items()})
-        self.levels.append(result)
-        self.bar.settle(self._planned(level), epochs)
+        self.writer.level(level, self.model.state_dict(), s.masks)
+        s.level_masks.append({k: v.clone() for k, v in s.masks.items()})
+        s.levels.append(result)
+        self.emit("on_level_end", result.to_dict())
 
     def test(self) -> dict[str, float | None]:
         """The current weights on the test data, for the record only: nothing reads it to
@@ -266,148 +272,41 @@ class IMP:
         """The record's validation metric, higher is better: what every decision compares."""
         return self.metric.score(record["val_metric"])
 
-    def _planned(self, level: int) -> int:
+    def planned(self, level: int) -> int:
         """The most epochs ``level`` can take."""
         return self.config.warmup_epochs if level == 0 else self.config.max_epochs
-
-    # --- resume state (incop.engine.resume) -------------------------------------------------------
-
-    def save_state(
-        self, phase: str, level: int, epoch: int, clock: _Clock, phase_state: Any = None
-    ) -> None:
-        """Save everything needed to go on after ``epoch`` of ``level`` (``phase``: ``warmup``,
-        ``retrain`` within a level, ``done`` once the level is finished, ``finetune``;
-        ``phase_state``: whatever that phase needs besides)."""
-        if self.writer.saves_state:
-            self.writer.state(capture_state(self, phase, level, epoch, clock.seconds, phase_state))
-
-    # --- the loop -------------------------------------------------------------------------------
-
-    def run_epoch(self, clock: _Clock, *, train: bool, measure: bool = True) -> dict[str, Any]:
-        """Train one epoch (if ``train``), evaluate, and (``measure``) the stopping rule's
-        distance.
-
-        Raises :class:`DivergenceError` if the training loss, the validation loss or the
-        distance is not finite."""
-        record = self._train_one_epoch(clock) if train else {}
-        record.update(self._evaluate(clock))
-        if measure and self.levels:  # the rule has its dense reference from level 0 on
-            with clock("flow"):
-                distance = self.rule.measure(self.model, self.masks)
-            if distance is not None:
-                record["distance"] = distance
-        for key in ("val_loss", "distance"):
-            value = record.get(key)
-            if value is not None and not math.isfinite(value):
-                raise DivergenceError(f"{key.replace('_', ' ')} became {value}")
-        return record
-
-    def new_clock(self) -> _Clock:
-        return _Clock(self.device)
 
     def recover(self, exc: DivergenceError, last_good: dict[str, torch.Tensor]) -> None:
         """Put back the weights of the last good epoch after a divergence, and say so."""
         self.model.load_state_dict(last_good)
         warnings.warn(
-            f"{exc} at level {len(self.levels)}: restored the weights of the last good epoch"
-            f" and ended this level's training (on_divergence={self.config.on_divergence})",
+            f"{exc} at level {len(self.state.levels)}: restored the weights of the last good"
+            f" epoch and ended this level's training (on_divergence={self.config.on_divergence})",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
 
     def keep_snapshot(self, name: str, epoch: int) -> None:
         """Keep the current weights as snapshot ``name`` (in memory and, once, on disk)."""
-        self.snapshots[name] = snapshot(self.model)
-        self.snapshot_files[name] = self.writer.snapshot(f"{name}-{epoch}", self.snapshots[name])
+        s = self.state
+        s.snapshots[name] = snapshot(self.model)
+        s.snapshot_files[name] = self.writer.snapshot(f"{name}-{epoch}", s.snapshots[name])
 
     def share_snapshot(self, name: str, same_as: str) -> None:
         """Snapshot ``name`` is the same weights as ``same_as`` (and the same file)."""
-        self.snapshots[name] = self.snapshots[same_as]
-        self.snapshot_files[name] = self.snapshot_files[same_as]
-
-    def train_dense(self, state: dict[str, Any] | None = None) -> WarmUp:
-        """Train densely for ``warmup_epochs``; keep the best-validation weights as theta*.
-
-        ``state``: a saved warm-up state to go on from (already restored)."""
-        c = self.config
-        clock = _Clock(self.device)
-        records: list[dict[str, Any]] = []
-        if state is not None:
-            clock.seconds.update(state["clock"])
-            start = state["epoch"] + 1
-            self.warmup_stop.load_state_dict(state["phase_state"])
-        else:
-            self.fresh_optimizer()
-            self.scheduler = make_scheduler(self.optimizer, c.schedule, c.warmup_epochs)
-            self.keep_snapshot("init", 0)
-            self.share_snapshot("dense", "init")
-            if self.rewind.mode == "epoch" and self.rewind.epoch == 0:
-                self.share_snapshot("epoch", "init")
-            self.best = None
-            if c.warmup_epochs == 0:
-                try:
-                    self.best = self.run_epoch(clock, train=False)
-                except DivergenceError as exc:
-                    raise UserError(f"the initial dense network does not evaluate: {exc}") from None
-                records.append(self.log(0, 0, clock, self.best))
-            self.save_state("warmup", 0, 0, clock, self.warmup_stop.state_dict())
-            start = 1
-        diverged, trained = False, start - 1
-        ended = state is not None and self.warmup_stop.decide(state["epoch"])
-        for epoch in range(start, c.warmup_epochs + 1):
-            if ended:
-                break
-            last_good = snapshot(self.model)
-            try:
-                record = self.run_epoch(clock, train=True)
-            except DivergenceError as exc:
-                if self.best is None:
-                    raise UserError(
-                        f"the dense warm-up diverged in its first epoch ({exc}); try a lower"
-                        f" learning rate than lr={c.lr} or a larger batch size than"
-                        f" batch_size={c.batch_size}"
-                    ) from None
-                self.recover(exc, last_good)
-                diverged = True
-                break
-            trained = epoch
-            with clock("flow"):
-                similarity = self.warmup_stop.observe(epoch, self._first_prune)
-            if similarity is not None:
-                record["epi_similarity"] = similarity
-            records.append(self.log(0, epoch, clock, record))
-            self.bar.advance()
-            ended = self.warmup_stop.decide(epoch)
-            # An early end makes theta* this epoch's weights, the ones the indicator judged.
-            improved = ended or self.best is None or self.score(record) > self.score(self.best)
-            if improved:
-                self.best = record
-                self.keep_snapshot("dense", epoch)
-            if self.rewind.mode == "epoch" and epoch == self.rewind.epoch:
-                if improved:  # the same weights: one file serves both
-                    self.share_snapshot("epoch", "dense")
-                else:
-                    self.keep_snapshot("epoch", epoch)
-            self.save_state("warmup", 0, epoch, clock, self.warmup_stop.state_dict())
-        return WarmUp(
-            self.snapshots,
-            self.best,
-            dict(clock.seconds),
-            records,
-            self.epoch_counter,
-            trained,
-            diverged,
-            self.warmup_stop.name if ended else "warmup",
-        )
+        s = self.state
+        s.snapshots[name] = s.snapshots[same_as]
+        s.snapshot_files[name] = s.snapshot_files[same_as]
 
     def reference(self, score: float) -> Reference:
         """theta* with its score, for the stopping rule; data parallel, each rank measures
         the flows on its part of the probe set and they are summed."""
+        s = self.state
         if self.world.size == 1 or self.probe is None:
-            return Reference(self.model, self.masks, score, self.probe, pruner=self.pruner)
+            return Reference(self.model, s.masks, score, self.probe, pruner=self.pruner)
         return Reference(
             self.model,
-            self.masks,
+            s.masks,
             score,
             self.world.part(self.probe),
             origin=self.probe[0][0][:1],
@@ -415,79 +314,55 @@ class IMP:
             pruner=self.pruner,
         )
 
-    def _first_prune(self) -> Masks:
+    def first_prune(self) -> Masks:
         """The masks the first prune would give the current weights (for the warm-up stop)."""
         weights = {name: p.detach() for name, p in self.params.items()}
-        return preview(self.pruner, weights, self.masks)
+        return preview(self.pruner, weights, self.state.masks)
 
-    def level_zero(self, warmup: WarmUp, *, shared: bool = False) -> None:
-        """Take up a dense warm-up and prepare the stopping rule; ``shared``: trained by another
-        run, so its epoch records are logged here too."""
-        if shared:  # trained elsewhere: this run folder gets its own copies, for resume
-            self.snapshots, self.snapshot_files = {}, {}
-            for name, weights in warmup.snapshots.items():
-                self.snapshots[name] = weights
-                self.snapshot_files[name] = self.writer.snapshot(f"{name}-0", weights)
-        self.best = warmup.best
-        self.epoch_counter = warmup.epoch_counter
-        self.model.load_state_dict(self.snapshots["dense"])
-        self.dense_accuracy = warmup.best["val_accuracy"]
-        self.dense_metric = warmup.best["val_metric"]
-        clock = _Clock(self.device)
-        clock.seconds.update(warmup.seconds)
-        if shared:
-            for record in warmup.records:
-                self.writer.epoch(record)
-        with clock("flow"):
-            reference = self.reference(self.score(warmup.best))
-            self.rule.prepare(reference)
-        reason = "diverged" if warmup.diverged else warmup.reason
-        self._finish_level(0, warmup.epochs, clock, warmup.best, reason)
+    # --- resume state ----------------------------------------------------------------------------
 
-    def retrain_level(self, level: int, state: dict[str, Any] | None = None) -> None:
-        """Prune, rewind, then retrain until the stopping rule fires.
+    def save_state(
+        self, phase: str, level: int, epoch: int, clock: Clock, phase_state: Any = None
+    ) -> None:
+        """Save everything needed to go on after ``epoch`` of ``level`` (``phase``: ``warmup``,
+        ``retrain`` within a level, ``done`` once the level is finished, ``finetune``;
+        ``phase_state``: whatever that phase needs besides)."""
+        if not self.writer.saves_state:
+            return
+        self.writer.state({
+            "phase": phase,
+            "phase_state": phase_state,
+            "level": level,
+            "epoch": epoch,
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "scaler": self.precision.state_dict(),
+            "clock": dict(clock.seconds),
+            "rule": part_state(self.rule) if self.state.levels else None,
+            **({"pruner": part_state(self.pruner)} if hasattr(self.pruner, "state_dict") else {}),
+            "threads": torch.get_num_threads(),
+            **self.state.state_dict(),
+        })  # fmt: skip
 
-        ``state``: a saved state from within this level to go on from (already restored)."""
-        c = self.config
-        clock = _Clock(self.device)
-        if state is not None:
-            clock.seconds.update(state["clock"])
-            epoch = state["epoch"] + 1
-        else:
-            weights = {name: p.detach() for name, p in self.params.items()}
-            self.masks.update(
-                self.to_target(weights, self.pruner(weights, self.masks, self.generator))
-            )
-            self.world.check_same(mask_fingerprint(self.masks), "the masks after the prune")
-            if self.rewind.snapshot is not None:
-                self.model.load_state_dict(self.snapshots[self.rewind.snapshot])
-            if self.rewind.restart_optimizer or self.optimizer is None:
-                self.fresh_optimizer()
-            self.scheduler = make_scheduler(self.optimizer, c.schedule, c.max_epochs)
-            self.enforcer.after_step(self.optimizer)
-            self.record = {}
-            epoch = 0
-        while True:
-            last_good = snapshot(self.model)
-            try:
-                record = self.run_epoch(clock, train=epoch > 0)
-            except DivergenceError as exc:
-                self.recover(exc, last_good)
-                reason, epoch = "diverged", max(epoch - 1, 0)
-                if not self.record:  # diverged right after the prune: nothing better to report
-                    self.record = self._evaluate(clock)
-            else:
-                self.record = record
-                reason = self.rule.decide(epoch, self.score(record), record.get("distance"))
-                self.log(level, epoch, clock, record)
-                if epoch > 0:
-                    self.bar.advance()
-            if reason is not None:
-                self._finish_level(level, epoch, clock, self.record, reason)
-                self.save_state("done", level, epoch, clock)
-                return
-            self.save_state("retrain", level, epoch, clock)
-            epoch += 1
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Put the loop (set up, not yet run) back where ``saved`` was saved."""
+        c, s = self.config, self.state
+        check_settings(saved["config"], c)
+        warn_threads(saved["threads"])
+        self.model.load_state_dict(saved["model"])
+        self.precision.load_state_dict(saved.get("scaler"))
+        if saved["optimizer"] is not None:
+            self.fresh_optimizer()
+            epochs = c.warmup_epochs if saved["phase"] == "warmup" else c.max_epochs
+            s.scheduler = make_scheduler(s.optimizer, c.schedule, epochs)
+        s.load_state_dict(saved, lambda path: self.writer.read(path, self.device), self.device)
+        if saved.get("pruner") is not None and hasattr(self.pruner, "load_state_dict"):
+            self.pruner.load_state_dict(saved["pruner"])
+        if s.levels:
+            reference = self.reference(self.metric.score(s.dense_metric))
+            load_part_state(self.rule, saved["rule"], reference)
+
+    # --- the loop --------------------------------------------------------------------------------
 
     def setup(self) -> None:
         """Seed, check the data, find the prunable weights, build the parts and the probe set.
@@ -497,7 +372,6 @@ class IMP:
         if c.threads is not None:
             torch.set_num_threads(c.threads)
         torch.manual_seed(c.seed)
-        self.generator = torch.Generator().manual_seed(c.seed)
         self.model.to(self.device)
         self.trained = training_module(
             self.model, channels_last=c.channels_last, compile=c.compile, world=self.world
@@ -527,15 +401,16 @@ class IMP:
                 "no prunable weights: the model has no Conv/Linear weight left after"
                 f" include={c.include} exclude={c.exclude}"
             )
-        self.masks = full_masks(self.params)
-        self.train_loss_fn = with_l1(self.loss_fn, self.model, c.l1)
         #: Where pruning ends (fraction of the prunable weights): a number, or the pruning
         #: limit once theta* is trained (``target_remaining: limit``); None: no target.
-        self.target = c.target_remaining if isinstance(c.target_remaining, float) else None
-        self.limit: dict[str, Any] | None = None
-        self.enforcer = MaskEnforcer(self.params, self.masks)
+        target = c.target_remaining if isinstance(c.target_remaining, float) else None
+        self.state = RunState(
+            full_masks(self.params), torch.Generator().manual_seed(c.seed), target=target
+        )
+        self.train_loss_fn = with_l1(self.loss_fn, self.model, c.l1)
+        self.enforcer = MaskEnforcer(self.params, self.state.masks)
         self.precision = Precision(c.precision, self.device)
-        self.pruner = c.build_pruner()
+        self.pruner = self.user_parts["pruner"] or c.build_pruner()
         if hasattr(self.pruner, "bind"):  # it scores with the network itself (synflow, snip)
             context = PruneContext(
                 self.model,
@@ -547,27 +422,38 @@ class IMP:
                 self.world,
             )
             self.pruner = self.pruner.bind(context)
-        self.rule = c.build_stopping_rule()
+        self.after_backward = None
+        if callable(getattr(self.pruner, "after_backward", None)):
+            pruner, model, masks = self.pruner, self.model, self.state.masks
+            self.after_backward = lambda: pruner.after_backward(model, masks)
+        self.rule = self.user_parts["stop"] or c.build_stopping_rule()
         self.warmup_stop = c.build_warmup_stop()
         self.rewind = c.build_rewind()
-        self.snapshots: dict[str, dict[str, torch.Tensor]] = {}
-        self.snapshot_files: dict[str, str | None] = {}
-        self.levels: list[LevelResult] = []
-        self.level_masks: list[Masks] = []
-        self.best: dict[str, Any] | None = None
-        self.optimizer = self.scheduler = None
-        self.record: dict[str, Any] = {}
-        self.bar = Progress(0)
         self.probe = None
-        if self.rule.needs_probe:
+        if getattr(self.rule, "needs_probe", False):
             self.probe = shared_probe(
                 self.train_data, c.probe_size, c.seed, c.eval_batch_size, self.world, self.device
             )
+        self.callbacks: list[Any] = [MetricsLog(self.writer)]
+        if c.log and isinstance(self.writer, RunWriter):
+            self.callbacks += [LOGGERS.get(name).open(self.writer, c) for name in c.log]
+        elif c.log and self.world.is_main:  # other ranks write nothing: rank 0 logs
+            raise UserError(
+                f"log: {', '.join(c.log)} writes into the run folder, and this run has none;"
+                " give out (--out)"
+            )
+        self.callbacks += self.user_callbacks
+        self.bar = Progress(0)
+
+    def _start_bar(self, total: int, done: int, desc: str = "IMP") -> None:
+        self.bar = Progress(total, done=done, enabled=self.progress, desc=desc,
+                            planned=self.planned, metric=self.metric.name)  # fmt: skip
+        self.callbacks = [c for c in self.callbacks if not isinstance(c, Progress)] + [self.bar]
 
     @contextmanager
     def _writing(self, resume: bool) -> Iterator[dict[str, Any] | None]:
         """Open the writer's folder, take up its saved state (``resume``) or write the config,
-        and close the folder at the end; yields the saved state, if any."""
+        and close the folder and the callbacks at the end; yields the saved state, if any."""
         self.writer.open()
         failed = True
         try:
@@ -578,32 +464,27 @@ class IMP:
                 if self.world.is_main == main_turn:
                     state = self.writer.load_state(self.device)
                     if state is not None:
-                        restore_state(self, state)
+                        self.restore(state)
                 self.world.barrier()
             if state is None:
                 self.writer.config(to_yaml(self.config))
             yield state
             failed = False
         finally:
-            self.writer.close(failed=failed)
+            try:
+                self.emit("close")
+            finally:
+                self.writer.close(failed=failed)
 
     def warm_up(self, *, resume: bool = False) -> WarmUp:
         """Set up and train the dense network only: the part a comparison shares.
 
         ``resume``: go on from the writer's saved state, if there is one."""
         self.setup()
-        with self._writing(resume) as state:
-            done = state["epoch"] if state is not None else 0
-            self.bar = Progress(
-                self.config.warmup_epochs,
-                done=done,
-                enabled=self.progress,
-                desc="warm-up",
-            )
-            try:
-                return self.train_dense(state)
-            finally:
-                self.bar.close()
+        with self._writing(resume) as saved:
+            done = saved["epoch"] if saved is not None else 0
+            self._start_bar(self.config.warmup_epochs, done, desc="warm-up")
+            return phases.warm_up(self, saved)
 
     def run(self, warmup: WarmUp | None = None, *, resume: bool = False) -> Result:
         """Run every level and return the result.
@@ -613,59 +494,61 @@ class IMP:
         ``resume``: go on from the writer's saved state, if there is one.
         """
         self.setup()
-        with self._writing(resume) as state:
-            return self._levels(warmup, state)
+        with self._writing(resume) as saved:
+            return self._levels(warmup, saved)
 
-    def _levels(self, warmup: WarmUp | None, state: dict[str, Any] | None) -> Result:
-        c = self.config
-        within = state["epoch"] if state is not None and state["phase"] != "done" else 0
-        unused = sum(self._planned(lv.level) - lv.epochs for lv in self.levels)
-        self.bar = Progress(
+    def _levels(self, warmup: WarmUp | None, saved: dict[str, Any] | None) -> Result:
+        c, s = self.config, self.state
+        phase = saved["phase"] if saved is not None else None
+        within = saved["epoch"] if phase not in (None, "done") else 0
+        unused = sum(self.planned(lv.level) - lv.epochs for lv in s.levels)
+        self._start_bar(
             c.warmup_epochs + c.levels * c.max_epochs + c.finetune_epochs - unused,
-            done=sum(lv.epochs for lv in self.levels) + within,
-            enabled=self.progress,
+            sum(lv.epochs for lv in s.levels) + within,
         )
-        try:
-            if not self.levels:
-                if warmup is None:
-                    warmup = self.train_dense(state)
-                    self.level_zero(warmup)
-                else:
-                    self.bar.advance(warmup.epochs)
-                    self.level_zero(warmup, shared=True)
-                self.predict_limit()
-                self.save_state("done", 0, c.warmup_epochs, _Clock(self.device))
-            while len(self.levels) <= c.levels and not self._should_end():
-                level = len(self.levels)
-                within = (
-                    state is not None and state["phase"] == "retrain" and state["level"] == level
-                )
-                self.retrain_level(level, state if within else None)
-            final = None
-            if c.finetune_epochs > 0:
-                going_on = state is not None and state["phase"] == "finetune"
-                final = finetune(self, state if going_on else None)
-        finally:
-            self.bar.close()
+        if not s.levels:
+            shared = warmup is not None
+            warmup = warmup if shared else phases.warm_up(self, saved)
+            phases.take_up(self, warmup, shared=shared)
+            phases.predict_limit(self)
+            self.save_state("done", 0, c.warmup_epochs, self.new_clock())
+        while len(s.levels) <= c.levels and not self._should_end():
+            level = len(s.levels)
+            going_on = phase == "retrain" and saved["level"] == level
+            if not going_on:
+                phases.prune(self)
+                phases.rewind(self)
+            phases.retrain(self, level, saved if going_on else None)
+        final = phases.finetune(self, saved if phase == "finetune" else None)
         result = Result(
-            levels=self.levels,
-            masks={k: v.clone() for k, v in self.masks.items()},
-            dense_accuracy=self.dense_accuracy,
-            dense_metric=self.dense_metric,
+            levels=s.levels,
+            masks={k: v.clone() for k, v in s.masks.items()},
+            dense_accuracy=s.dense_accuracy,
+            dense_metric=s.dense_metric,
             final=final,
             config=c,
-            limit=self.limit,
-            level_masks=self.level_masks,
-            sparsity=sparsity_report(self.model, self.masks, self.example_input),
+            limit=s.limit,
+            level_masks=s.level_masks,
+            sparsity=sparsity_report(self.model, s.masks, self.example_input),
         )
-        self.writer.summary(result.summary())
+        summary = result.summary()
+        self.writer.summary(summary)
+        self.emit("on_run_end", summary)
         self._warn_if_at_chance()
         return result
+
+    def _should_end(self) -> bool:
+        s = self.state
+        if s.target is not None and len(s.levels) > 1:
+            alive, keep = phases.target_counts(self, s.masks)
+            if alive <= keep:
+                return True  # the target is reached
+        return self.config.on_divergence == "stop" and s.levels[-1].stop_reason == "diverged"
 
     def _warn_if_at_chance(self) -> None:
         """Warn when no level learned anything: every validation accuracy within 2 points of
         guessing (1 / classes), the sign of a learning rate too large to train at all."""
-        if self.metric.name != "accuracy" or not self.levels:
+        if self.metric.name != "accuracy" or not self.state.levels:
             return
         with torch.no_grad():
             was_training = self.model.training
@@ -673,7 +556,7 @@ class IMP:
             outputs = self.model(self.example_input)
             self.model.train(was_training)
         classes = outputs.shape[-1] if torch.is_tensor(outputs) and outputs.dim() >= 2 else 0
-        accuracies = [lv.val_accuracy for lv in self.levels]
+        accuracies = [lv.val_accuracy for lv in self.state.levels]
         if classes >= 2 and all(a is not None and a <= 1 / classes + 0.02 for a in accuracies):
             warnings.warn(
                 f"every level's validation accuracy stayed at chance ({max(accuracies):.3f}, with"
@@ -683,42 +566,46 @@ class IMP:
                 stacklevel=3,
             )
 
-    def _target_count(self, masks: Masks) -> tuple[int, int]:
-        """``(alive, kept at the target)`` weights of ``masks``."""
-        total = sum(m.numel() for m in masks.values())
-        return sum(int(m.sum()) for m in masks.values()), keep_count(total, self.target)
 
-    def _should_end(self) -> bool:
-        if self.target is not None and len(self.levels) > 1:
-            alive, keep = self._target_count(self.masks)
-            if alive <= keep:
-                return True  # the target is reached
-        return self.config.on_divergence == "stop" and self.levels[-1].stop_reason == "diverged"
+class MetricsLog(Callback):
+    """``metrics.jsonl``: one line per epoch record, through the run's writer."""
 
-    def to_target(self, weights: dict[str, torch.Tensor], masks: Masks) -> Masks:
-        """The pruner's new ``masks``, held to the target: with one level, pruned straight to
-        it by magnitude (unless the pruner did so itself); with more, never below it."""
-        if self.target is None or getattr(self.pruner, "target", None) is not None:
-            return masks
-        alive, keep = self._target_count(masks)
-        if self.config.levels == 1 or alive < keep:
-            scores = {name: w.abs() for name, w in weights.items()}
-            return prune_scores(scores, self.masks, keep)
-        return masks
+    def __init__(self, writer: NullWriter) -> None:
+        self.writer = writer
 
-    def predict_limit(self) -> None:
-        """``target_remaining: limit``: the pruning limit of theta* (the current weights) on a
-        seeded subset of the training data (8192 examples at most, batches of 128), recorded
-        and taken as the target."""
-        if self.config.target_remaining != LIMIT_TARGET or self.limit is not None:
-            return
-        batches = make_probe(self.train_data, LIMIT_SAMPLES, self.config.seed, 128)
-        batches = [(x.to(self.device), y.to(self.device)) for x, y in batches]
-        limit = pruning_limit(self.model, batches, loss_fn=self.loss_fn, seed=self.config.seed)
-        measured = {k: v for k, v in limit.to_dict().items() if not k.startswith("ritz_")}
-        # Ranks may hold other data: every rank takes rank 0's limit, so the masks agree.
-        self.limit = self.world.from_main(measured)
-        self.target = self.limit["predicted_remaining_fraction"]
+    def on_epoch_end(self, record: dict[str, Any], state: RunState) -> None:
+        self.writer.epoch(record)
+
+
+#: What the loop calls on a user's pruner and stopping rule.
+_PART_METHODS = {"pruner": ("__call__",), "stop": ("prepare", "measure", "decide")}
+
+
+def check_part(kind: str, part: object) -> None:
+    """Refuse, before any work, a user's pruner or rule that lacks what the loop calls."""
+    missing = [m for m in _PART_METHODS[kind] if not callable(getattr(part, m, None))]
+    if missing:
+        protocol = "incop.Pruner" if kind == "pruner" else "incop.StoppingRule"
+        raise UserError(
+            f"{kind}: {type(part).__name__} has no {', '.join(missing)}; it must follow the"
+            f" {protocol} protocol (README, 'Your own pruner and stopping rule')"
+        )
+
+
+def part_state(part: object) -> dict[str, Any] | None:
+    """A part's ``state_dict()``, or None for a part without state."""
+    return part.state_dict() if callable(getattr(part, "state_dict", None)) else None
+
+
+def load_part_state(rule: object, state: dict[str, Any] | None, reference: Reference) -> None:
+    """Give a stopping rule back what it computed from theta* (its saved state)."""
+    if state is None or not callable(getattr(rule, "load_state_dict", None)):
+        raise UserError(
+            f"resume: the stopping rule {type(rule).__name__} has no state_dict() /"
+            " load_state_dict(): what it took from the dense network cannot be taken up;"
+            " give it both (or subclass incop.StoppingRule), or start the run again"
+        )
+    rule.load_state_dict(state, reference)
 
 
 def prune(
@@ -738,6 +625,10 @@ def prune(
     higher_is_better: bool = True,
     batch_fn: Callable[[Any], tuple[torch.Tensor, torch.Tensor]] | None = None,
     progress: bool = False,
+    callbacks: Sequence[Any] = (),
+    pruner: str | Pruner | None = None,
+    stop: str | StoppingRule | None = None,
+    resume: bool = False,
     **options: Any,
 ) -> Result:
     """Find sparse networks in ``model`` by IMP; ``model`` is pruned in place.
@@ -758,6 +649,12 @@ def prune(
     the mean over one batch, oriented by ``higher_is_better``.
     ``batch_fn(batch) -> (inputs, targets)``: unpacks batches that are not pairs (dicts,
     longer tuples). Unset arguments take the method's and the config's defaults.
+    ``callbacks``: objects told of every epoch, prune, level and the run's end
+    (:class:`incop.Callback`). ``pruner`` / ``stop``: a registered name, or an object
+    following the :class:`incop.Pruner` / :class:`incop.StoppingRule` protocol, used as the
+    built-in ones are (the config records it as ``user:<class name>``). ``resume``: go on
+    from the saved state in ``out`` (pass the same objects again; their ``state_dict`` is
+    taken up).
     """
     if method is None:
         raise UserError("method: None is not a method; allowed: " + ", ".join(METHODS.names()))
@@ -771,7 +668,14 @@ def prune(
         train_data, val_data = MappedSource(train_data, batch_fn), MappedSource(val_data, batch_fn)
         if test_data is not None:
             test_data = MappedSource(test_data, batch_fn)
+    parts = {"pruner": pruner, "stop": stop}
+    named = {kind: part for kind, part in parts.items() if isinstance(part, str)}
+    objects = {kind: part for kind, part in parts.items() if part is not None and kind not in named}
+    for kind, part in objects.items():
+        check_part(kind, part)
     overrides = {
+        **named,
+        **{kind: USER_PREFIX + type(part).__name__ for kind, part in objects.items()},
         "metric": metric,
         "method": method,
         "levels": levels,
@@ -782,8 +686,10 @@ def prune(
         **options,
     }
     config = resolve(overrides)
+    if resume and out is None:
+        raise UserError("resume: needs out, the run folder to go on from")
     world = current_world()
-    writer = run_writer(out, main=world.is_main)
+    writer = run_writer(out, main=world.is_main, mode="resume" if resume else "new")
     imp = IMP(
         config,
         model,
@@ -795,5 +701,7 @@ def prune(
         metric=chosen_metric,
         test_data=test_data,
         world=world,
+        callbacks=callbacks,
+        **objects,
     )
-    return imp.run()
+    return imp.run(resume=resume)

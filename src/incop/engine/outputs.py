@@ -154,6 +154,8 @@ def to_json(obj: Any, **options: Any) -> str:
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
+#: The event files of ``--log tensorboard`` (TensorBoard names them).
+TENSORBOARD_EVENTS = r"tensorboard/events\.out\.tfevents\.[A-Za-z0-9._-]+"
 #: What ``incop run`` may write in its folder; ``--overwrite`` removes those of these that the
 #: folder's manifest records, and nothing else.
 RUN_LAYOUT = Layout(
@@ -168,9 +170,11 @@ RUN_LAYOUT = Layout(
         r"levels/\d+/checkpoint\.pt",
         r"final/checkpoint\.pt",
         r"snapshots/[a-z]+-\d+\.pt",
+        r"metrics\.csv",
+        TENSORBOARD_EVENTS,
     ),
-    dirs=(r"levels", r"levels/\d+", r"final", r"snapshots"),
-    appended=(r"metrics\.jsonl",),
+    dirs=(r"levels", r"levels/\d+", r"final", r"snapshots", r"tensorboard"),
+    appended=(r"metrics\.jsonl", TENSORBOARD_EVENTS),
 )
 #: Bumped when the content of ``state.pt`` changes incompatibly.
 STATE_FORMAT = 3
@@ -205,9 +209,11 @@ STATE_KEYS: dict[str, tuple[type, ...]] = {
     "files": (dict,),
     "target": (float, type(None)),
     "limit": (dict, type(None)),
+    "pruner": (dict, type(None)),
 }
-#: Keys a state of an earlier incop may lack (checked when present).
-OPTIONAL_STATE_KEYS = ("target", "limit")
+#: Keys a state of an earlier incop may lack, or that only some runs have (checked when
+#: present): ``pruner`` is the ``state_dict`` of a pruner that accumulates (movement scores).
+OPTIONAL_STATE_KEYS = ("target", "limit", "pruner")
 PHASES = ("warmup", "retrain", "done", "finetune")
 
 

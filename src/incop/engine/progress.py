@@ -8,18 +8,36 @@ run. The counts are kept here, not read back from tqdm, so they hold with the ba
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from tqdm.auto import tqdm
 
+from incop.core.callbacks import Callback
 
-class Progress:
+
+class Progress(Callback):
     """``total`` epochs planned, ``done`` of them already run (on resume); ``enabled``
-    shows the bar (on standard error)."""
+    shows the bar (on standard error); ``planned(level)``: the most epochs a level can take;
+    ``metric``: the name the validation metric is shown under.
 
-    def __init__(self, total: int, *, done: int = 0, enabled: bool = False, desc: str = "IMP"):
+    As a callback of the run it advances with every trained epoch (a record's epoch 0 trains
+    nothing), shows the validation metric, and settles the total as each level ends."""
+
+    def __init__(
+        self,
+        total: int,
+        *,
+        done: int = 0,
+        enabled: bool = False,
+        desc: str = "IMP",
+        planned: Callable[[int], int] | None = None,
+        metric: str = "val",
+    ):
         self.total = total
         self.done = done
+        self.planned = planned
+        self.metric = metric
         self._bar = (
             tqdm(total=total, initial=done, unit="epoch", desc=desc, leave=True)
             if enabled
@@ -39,6 +57,15 @@ class Progress:
     def show(self, **fields: Any) -> None:
         if self._bar is not None:
             self._bar.set_postfix(**fields)
+
+    def on_epoch_end(self, record: dict[str, Any], state: Any) -> None:
+        self.show(level=record["level"], **{self.metric[:8]: f"{record['val_metric']:.4g}"})
+        if record["epoch"] > 0:
+            self.advance()
+
+    def on_level_end(self, level: dict[str, Any], state: Any) -> None:
+        if self.planned is not None:
+            self.settle(self.planned(level["level"]), level["epochs"])
 
     def close(self) -> None:
         """End the bar; a run that ended early (on_divergence: stop) ran what it ran."""

@@ -10,8 +10,30 @@ import torch
 
 from incop.config import Config
 from incop.core.masks import Masks, SparsityReport
-from incop.engine.finetune import FinalResult
 from incop.methods.stopping import STOP_REASONS
+
+
+@dataclass
+class FinalResult:
+    """The fine-tuned final ticket. ``epochs``: fine-tune epochs trained; ``best_epoch``: the
+    one kept (0: none beat the last level's weights); accuracies fractions (None when not
+    classification or without test data); seconds wall-clock."""
+
+    epochs: int
+    best_epoch: int
+    val_accuracy: float | None
+    val_loss: float
+    val_metric: float
+    test_accuracy: float | None
+    test_loss: float | None
+    train_seconds: float
+    eval_seconds: float
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass

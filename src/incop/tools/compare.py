@@ -39,7 +39,7 @@ from incop.core.world import World
 from incop.engine.distributed import current_world
 from incop.engine.experiment import build_batches
 from incop.engine.folders import LOCK_FILE, MANIFEST_FILE, Layout, Manifest, OwnedFolder
-from incop.engine.imp import IMP, WarmUp, resolve_device
+from incop.engine.imp import IMP, resolve_device
 from incop.engine.outputs import (
     RUN_LAYOUT,
     load_tensors,
@@ -48,6 +48,7 @@ from incop.engine.outputs import (
     to_json,
     torch_file,
 )
+from incop.engine.phases import WarmUp
 from incop.errors import UserError
 from incop.workload.data import Batches, load_dataset
 from incop.workload.models import build_model

@@ -23,8 +23,9 @@ from incop.config import Config, resolve
 from incop.core.training import evaluate
 from incop.engine.experiment import build_batches
 from incop.engine.folders import OwnedFolder, atomic_path
-from incop.engine.imp import LIMIT_SAMPLES, resolve_device
+from incop.engine.imp import resolve_device
 from incop.engine.outputs import RUN_LAYOUT, load_tensors, to_json
+from incop.engine.phases import LIMIT_SAMPLES
 from incop.errors import UserError
 from incop.methods.limit import (
     DENSITIES,
