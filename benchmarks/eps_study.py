@@ -84,17 +84,6 @@ class LogEveryFlow(StoppingRule):
         return super().decide(epoch, accuracy, distance)
 
 
-class Study(IMP):
-    def setup(self) -> None:
-        super().setup()
-        c = self.config
-        self.rule = LogEveryFlow(max_epochs=c.max_epochs, min_epochs=0)
-        self.probe = self.probe or [
-            (x.to(self.device), y.to(self.device))
-            for x, y in self.train_data.sample(c.probe_size, c.seed, c.eval_batch_size)
-        ]
-
-
 def replay(rows, dense, key=None, eps=0.0, accuracy_clause=True, min_epochs=1):
     """Total epochs and final accuracy had the rule stopped on these logged epochs."""
     levels = defaultdict(list)
@@ -151,7 +140,8 @@ def main() -> None:
     torch.manual_seed(config.seed)
     model = build_model(config.model, info.channels, info.image_size, info.num_classes)
     splits = build_batches(config, dataset)
-    study = Study(config, model, splits.train, splits.val)
+    rule = LogEveryFlow(max_epochs=config.max_epochs, min_epochs=0)
+    study = IMP(config, model, splits.train, splits.val, stop=rule)
     result = study.run()
     rows, dense = study.rule.rows, result.dense_accuracy
     print(result.table())

@@ -3,7 +3,7 @@ import json
 import pytest
 import yaml
 
-from incop.engine.imp import IMP
+from incop.engine import phases
 from incop.errors import UserError
 from incop.tools.compare import aggregate, run_comparison
 
@@ -56,13 +56,13 @@ def test_aggregate_means_stds_and_ratios_by_hand():
 @pytest.mark.slow
 def test_one_warm_up_per_seed_shared_by_every_method_and_resume_reuses_it(tmp_path, monkeypatch):
     calls = []
-    original = IMP.train_dense
+    original = phases.warm_up
 
-    def counting(self, *args, **kwargs):
-        calls.append(self.config.seed)
-        return original(self, *args, **kwargs)
+    def counting(loop, *args, **kwargs):
+        calls.append(loop.config.seed)
+        return original(loop, *args, **kwargs)
 
-    monkeypatch.setattr(IMP, "train_dense", counting)
+    monkeypatch.setattr(phases, "warm_up", counting)
     settings = {"levels": 1, "warmup_epochs": 2, "max_epochs": 1}
     out = tmp_path / "cmp"
     result = run_comparison(settings, ["lth", "sap", "incop-gf"], seeds=[0, 1], out=out)

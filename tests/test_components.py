@@ -254,3 +254,40 @@ def test_a_run_folder_of_the_previous_version_resumes_and_its_config_reproduces_
     assert [level["level"] for level in summary["levels"]] == [0, 1, 2, 3]
     before = (PREVIOUS / "metrics.jsonl").read_bytes()
     assert (cut / "metrics.jsonl").read_bytes().startswith(before)
+
+
+def test_a_pruner_that_accumulates_resumes_with_its_state(tiny_data, tmp_path):
+    train, val = tiny_data
+    settings = {"method": "sap", "levels": 2, "warmup_epochs": 2, "max_epochs": 2}
+    uninterrupted = movement_pruner.MovementPruner(0.5)
+    whole = incop.prune(_net(), train, val, pruner=uninterrupted, out=str(tmp_path / "whole"),
+                        **settings)  # fmt: skip
+
+    class Interrupt(incop.Callback):
+        def on_epoch_end(self, record, state):  # the state after epoch 1 holds its scores
+            if record["level"] == 1 and record["epoch"] == 2:
+                raise KeyboardInterrupt
+
+    out = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        incop.prune(_net(), train, val, pruner=movement_pruner.MovementPruner(0.5),
+                    out=str(out), callbacks=[Interrupt()], **settings)  # fmt: skip
+    fresh = movement_pruner.MovementPruner(0.5)
+    again = incop.prune(_net(), train, val, pruner=fresh, out=str(out), resume=True, **settings)
+    assert fresh.steps == uninterrupted.steps  # its saved count came back, and went on
+    for name, score in uninterrupted.used[-1].items():  # level 2 pruned on the same scores
+        assert torch.equal(score, fresh.used[-1][name]), name
+    for name, mask in whole.masks.items():
+        assert torch.equal(mask, again.masks[name]), name
+    assert _without_seconds(out) == _without_seconds(tmp_path / "whole")
+
+
+def test_a_comparison_gives_each_method_only_the_settings_it_uses():
+    from incop.tools.compare import check_plan, method_config
+
+    overrides = {"eps": 0.3, "levels": 2}
+    assert method_config(overrides, "sap", 0).eps == incop.config.default_value("eps")
+    assert method_config(overrides, "incop-gf", 0).eps == 0.3
+    check_plan(["sap", "incop-gf"], [0], overrides)
+    with pytest.raises(incop.UserError, match="eps: would be ignored: no method of the plan"):
+        check_plan(["sap", "lth"], [0], overrides)

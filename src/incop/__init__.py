@@ -33,6 +33,7 @@ from incop.methods.pruning import PRUNERS, Pruner, PrunerComponent, pq_index, sa
 from incop.methods.stopping import STOPPING_RULES, Reference, StoppingRule
 from incop.methods.stopping.rule import register_rule
 from incop.tools.ticket import MaskHandle, Ticket, apply_masks, export_ticket, load_ticket
+from incop.version import __version__
 from incop.workload.data import Batches
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
     "StoppingRule",
     "Ticket",
     "UserError",
+    "__version__",
     "apply_masks",
     "export_ticket",
     "gradient_flow",
@@ -72,5 +74,3 @@ __all__ = [
     "sap_prune_count",
     "sparsity_report",
 ]
-
-__version__ = "0.1.0"

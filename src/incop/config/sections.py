@@ -16,8 +16,16 @@ import incop.methods.flow_guided  # noqa: F401  (registers the flow-guided score
 import incop.methods.pruners  # noqa: F401  (registers the built-in pruners)
 from incop.config.presets import PRESETS
 from incop.core.callbacks import LOGGERS
-from incop.core.metrics import METRICS
-from incop.core.options import MAX_COUNT, MAX_EPOCHS, NoOptions, in_range, not_allowed, option
+from incop.core.metrics import CALLABLE_PREFIX, METRICS
+from incop.core.options import (
+    MAX_COUNT,
+    MAX_EPOCHS,
+    NoOptions,
+    in_range,
+    not_allowed,
+    option,
+    unknown_value,
+)
 from incop.core.precision import PRECISIONS
 from incop.core.training import OPTIMIZERS, SCHEDULES
 from incop.methods.named import METHODS
@@ -107,6 +115,11 @@ class RunOptions(NoOptions):
             value = getattr(self, name)
             if isinstance(value, str) and "\x00" in value:
                 problems.append(not_allowed(name, value, "a path cannot hold a NUL character"))
+        if not self.model.startswith("torchvision:") and self.model not in MODELS:
+            problems.append(unknown_value("model", self.model, MODELS.names()))
+        device_problem = check_device(self.device)
+        if device_problem:
+            problems.append(not_allowed("device", self.device, device_problem))
         unknown = [name for name in self.log if name not in LOGGERS]
         if unknown:
             problems.append(
@@ -247,6 +260,8 @@ class TrainingOptions(NoOptions):
             )
         if not 0 <= self.momentum < 1:
             problems.append(not_allowed("momentum", self.momentum, "must be in [0, 1)"))
+        if not self.metric.startswith(CALLABLE_PREFIX) and self.metric not in METRICS:
+            problems.append(unknown_value("metric", self.metric, METRICS))
         return problems
 
 
@@ -279,3 +294,25 @@ class PruningOptions(NoOptions):
         " straight to it (synflow and snip need it, lth and random take it instead of rate);"
         " with more levels each prune is capped at it and the run ends there",
     )
+
+
+def check_device(name: str) -> str | None:
+    """Why ``name`` is not a device this machine can run on, or None if it is."""
+    allowed = "allowed: auto, cpu, cuda, cuda:N, mps"
+    if name in ("auto", "cpu"):
+        return None
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        return allowed
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return "CUDA is not available on this machine (use auto or cpu)"
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            return f"this machine has {torch.cuda.device_count()} CUDA device(s)"
+        return None
+    if device.type == "mps":
+        if not torch.backends.mps.is_available():
+            return "MPS is not available on this machine (use auto or cpu)"
+        return None
+    return allowed

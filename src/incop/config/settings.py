@@ -15,7 +15,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from incop.config.presets import PRESETS
@@ -27,9 +26,8 @@ from incop.config.sections import (
     ScheduleOptions,
     TrainingOptions,
 )
-from incop.core.metrics import CALLABLE_PREFIX
-from incop.core.options import OptionSpec, merge, not_allowed, specs_of
-from incop.core import registry
+from incop.core import registry as registries
+from incop.core.options import OptionSpec, merge, not_allowed, specs_of, unknown_value
 from incop.core.registry import Registry, closest
 from incop.errors import UserError
 from incop.methods.named import METHODS
@@ -78,8 +76,8 @@ ORDER = (
 
 def option_specs() -> dict[str, OptionSpec]:
     """Every setting a run has now: the sections' and every registered component's."""
-    if _cache.get("generation") != registry.generation:
-        _cache.update(generation=registry.generation, specs=_collect_specs())
+    if _cache.get("generation") != registries.generation:
+        _cache.update(generation=registries.generation, specs=_collect_specs())
     return _cache["specs"]
 
 
@@ -429,17 +427,7 @@ def validate(config: Config, given: set[str] | None = None) -> None:
         allowed = spec.allowed()
         if spec.checked and allowed is not None and value not in allowed:
             if not (name in COMPONENTS and str(value).startswith(USER_PREFIX)):
-                problems.append(_unknown(name, value, allowed))
-    if not str(c.model).startswith("torchvision:"):
-        from incop.workload.models import MODELS
-
-        if c.model not in MODELS:
-            problems.append(_unknown("model", c.model, MODELS.names()))
-    if not str(c.metric).startswith(CALLABLE_PREFIX) and c.metric not in ("accuracy", "loss"):
-        problems.append(_unknown("metric", c.metric, ["accuracy", "loss"]))
-    device_problem = check_device(c.device)
-    if device_problem:
-        problems.append(not_allowed("device", c.device, device_problem))
+                problems.append(unknown_value(name, value, allowed))
     for section in SECTIONS:
         problems += c.section(section).check()
     for cls in c.chosen().values():
@@ -447,7 +435,7 @@ def validate(config: Config, given: set[str] | None = None) -> None:
             problems += _options(cls.Options, c._values).check() + cls.check_config(c)
     pruner = c.chosen()["pruner"]
     if pruner is not None and c.scope not in pruner.scopes:
-        problems.append(_unknown("scope", c.scope, list(pruner.scopes)))
+        problems.append(unknown_value("scope", c.scope, list(pruner.scopes)))
     problems += _ignored(c, specs, given) + _target_problems(c, pruner)
     if not problems:
         rewind = c.build_rewind()
@@ -458,13 +446,6 @@ def validate(config: Config, given: set[str] | None = None) -> None:
             )
     if problems:
         raise UserError("\n".join(_one_per_setting(problems)))
-
-
-def _unknown(name: str, value: Any, allowed: list[str]) -> str:
-    return (
-        f"{name}: unknown value {value!r}{closest(str(value), list(allowed))};"
-        f" allowed: {', '.join(allowed)}"
-    )
 
 
 def _one_per_setting(problems: list[str]) -> list[str]:
@@ -558,28 +539,6 @@ def method_defaults(name: str) -> dict[str, Any]:
         for method in METHODS.names()
         if name in (values := METHODS.get(method)) and values[name] != default
     }
-
-
-def check_device(name: str) -> str | None:
-    """Why ``name`` is not a device this machine can run on, or None if it is."""
-    allowed = "allowed: auto, cpu, cuda, cuda:N, mps"
-    if name in ("auto", "cpu"):
-        return None
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        return allowed
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            return "CUDA is not available on this machine (use auto or cpu)"
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            return f"this machine has {torch.cuda.device_count()} CUDA device(s)"
-        return None
-    if device.type == "mps":
-        if not torch.backends.mps.is_available():
-            return "MPS is not available on this machine (use auto or cpu)"
-        return None
-    return allowed
 
 
 #: Settings that say where a run reads and writes, not what it computes: a resumed run may

@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from incop.core.registry import closest
+
 #: Allowed values: a fixed list, or a function giving it (for registries filled later).
 Choices = Sequence[str] | Callable[[], Sequence[str]] | None
 
@@ -69,6 +71,14 @@ class Component:
 def not_allowed(name: str, value: Any, allowed: str) -> str:
     """The one-line refusal of a bad value: ``name: value is not allowed; allowed``."""
     return f"{name}: {value!r} is not allowed; {allowed}"
+
+
+def unknown_value(name: str, value: Any, allowed: Sequence[str]) -> str:
+    """The one-line refusal of a name that is not among ``allowed`` (with the closest one)."""
+    return (
+        f"{name}: unknown value {value!r}{closest(str(value), list(allowed))};"
+        f" allowed: {', '.join(allowed)}"
+    )
 
 
 def in_range(name: str, value: int, low: int, high: int) -> list[str]:

@@ -50,6 +50,7 @@ from incop.engine.outputs import (
 )
 from incop.engine.phases import WarmUp
 from incop.errors import UserError
+from incop.version import __version__
 from incop.workload.data import Batches, load_dataset
 from incop.workload.models import build_model
 
@@ -529,19 +530,17 @@ def _count(reasons: Iterable[str]) -> dict[str, int]:
 
 def provenance() -> dict[str, str | None]:
     """Which incop made a result: its version and, in a git checkout, the commit."""
-    import incop
-
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"],
-            cwd=Path(incop.__file__).parent,
+            cwd=Path(__file__).parent,
             capture_output=True,
             text=True,
             timeout=10,
         ).stdout.strip()
     except OSError:  # no git on this machine
         commit = ""
-    return {"version": incop.__version__, "commit": commit or None}
+    return {"version": __version__, "commit": commit or None}
 
 
 def hardware(device: torch.device) -> dict[str, Any]:
