@@ -31,7 +31,9 @@ class Pruner(Protocol):
 
     ``weights``: the prunable parameters by name (detached); ``masks``: their current masks
     (bool, same shapes); ``generator``: the run's seeded generator, for pruners that draw.
-    Returns the new masks, each <= the old one. Optional methods, called when present:
+    Returns the new masks, each <= the old one. The mask rule and the EPI warm-up stop also
+    call it to preview the next prune, on a throwaway generator, so a pruner used with them
+    must not change its own state when called. Optional methods, called when present:
 
     - ``bind(context: PruneContext) -> Pruner``: before the first prune, for pruners that
       score with the network or the data (:class:`incop.methods.at_init.PruneContext`);
