@@ -22,6 +22,7 @@ from torch import nn
 from incop.config import METHODS, USER_PREFIX, Config, default_value, resolve, to_yaml
 from incop.core.batches import BatchSource, LossFn
 from incop.core.callbacks import LOGGERS, Callback, check_callback
+from incop.core.flops import EVAL_PASSES, TRAIN_PASSES, FlopCounter, with_search
 from incop.core.masks import (
     MaskEnforcer,
     Masks,
@@ -168,7 +169,11 @@ class IMP:
                 after_backward=self.after_backward,
             )
         stats = self.world.combine(stats)
-        return {"train_loss": stats.loss, "train_accuracy": stats.accuracy, "lr": lr}
+        if s.train_examples is None:
+            s.train_examples = stats.examples
+        flops = TRAIN_PASSES * self.flops.forward(s.masks) * stats.examples
+        return {"train_loss": stats.loss, "train_accuracy": stats.accuracy, "lr": lr,
+                "train_flops": float(flops)}  # fmt: skip
 
     def evaluate(self, clock: Clock) -> dict[str, float]:
         """The current weights on the validation data."""
@@ -182,6 +187,7 @@ class IMP:
                 precision=self.precision,
             )
         stats = self.world.combine(stats)
+        self._count("eval", EVAL_PASSES, stats.examples)
         value = self.metric.value(stats.loss, stats.accuracy, stats.custom)
         return {"val_loss": stats.loss, "val_accuracy": stats.accuracy, "val_metric": value}
 
@@ -196,6 +202,7 @@ class IMP:
         if measure and self.state.levels:  # the rule has its dense reference from level 0 on
             with clock("flow"):
                 distance = self.rule.measure(self.model, self.state.masks)
+            self.count_flows()
             if distance is not None:
                 record["distance"] = distance
         for key in ("val_loss", "distance"):
@@ -203,6 +210,18 @@ class IMP:
             if value is not None and not math.isfinite(value):
                 raise DivergenceError(f"{key.replace('_', ' ')} became {value}")
         return record
+
+    def _count(self, category: str, passes: int, examples: int) -> float:
+        """Add ``examples`` x ``passes`` forward passes under the current masks to the cost."""
+        flops = float(passes * self.flops.forward(self.state.masks) * examples)
+        self.state.cost[category] += flops
+        return flops
+
+    def count_flows(self) -> None:
+        """The cost of one measurement of the stopping rule's flow on the probe set."""
+        passes = getattr(self.rule, "probe_passes", 0)
+        if passes and self.probe is not None:
+            self._count("flows", passes, sum(y.shape[0] for _, y in self.probe))
 
     def emit(self, hook: str, *args: Any) -> None:
         """Call ``hook`` of every callback that has it, with ``args`` and the state."""
@@ -220,8 +239,19 @@ class IMP:
             **record,
             # Epoch 0 trains nothing: the rate epoch 1 will use.
             "lr": record.get("lr", self.state.optimizer.param_groups[0]["lr"]),
+            # What this epoch's training cost (0 for a record that trained nothing).
+            "train_flops": record.get("train_flops", 0.0),
             **{f"{k}_seconds": v for k, v in clock.seconds.items()},
         }
+        s = self.state
+        if level == 0:
+            s.cost["warmup"] += full["train_flops"]
+        elif record.get("phase") == "finetune":
+            s.cost["finetune"] += full["train_flops"]
+        else:
+            s.cost["retrain"] += full["train_flops"]
+        if record.get("phase") != "finetune":
+            s.level_flops += full["train_flops"]
         self.emit("on_epoch_end", full)
         return full
 
@@ -247,7 +277,9 @@ class IMP:
             distance=last.get("distance"),
             # Per tensor: layer collapse is how one-shot pruning at init is known to fail.
             layer_remaining={layer.name: layer.alive / layer.total for layer in report.layers},
+            train_flops=s.level_flops,
         )
+        s.level_flops = 0.0
         self.writer.level(level, self.model.state_dict(), s.masks)
         s.level_masks.append({k: v.clone() for k, v in s.masks.items()})
         s.levels.append(result)
@@ -266,6 +298,7 @@ class IMP:
             precision=self.precision,
         )
         stats = self.world.combine(stats)
+        self._count("eval", EVAL_PASSES, stats.examples)
         return {"test_accuracy": stats.accuracy, "test_loss": stats.loss}
 
     def score(self, record: dict[str, Any]) -> float:
@@ -409,6 +442,7 @@ class IMP:
         )
         self.train_loss_fn = with_l1(self.loss_fn, self.model, c.l1)
         self.enforcer = MaskEnforcer(self.params, self.state.masks)
+        self.flops = FlopCounter(self.model, self.state.masks, self.example_input)
         self.precision = Precision(c.precision, self.device)
         self.pruner = self.user_parts["pruner"] or c.build_pruner()
         if hasattr(self.pruner, "bind"):  # it scores with the network itself (synflow, snip)
@@ -528,6 +562,9 @@ class IMP:
             final=final,
             config=c,
             limit=s.limit,
+            cost=with_search(s.cost),
+            dense_epoch=self._dense_epoch(),
+            train_examples=s.train_examples,
             level_masks=s.level_masks,
             sparsity=sparsity_report(self.model, s.masks, self.example_input),
         )
@@ -536,6 +573,13 @@ class IMP:
         self.emit("on_run_end", summary)
         self._warn_if_at_chance()
         return result
+
+    def _dense_epoch(self) -> float | None:
+        """FLOPs of one dense training epoch (None if no epoch trained)."""
+        examples = self.state.train_examples
+        if examples is None:
+            return None
+        return float(TRAIN_PASSES * self.flops.dense(self.state.masks) * examples)
 
     def _should_end(self) -> bool:
         s = self.state

@@ -210,10 +210,12 @@ STATE_KEYS: dict[str, tuple[type, ...]] = {
     "target": (float, type(None)),
     "limit": (dict, type(None)),
     "pruner": (dict, type(None)),
+    "cost": (dict,),
 }
 #: Keys a state of an earlier incop may lack, or that only some runs have (checked when
-#: present): ``pruner`` is the ``state_dict`` of a pruner that accumulates (movement scores).
-OPTIONAL_STATE_KEYS = ("target", "limit", "pruner")
+#: present): ``pruner`` is the ``state_dict`` of a pruner that accumulates (movement scores);
+#: ``cost``, the FLOPs counted so far.
+OPTIONAL_STATE_KEYS = ("target", "limit", "pruner", "cost")
 PHASES = ("warmup", "retrain", "done", "finetune")
 
 

@@ -9,7 +9,7 @@ pruners, rewinding modes and stopping rules only their small interfaces.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -69,6 +69,7 @@ class Loop(Protocol):
     def score(self, record: dict) -> float: ...
     def reference(self, score: float) -> Reference: ...
     def first_prune(self) -> Masks: ...
+    def count_flows(self) -> None: ...
     def finish_level(
         self, level: int, epochs: int, clock: Clock, last: dict, reason: str
     ) -> None: ...
@@ -85,7 +86,8 @@ class WarmUp:
     ``records``: the epoch records to log; ``epoch_counter``: epochs seen, for data order;
     ``epochs``: dense epochs trained; ``diverged``: the loss became non-finite before
     ``warmup_epochs`` (theta* is then the best epoch before that); ``reason``: why it ended
-    (``warmup``: all its epochs; ``epi``: the first prune's mask stopped changing).
+    (``warmup``: all its epochs; ``epi``: the first prune's mask stopped changing);
+    ``cost``: the FLOPs it spent per category (:mod:`incop.core.flops`).
     """
 
     snapshots: dict[str, dict[str, torch.Tensor]]
@@ -96,6 +98,7 @@ class WarmUp:
     epochs: int = 0
     diverged: bool = False
     reason: str = "warmup"
+    cost: dict[str, float] = field(default_factory=dict)
 
 
 def warm_up(loop: Loop, saved: dict[str, Any] | None = None) -> WarmUp:
@@ -170,6 +173,7 @@ def warm_up(loop: Loop, saved: dict[str, Any] | None = None) -> WarmUp:
         trained,
         diverged,
         loop.warmup_stop.name if ended else "warmup",
+        dict(s.cost),
     )
 
 
@@ -184,6 +188,9 @@ def take_up(loop: Loop, warmup: WarmUp, *, shared: bool = False) -> None:
             s.snapshot_files[name] = loop.writer.snapshot(f"{name}-0", weights)
     s.best = warmup.best
     s.epoch_counter = warmup.epoch_counter
+    if shared and warmup.cost:  # what the warm-up cost belongs to this run's ticket too
+        s.cost.update(warmup.cost)
+        s.level_flops = warmup.cost["warmup"]
     loop.model.load_state_dict(s.snapshots["dense"])
     clock = loop.new_clock()
     clock.seconds.update(warmup.seconds)
@@ -192,6 +199,7 @@ def take_up(loop: Loop, warmup: WarmUp, *, shared: bool = False) -> None:
             loop.emit("on_epoch_end", record)
     with clock("flow"):
         loop.rule.prepare(loop.reference(loop.score(warmup.best)))
+    loop.count_flows()
     reason = "diverged" if warmup.diverged else warmup.reason
     loop.finish_level(0, warmup.epochs, clock, warmup.best, reason)
 

@@ -61,6 +61,7 @@ class LevelResult:
     test_accuracy: float | None = None
     test_loss: float | None = None
     layer_remaining: dict[str, float] | None = None
+    train_flops: float | None = None
 
     def __getitem__(self, key: str) -> Any:
         return getattr(self, key)
@@ -86,6 +87,11 @@ class Result:
     #: The pruning limit predicted on theta* (``target_remaining: limit``), as
     #: :meth:`incop.methods.limit.Limit.to_dict` gives it, else None.
     limit: dict[str, Any] | None = None
+    #: FLOPs per category and ``search`` (:mod:`incop.core.flops`); one dense training
+    #: epoch's FLOPs; the examples of one training epoch.
+    cost: dict[str, float] | None = None
+    dense_epoch: float | None = None
+    train_examples: int | None = None
 
     def summary(self) -> dict[str, Any]:
         """The content of ``summary.json``."""
@@ -98,6 +104,9 @@ class Result:
             "final": self.final.to_dict() if self.final is not None else None,
             # Results are bitwise reproducible only at the same thread count (README, "Trust").
             "threads": torch.get_num_threads(),
+            "cost": self.cost,
+            "dense_epoch": self.dense_epoch,
+            "train_examples": self.train_examples,
             **extra,
         }
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from incop.core.flops import CATEGORIES
 from incop.core.masks import Masks, pack_mask, unpack_mask
 from incop.engine.result import LevelResult
 
@@ -32,7 +33,9 @@ class RunState:
     where each is saved; ``levels`` and ``level_masks``: the levels decided so far; ``best``:
     the dense warm-up's best epoch record; ``record``: the current level's last epoch record;
     ``target``: where pruning ends (a fraction of the prunable weights, or None); ``limit``:
-    the pruning limit predicted on theta*, when asked for.
+    the pruning limit predicted on theta*, when asked for; ``cost``: FLOPs spent so far per
+    category (:mod:`incop.core.flops`), ``level_flops`` the training FLOPs of the level in
+    progress; ``train_examples``: the examples of one training epoch, once one has run.
     """
 
     masks: Masks
@@ -48,6 +51,9 @@ class RunState:
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     target: float | None = None
     limit: dict[str, Any] | None = None
+    cost: dict[str, float] = field(default_factory=lambda: dict.fromkeys(CATEGORIES, 0.0))
+    level_flops: float = 0.0
+    train_examples: int | None = None
 
     @property
     def dense_metric(self) -> float | None:
@@ -74,6 +80,11 @@ class RunState:
             "epoch_counter": self.epoch_counter,
             "target": self.target,
             "limit": self.limit,
+            "cost": {
+                **self.cost,
+                "level": self.level_flops,
+                "train_examples": self.train_examples,
+            },
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -98,6 +109,11 @@ class RunState:
         # Saved before targets existed: none then (and the limit is taken again if asked).
         self.target = state.get("target", self.target)
         self.limit = state.get("limit")
+        # Saved before costs were counted: counted from here on.
+        cost = dict(state.get("cost") or {})
+        self.level_flops = cost.pop("level", 0.0)
+        self.train_examples = cost.pop("train_examples", None)
+        self.cost.update(cost)
         self.generator.set_state(state["generator"].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())
         if state["cuda_rng"] is not None and torch.cuda.is_available():

@@ -396,7 +396,8 @@ def _read_warmup(path: Path) -> WarmUp:
     fields = {f.name: f for f in dataclasses.fields(WarmUp)}
     required = [n for n, f in fields.items() if f.default is dataclasses.MISSING]
     types = {"snapshots": dict, "best": dict, "seconds": dict, "records": list,
-             "epoch_counter": int, "epochs": int, "diverged": bool, "reason": str}  # fmt: skip
+             "epoch_counter": int, "epochs": int, "diverged": bool, "reason": str,
+             "cost": dict}  # fmt: skip
     problem = None
     if not isinstance(saved, dict):
         problem = f"holds a {type(saved).__name__}, not a warm-up"
@@ -412,10 +413,11 @@ def _read_warmup(path: Path) -> WarmUp:
 
 
 def format_table(comparison: dict[str, Any]) -> str:
-    """The comparison table printed at the end of ``incop compare``: mean ± std over trials."""
+    """The comparison table printed at the end of ``incop compare``: mean ± std over trials;
+    ``cost``: what finding and training the ticket cost, in dense training epochs."""
     head = (
-        f"{'method':<10} {'epochs':>13} {'fine-tune':>9} {'val acc':>15} {'test acc':>15}"
-        f" {'remaining':>9}"
+        f"{'method':<10} {'epochs':>13} {'fine-tune':>9} {'cost':>13} {'val acc':>15}"
+        f" {'test acc':>15} {'remaining':>9}"
         f" {'wall s':>13} {'epochs/sap':>10} {'wall/sap':>8}"
     )
     rows = [head, "-" * len(head)]
@@ -424,7 +426,7 @@ def format_table(comparison: dict[str, Any]) -> str:
         ratio = comparison["ratios"][method]
         rows.append(
             f"{method:<10} {t['epochs']['mean']:>6.1f} ± {t['epochs']['std']:<4.1f}"
-            f" {t['finetune_epochs']['mean']:>9.1f}"
+            f" {t['finetune_epochs']['mean']:>9.1f} {_cost_cell(t['cost_dense_epochs'])}"
             f" {_pm(t['final_accuracy'])} {_pm(t['final_test_accuracy'])}"
             f" {t['final_remaining_fraction']['mean']:>9.2%}"
             f" {t['wall_seconds']['mean']:>6.1f} ± {t['wall_seconds']['std']:<4.1f}"
@@ -432,6 +434,13 @@ def format_table(comparison: dict[str, Any]) -> str:
             f" {_ratio_cell(ratio.get('wall_vs_sap'), 8)}"
         )
     return "\n".join(rows)
+
+
+def _cost_cell(stat: dict[str, float | None]) -> str:
+    """Search cost in dense training epochs, mean ± std (``-`` where not counted)."""
+    if stat["mean"] is None:
+        return f"{'-':>13}"
+    return f"{stat['mean']:>6.1f} ± {stat['std']:<4.1f}"
 
 
 def _pm(stat: dict[str, float | None]) -> str:
@@ -459,7 +468,7 @@ def run_totals(summary: dict[str, Any]) -> dict[str, float]:
     """One run's totals. Retraining = levels 1..K (the dense warm-up is shared, so left out);
     the final fine-tune, if any, counts in ``epochs`` and the seconds and is also shown
     apart; the final accuracies are the fine-tuned ticket's. Flow seconds include level 0,
-    where the dense reference flow is measured."""
+    where the dense reference flow is measured. ``cost_dense_epochs``: :func:`search_cost`."""
     levels = summary["levels"]
     retrain = levels[1:]
     final = summary.get("final") or {}
@@ -480,7 +489,15 @@ def run_totals(summary: dict[str, Any]) -> dict[str, float]:
     totals["wall_seconds"] = (
         totals["train_seconds"] + totals["eval_seconds"] + totals["flow_seconds"]
     )
+    totals["cost_dense_epochs"] = search_cost(summary)
     return totals
+
+
+def search_cost(summary: dict[str, Any]) -> float | None:
+    """What finding and training the ticket cost (``cost.search``: the warm-up included), in
+    dense training epochs; None for a run of an incop that did not count it."""
+    cost, dense = summary.get("cost"), summary.get("dense_epoch")
+    return cost["search"] / dense if cost and dense else None
 
 
 def aggregate(summaries: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -516,9 +533,11 @@ def aggregate(summaries: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         for base in BASELINES:
             if base not in methods:
                 continue
-            for key, name in (("epochs", "epochs"), ("wall_seconds", "wall")):
+            for key, name in (("epochs", "epochs"), ("wall_seconds", "wall"),
+                              ("cost_dense_epochs", "cost")):  # fmt: skip
                 denominator = methods[base]["totals"][key]["mean"]
-                value = entry["totals"][key]["mean"] / denominator if denominator else None
+                value = entry["totals"][key]["mean"]
+                value = value / denominator if denominator and value is not None else None
                 ratios[method][f"{name}_vs_{base}"] = value
     return {"methods": methods, "ratios": ratios}
 

@@ -46,6 +46,7 @@ SUMMARY_COLUMNS = (
     ("retraining epochs", "retrain_epochs", 1, 1),
     ("fine-tune epochs", "finetune_epochs", 1, 1),
     ("epochs in all", "epochs", 1, 1),
+    ("cost (dense epochs)", "cost_dense_epochs", 1, 1),
     ("final remaining (%)", "final_remaining_fraction", 100, 2),
     ("final val accuracy (%)", "final_accuracy", 100, 2),
     ("final test accuracy (%)", "final_test_accuracy", 100, 2),
@@ -57,6 +58,7 @@ SUMMARY_COLUMNS = (
 #: Ratio columns: header, key in comparison.json "ratios".
 RATIO_COLUMNS = (
     ("epochs / sap", "epochs_vs_sap"),
+    ("cost / sap", "cost_vs_sap"),
     ("wall / sap", "wall_vs_sap"),
     ("epochs / lth", "epochs_vs_lth"),
     ("wall / lth", "wall_vs_lth"),

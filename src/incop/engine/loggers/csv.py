@@ -13,8 +13,8 @@ CSV_FILE = "metrics.csv"
 #: The columns, in order: every key an epoch record can have (empty where a record lacks it).
 COLUMNS = (
     "level", "epoch", "phase", "remaining_fraction", "train_loss", "train_accuracy", "lr",
-    "val_loss", "val_accuracy", "val_metric", "distance", "epi_similarity", "train_seconds",
-    "eval_seconds", "flow_seconds",
+    "val_loss", "val_accuracy", "val_metric", "distance", "epi_similarity", "train_flops",
+    "train_seconds", "eval_seconds", "flow_seconds",
 )  # fmt: skip
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from incop.core.flops import TRAIN_PASSES
 from incop.core.masks import Masks
 from incop.core.options import option
 from incop.methods.flows import gradient_flow
@@ -31,6 +32,7 @@ class GradientFlowRule(FlowRule):
     name: str = field(default="gf", init=False)
 
     Options = GFOptions
+    probe_passes = TRAIN_PASSES  # a forward and a backward pass of the probe set
 
     @classmethod
     def from_options(cls, options: GFOptions, config: Any) -> GradientFlowRule:

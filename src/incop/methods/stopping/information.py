@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from incop.core.flops import EVAL_PASSES
 from incop.core.masks import Masks
 from incop.core.options import option
 from incop.methods.flows import FLOW_SUMMARIES, IF_SKIP, information_flow
@@ -37,6 +38,7 @@ class InformationFlowRule(FlowRule):
     name: str = field(default="if", init=False)
 
     Options = IFOptions
+    probe_passes = EVAL_PASSES  # a forward pass of the probe set
 
     @classmethod
     def from_options(cls, options: IFOptions, config: Any) -> InformationFlowRule:

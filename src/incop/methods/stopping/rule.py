@@ -89,6 +89,8 @@ class StoppingRule(Component):
 
     #: Whether :meth:`prepare` needs ``Reference.probe``.
     needs_probe: ClassVar[bool] = False
+    #: Forward passes one probe example costs at each :meth:`measure` (the run's FLOP count).
+    probe_passes: ClassVar[int] = 0
     reasons: ClassVar[dict[str, str]] = {"cap": "retrained the full max_epochs (E)"}
 
     @classmethod
