@@ -40,7 +40,7 @@ class MovementPruner(incop.PrunerComponent):
     def from_options(cls, options: MovementOptions, config: Any) -> "MovementPruner":
         return cls(options.movement_rate)
 
-    def after_backward(self, model, masks):
+    def after_backward(self, model, masks, state):
         self.steps += 1
         for name in masks:
             weight = model.get_parameter(name)

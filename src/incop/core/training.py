@@ -61,8 +61,9 @@ def train_epoch(
     """One pass over ``batches`` of ``(inputs (B, ...), targets (B,))``, updating ``model``.
 
     ``precision``: autocast for the forward pass and loss (and fp16's gradient scaler).
-    ``after_backward``: called after every backward pass, the gradients masked, before the
-    optimiser steps (the training-time hook of pruners that score by gradients).
+    ``after_backward``: called after every backward pass, before the gradients are masked and
+    the optimiser steps (the training-time hook of pruners that score by gradients or move
+    the masks, as dynamic sparse training does).
 
     Pruned weights stay exactly zero: ``enforcer`` masks the gradients of every step and,
     as a guard, the weights and optimiser state once at the end of the epoch. ``scheduler``
@@ -82,10 +83,10 @@ def train_epoch(
             out = model(x)
             loss = loss_fn(out, y)
         precision.backward(loss)
+        if after_backward is not None:  # it sees the dense gradient; it may change the masks
+            after_backward()
         if enforcer is not None:
             enforcer.mask_gradients()  # scaled or not: a zero stays zero
-        if after_backward is not None:
-            after_backward()
         precision.step(optimizer)
         losses.append(loss.detach())
         if classifies(out, y):

@@ -153,6 +153,7 @@ class IMP:
         s = self.state
         # The rate this epoch trains at: the scheduler steps at its end.
         lr = s.optimizer.param_groups[0]["lr"]
+        before = getattr(self.pruner, "dense_backward_examples", 0)
         if hasattr(self.train_data, "set_epoch"):
             self.train_data.set_epoch(s.epoch_counter)
         s.epoch_counter += 1
@@ -172,6 +173,9 @@ class IMP:
         if s.train_examples is None:
             s.train_examples = stats.examples
         flops = TRAIN_PASSES * self.flops.forward(s.masks) * stats.examples
+        # Update steps of dynamic sparse training whose backward pass was dense (RigL).
+        dense = getattr(self.pruner, "dense_backward_examples", 0)
+        flops += 2 * (self.flops.dense(s.masks) - self.flops.forward(s.masks)) * (dense - before)
         return {"train_loss": stats.loss, "train_accuracy": stats.accuracy, "lr": lr,
                 "train_flops": float(flops)}  # fmt: skip
 
@@ -458,8 +462,8 @@ class IMP:
             self.pruner = self.pruner.bind(context)
         self.after_backward = None
         if callable(getattr(self.pruner, "after_backward", None)):
-            pruner, model, masks = self.pruner, self.model, self.state.masks
-            self.after_backward = lambda: pruner.after_backward(model, masks)
+            pruner, model, state = self.pruner, self.model, self.state
+            self.after_backward = lambda: pruner.after_backward(model, state.masks, state)
         self.rule = self.user_parts["stop"] or c.build_stopping_rule()
         self.warmup_stop = c.build_warmup_stop()
         self.rewind = c.build_rewind()
@@ -562,6 +566,7 @@ class IMP:
             final=final,
             config=c,
             limit=s.limit,
+            pruner=part_state(self.pruner),
             cost=with_search(s.cost),
             dense_epoch=self._dense_epoch(),
             train_examples=s.train_examples,

@@ -92,10 +92,15 @@ class Result:
     cost: dict[str, float] | None = None
     dense_epoch: float | None = None
     train_examples: int | None = None
+    #: The pruner's own state at the end (``state_dict()``, for pruners that have one: the
+    #: mask updates of dynamic sparse training), else None.
+    pruner: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         """The content of ``summary.json``."""
         extra = {"limit": self.limit} if self.limit is not None else {}
+        if self.pruner is not None:
+            extra["pruner"] = self.pruner
         return {
             "levels": [level.to_dict() for level in self.levels],
             "dense_accuracy": self.dense_accuracy,

@@ -83,3 +83,16 @@ METHODS.register("oneshot", "dense warm-up, one magnitude prune to target_remain
 METHODS.register("lr-rewind", "SAP, the weights kept after each prune, the schedule restarted")(
     {"pruner": "sap", "stop": "fixed", "rewind": "lr"}
 )
+
+
+#: Dynamic sparse training (issue 26; METHOD.md section 8): sparse from initialisation at
+#: target_remaining (0.1, as the at-init methods), the mask moved during one training phase
+#: of max_epochs; the drop and update defaults are the RigL paper's (0.3, every 100 steps,
+#: until 75% of training).
+_DYNAMIC = {**_AT_INIT, "finetune_epochs": 0}
+METHODS.register("rigl", "RigL: sparse from init, weights regrown by the dense gradient")(
+    {**_DYNAMIC, "pruner": "rigl"}
+)
+METHODS.register("set", "SET: sparse from init, weights regrown at random")(
+    {**_DYNAMIC, "pruner": "set"}
+)

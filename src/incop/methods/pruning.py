@@ -37,9 +37,11 @@ class Pruner(Protocol):
 
     - ``bind(context: PruneContext) -> Pruner``: before the first prune, for pruners that
       score with the network or the data (:class:`incop.methods.at_init.PruneContext`);
-    - ``after_backward(model, masks)``: during training, after every backward pass, the
-      gradients in ``param.grad`` (masked; scaled under fp16): the training-time hook of
-      pruners that score by gradients (movement pruning, RigL);
+    - ``after_backward(model, masks, state)``: during training, after every backward pass,
+      the dense gradients in ``param.grad`` (not yet masked; scaled under fp16), ``state``
+      the run's :class:`incop.engine.state.RunState` (its optimiser, its generator): the
+      training-time hook of pruners that score by gradients (movement pruning) or move the
+      masks (RigL, SET: a mask replaced in ``masks`` is enforced from that step on);
     - ``state_dict() -> dict`` / ``load_state_dict(dict)``: what it accumulates, saved with
       the run's state so that ``--resume`` takes it up (tensors, numbers, strings, lists
       and dicts only: nothing else is read back from a run folder).

@@ -8,7 +8,16 @@ from incop.methods.pruners.random import RandomPruner
 from incop.methods.pruners.sap import SAPPruner
 from incop.methods.pruners.synflow import SynFlowPruner
 from incop.methods.pruners.snip import SNIPPruner
+from incop.methods.pruners.dynamic import RigLPruner, SETPruner
 
 # isort: on
 
-__all__ = ["MagnitudePruner", "RandomPruner", "SAPPruner", "SNIPPruner", "SynFlowPruner"]
+__all__ = [
+    "MagnitudePruner",
+    "RandomPruner",
+    "RigLPruner",
+    "SAPPruner",
+    "SETPruner",
+    "SNIPPruner",
+    "SynFlowPruner",
+]
