@@ -59,3 +59,17 @@ def rewrite_state(run, state):
         folder.write_bytes("state.pt", state_bytes(state))
     finally:
         folder.close()
+
+
+def torchrun(script: str, out: Path, ranks: int = 2) -> None:
+    """Run the test script ``script`` (a file beside this one) on ``ranks`` CPU ranks under
+    torchrun, one thread each, with ``out`` as its argument; fail with its last output."""
+    import subprocess
+    import sys
+
+    path = Path(__file__).parent / script
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", str(ranks), str(path), str(out)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(path.parent)}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -140,3 +140,17 @@ def test_a_comparison_setting_no_method_uses_is_refused(tmp_path, methods, setti
     with pytest.raises(UserError, match=message):
         run_comparison(settings, methods, seeds=[0], out=tmp_path / "cmp")
     assert not (tmp_path / "cmp").exists()
+
+
+def test_a_target_reaches_every_method_that_prunes_once_and_no_imp_method():
+    from incop.tools.compare import check_plan, method_config
+
+    settings = {"target_remaining": 0.05, "levels": 3}
+    for method in ("synflow", "oneshot", "rigl", "set", "lomp"):
+        assert method_config(settings, method, 0).target_remaining == 0.05, method
+        assert method_config(settings, method, 0).levels == 1, method
+    assert method_config(settings, "sap", 0).target_remaining is None
+    assert method_config(settings, "sap", 0).levels == 3
+    check_plan(["sap", "oneshot"], [0], settings)
+    with pytest.raises(UserError, match="levels: would be ignored: only IMP methods"):
+        check_plan(["oneshot", "rigl"], [0], {"levels": 3})

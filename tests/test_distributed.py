@@ -5,14 +5,13 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from helpers import wait_mid_level
+from helpers import torchrun, wait_mid_level
 from incop.core.training import EpochStats
 from incop.core.world import World
 from incop.engine.distributed import mask_fingerprint
@@ -180,12 +179,7 @@ def test_a_comparison_on_two_ranks_matches_one_process(tmp_path):
 
 @pytest.mark.slow
 def test_prune_under_torchrun_with_a_distributed_sampler(tmp_path):
-    script = Path(__file__).parent / "ddp_prune_script.py"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node", "2", str(script), str(tmp_path)]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(script.parent)}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    torchrun("ddp_prune_script.py", tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "masks-0.pt", "masks-1.pt", "run", "val-0.pt", "val-1.pt"
     ]  # fmt: skip

@@ -3,17 +3,13 @@ schedule, pruned weights kept at zero, resume, and the refusals."""
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 import incop
-from helpers import TinyNet
+from helpers import TinyNet, torchrun
 from incop.config import resolve
 from incop.engine.outputs import read_metrics
 from incop.methods.pruners import RigLPruner, SETPruner
@@ -217,12 +213,7 @@ def test_a_refusal_from_the_cli_writes_nothing(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_two_ranks_make_the_same_mask_at_every_update(tmp_path):
-    script = Path(__file__).parent / "ddp_rigl_script.py"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node", "2", str(script), str(tmp_path)]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(script.parent)}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    torchrun("ddp_rigl_script.py", tmp_path)
     a, b = torch.load(tmp_path / "updates-0.pt"), torch.load(tmp_path / "updates-1.pt")
     assert len(a) > 3 and len(a) == len(b)
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))

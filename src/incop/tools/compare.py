@@ -157,21 +157,27 @@ def compare_layout() -> Layout:
     )
 
 
-#: The IMP schedule of a comparison (warm-up, levels) does not reach methods that prune once
-#: (a preset without warm-up: synflow, snip, random-init), and target_remaining reaches
-#: only them: one command compares IMP with pruning at initialisation.
-ONE_SHOT_ONLY, IMP_ONLY = ("target_remaining",), ("warmup_epochs", "levels")
+#: Settings of a comparison that reach only some of its methods, so that one command compares
+#: IMP with the methods that prune once: ``target_remaining`` reaches only those that prune
+#: once (a preset of one level: at init, one-shot, dynamic sparse training, LOMP), the
+#: number of ``levels`` only the others, ``warmup_epochs`` only those with a warm-up.
+REACH = {
+    "target_remaining": ("methods that prune once", lambda preset: preset.get("levels") == 1),
+    "levels": ("IMP methods", lambda preset: preset.get("levels") != 1),
+    "warmup_epochs": ("methods with a warm-up", lambda preset: preset.get("warmup_epochs") != 0),
+}
+
+
+def _reaches(key: str, method: str) -> bool:
+    name = key.replace("-", "_")
+    return name not in REACH or REACH[name][1](METHODS.get(method))
 
 
 def method_config(overrides: dict[str, Any], method: str, seed: int, **extra: Any) -> Config:
     """The config of ``method`` at ``seed`` in a comparison of ``overrides``."""
-    one_shot = METHODS.get(method).get("warmup_epochs") == 0
-    skip = IMP_ONLY if one_shot else ONE_SHOT_ONLY
     # The options of components this method does not choose (eps for sap) are the others'.
     unused = unused_by(method, overrides)
-    own = {
-        k: v for k, v in overrides.items() if k.replace("-", "_") not in skip and k not in unused
-    }
+    own = {k: v for k, v in overrides.items() if _reaches(k, method) and k not in unused}
     return resolve({**own, "method": method, "seed": seed, **extra})
 
 
@@ -182,13 +188,11 @@ def check_plan(
     setting in ``overrides`` that no method of the plan would use."""
     problems = []
     known = [m for m in methods if m in METHODS]
-    one_shot = [m for m in known if METHODS.get(m).get("warmup_epochs") == 0]
-    for keys, users, who in ((ONE_SHOT_ONLY, one_shot, "methods that prune once (at init)"),
-                             (IMP_ONLY, set(known) - set(one_shot), "IMP methods")):  # fmt: skip
-        given = [k for k in (overrides or {}) if k.replace("-", "_") in keys]
-        if known and given and not users:
+    for key in overrides or {}:
+        name = key.replace("-", "_")
+        if known and name in REACH and not any(_reaches(key, m) for m in known):
             problems.append(
-                f"{', '.join(given)}: would be ignored: only {who} use it, and the plan has"
+                f"{key}: would be ignored: only {REACH[name][0]} use it, and the plan has"
                 f" none ({', '.join(known)})"
             )
     if known:
