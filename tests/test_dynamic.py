@@ -235,3 +235,11 @@ def test_the_fake_state_is_enough_for_a_direct_update():
     before = {n: int(m.sum()) for n, m in masks.items()}
     pruner.after_backward(net, masks, state)
     assert pruner.updates == 1 and {n: int(m.sum()) for n, m in masks.items()} == before
+
+
+def test_counts_meet_the_target_when_the_floor_of_one_per_tensor_lifts_some():
+    sizes = {"big": 1000, "a": 10, "b": 10, "c": 10}
+    densities = {"big": 0.0034, "a": 0.02, "b": 0.02, "c": 0.02}  # shares 3.4 and 0.2 each
+    # Floors 3, 0, 0, 0; the small ones lifted to 1 make 6, two more than 4: big gives them.
+    assert layer_counts(sizes, densities, 4) == {"big": 1, "a": 1, "b": 1, "c": 1}
+    assert layer_counts(sizes, densities, 5) == {"big": 2, "a": 1, "b": 1, "c": 1}

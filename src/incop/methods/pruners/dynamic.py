@@ -49,18 +49,23 @@ def erk_densities(
 def layer_counts(sizes: dict[str, int], densities: dict[str, float], keep: int) -> dict[str, int]:
     """Alive weights per tensor, from its density, summing to ``keep`` exactly: each tensor
     gets the floor of its share, and the weights left over go one each to the tensors with
-    the largest remainders (ties by order); at least 1 and at most its size each."""
+    the largest remainders (ties by order); at least 1 and at most its size each (so the sum
+    is ``keep`` unless there are fewer weights to keep than tensors)."""
     shares = {n: min(densities[n], 1.0) * sizes[n] for n in sizes}
     counts = {n: max(1, min(sizes[n], math.floor(shares[n]))) for n in sizes}
     order = sorted(sizes, key=lambda n: shares[n] - math.floor(shares[n]), reverse=True)
     left = keep - sum(counts.values())
-    while left > 0:
-        room = [n for n in order if counts[n] < sizes[n]]
-        for name in room[:left]:
-            counts[name] += 1
-        left = keep - sum(counts.values())
+    while left != 0:
+        # Too few: one more each to the largest remainders; too many (the floor of 1 per
+        # tensor lifted some): one fewer each from the smallest.
+        step = 1 if left > 0 else -1
+        room = [n for n in (order if step > 0 else order[::-1])
+                if 1 <= counts[n] + step <= sizes[n]]  # fmt: skip
         if not room:
             break
+        for name in room[: abs(left)]:
+            counts[name] += step
+        left = keep - sum(counts.values())
     return counts
 
 
