@@ -10,6 +10,7 @@ flags (or ``incop.prune`` keyword arguments). The resolved config is saved with 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -238,8 +239,6 @@ def _copy(value: Any) -> Any:
 
 
 def _options(cls: type, values: dict[str, Any]) -> Any:
-    import dataclasses
-
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     return cls(**{name: _copy(values[name]) for name in names})
 

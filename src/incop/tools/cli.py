@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import secrets
 import sys
 import time
@@ -332,8 +333,6 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def _fields(options: type) -> list[Any]:
-    import dataclasses
-
     return [f for f in dataclasses.fields(options) if f.init]
 
 

@@ -44,8 +44,10 @@ class TensorBoardLogger(Logger):
             from torch.utils.tensorboard import SummaryWriter
 
             self.step = self.writer.lines - 1  # this epoch's line is written already
-            # The run folder holds no symbolic link (checked as it was opened).
-            self.events = SummaryWriter(str(self.writer.root / FOLDER), purge_step=self.step)
+            folder = self.writer.root / FOLDER
+            if folder.is_symlink():  # placed since the folder was checked: never written through
+                raise UserError(f"{folder} is a symbolic link; incop does not write through one")
+            self.events = SummaryWriter(str(folder), purge_step=self.step)
         return self.events
 
     def on_epoch_end(self, record: dict[str, Any], state: Any) -> None:
