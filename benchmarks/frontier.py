@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from incop.tools.compare import run_comparison
-from incop.tools.report import figure_bytes, frontier_figure
+from incop.tools.report import figure_bytes, sparsity_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMON = {
@@ -117,7 +117,7 @@ def main() -> None:
         lines += rows(name, comparison)
         for method, entry in comparison["methods"].items():
             merged["methods"][f"{name}/{method}"] = entry
-    figure = frontier_figure(merged)
+    figure = sparsity_figure(merged)
     for fmt in ("png", "svg"):
         (Path(args.out) / f"frontier.{fmt}").write_bytes(figure_bytes(figure, fmt))
     print(f"\n{common['dataset']}, {common['model']}, seeds {seeds}; mean ± std over seeds")

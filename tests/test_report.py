@@ -9,29 +9,29 @@ import yaml
 from incop.config import resolve, to_yaml
 from incop.errors import UserError
 from incop.tools.compare import aggregate, run_folder
-from incop.tools.report import _styles, frontier_figure, write_report
+from incop.tools.report import _styles, sparsity_figure, write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
-PLOTS = ("accuracy", "frontier", "epochs", "time", "distance")
+PLOTS = ("accuracy", "sparsity", "epochs", "time", "distance")
 #: The summary table's promise: header -> (key in totals, scale, decimals shown).
 SUMMARY = {
+    "epochs (fine-tune incl.)": ("epochs", 1, 1),
+    "cost (dense epochs)": ("cost_dense_epochs", 1, 1),
+    "remaining (%)": ("final_remaining_fraction", 100, 2),
+    "val acc (%)": ("final_accuracy", 100, 2),
+    "test acc (%)": ("final_test_accuracy", 100, 2),
+    "wall (s)": ("wall_seconds", 1, 1),
+}
+#: The time table's.
+TIME = {
     "retraining epochs": ("retrain_epochs", 1, 1),
     "fine-tune epochs": ("finetune_epochs", 1, 1),
-    "epochs in all": ("epochs", 1, 1),
-    "final remaining (%)": ("final_remaining_fraction", 100, 2),
-    "final val accuracy (%)": ("final_accuracy", 100, 2),
-    "final test accuracy (%)": ("final_test_accuracy", 100, 2),
     "train (s)": ("train_seconds", 1, 2),
     "eval (s)": ("eval_seconds", 1, 2),
     "flow (s)": ("flow_seconds", 1, 2),
     "wall (s)": ("wall_seconds", 1, 2),
 }
-RATIOS = {
-    "epochs / sap": "epochs_vs_sap",
-    "wall / sap": "wall_vs_sap",
-    "epochs / lth": "epochs_vs_lth",
-    "wall / lth": "wall_vs_lth",
-}
+RATIOS = {"epochs / sap": "epochs_vs_sap", "cost / sap": "cost_vs_sap", "wall / sap": "wall_vs_sap"}
 
 
 def fake_run(folder, method, seed, epochs):
@@ -72,7 +72,7 @@ def fake_run(folder, method, seed, epochs):
     return summary
 
 
-def make_comparison(root, methods=("sap", "incop-if")):
+def make_comparison(root, methods=("sap", "incop-if"), seeds=(0, 1)):
     """Two seeds per method; the flow method stops after fewer epochs, differing by seed."""
     schedules = {
         "sap": [[3, 3], [3, 3]],
@@ -80,7 +80,6 @@ def make_comparison(root, methods=("sap", "incop-if")):
         "lth": [[3, 3], [3, 3]],
         "synflow": [[5], [5]],
     }
-    seeds = (0, 1)
     summaries = {
         m: [fake_run(run_folder(root, m, s), m, s, schedules[m][s]) for s in seeds] for m in methods
     }
@@ -132,37 +131,83 @@ def test_writes_every_file(report):
     assert not list(root.glob("**/*.tmp"))
 
 
+def _expected(totals, key, scale, decimals):
+    if totals.get(key, {}).get("mean") is None:  # e.g. no test data: a dash
+        return "–"
+    return f"{totals[key]['mean'] * scale:.{decimals}f} ± {totals[key]['std'] * scale:.{decimals}f}"
+
+
 def test_summary_numbers_are_those_of_comparison_json(report):
     root, comparison, md = report
-    rows = table(md.read_text(), "method | trials")
+    text = md.read_text()
+    rows = table(text, "method | trials")
     assert [row["method"] for row in rows] == list(comparison["methods"])
     for row in rows:
         totals = comparison["methods"][row["method"]]["totals"]
-        for header, (key, scale, decimals) in SUMMARY.items():
-            if totals.get(key, {}).get("mean") is None:  # e.g. no test data: a dash
-                assert row[header] == "–", (row["method"], header)
-                continue
-            expected = f"{totals[key]['mean'] * scale:.{decimals}f}"
-            expected += f" ± {totals[key]['std'] * scale:.{decimals}f}"
-            assert row[header] == expected, (row["method"], header)
+        for header, spec in SUMMARY.items():
+            assert row[header] == _expected(totals, *spec), (row["method"], header)
         ratios = comparison["ratios"][row["method"]]
         for header, key in RATIOS.items():
-            assert row[header] == (f"{ratios[key]:.2f}" if key in ratios else "–")
+            value = ratios.get(key)
+            assert row[header] == (f"{value:.2f}" if value is not None else "–")
+        assert "epochs / lth" not in row  # lth was not run: no column for it
+    for row in table(text.split("## Time")[1], "method"):
+        totals = comparison["methods"][row["method"]]["totals"]
+        for header, spec in TIME.items():
+            assert row[header] == _expected(totals, *spec), (row["method"], header)
     # Worked out by hand: sap trains 1.25 s x 6 epochs, plus 0.1 s a level at seed 1.
-    assert rows[0]["train (s)"] == "7.60 ± 0.14"
+    assert table(text.split("## Time")[1], "method")[0]["train (s)"] == "7.60 ± 0.14"
     assert "<td>7.60 ± 0.14</td>" in (root / "report.html").read_text()
+
+
+def test_results_come_before_the_collapsed_setup(report):
+    root, _, md = report
+    text = md.read_text()
+    assert text.index("## Summary") < text.index("<details>") < text.index("```yaml")
+    assert text.rstrip().endswith("</details>")
+    page = (root / "report.html").read_text()
+    assert page.index("<h2>Summary</h2>") < page.index("<details>") < page.index("<pre>")
 
 
 def test_setup_and_level_tables(report):
     _, comparison, md = report
     text = md.read_text()
-    varying = table(text, "method")  # the settings that vary per method come first
+    varying = table(text.split("Settings that vary per point")[1], "method")
     assert {row["method"]: row["stop"] for row in varying} == {"sap": "fixed", "incop-if": "if"}
     assert "\nstop:" not in text.split("```yaml")[1].split("```")[0]
     assert "42.1 s" in text and "3.50 ± 0.25 s" in text
     levels = table(text.split("### incop-if")[1], "level")
     assert [row["level"] for row in levels] == ["0 (dense)", "1", "2"]
     assert levels[1]["epochs"] == "1.5 ± 0.7"
+
+
+def test_one_seed_shows_no_spread(tmp_path):
+    make_comparison(tmp_path, seeds=(0,))
+    text = write_report(tmp_path).read_text()
+    rows = table(text, "method | trials")
+    assert rows[0]["val acc (%)"] == "88.00" and "±" not in "".join(rows[0].values())
+    assert "± 0.00" not in text.split("<details>")[0]
+
+
+def test_the_time_figure_leaves_room_for_the_tallest_label(report):
+    from incop.tools.report import _time_figure
+
+    _, comparison, _ = report
+    figure = _time_figure(comparison, _styles(list(comparison["methods"])))
+    (ax,) = figure.axes
+    tallest = max(e["totals"]["wall_seconds"]["mean"] + e["totals"]["wall_seconds"]["std"]
+                  for e in comparison["methods"].values())  # fmt: skip
+    assert ax.get_ylim()[1] >= 1.15 * tallest
+
+
+def test_the_accuracy_figure_shows_the_dense_network(report):
+    from incop.tools.report import _accuracy_figure
+
+    _, comparison, _ = report
+    figure = _accuracy_figure(comparison, _styles(list(comparison["methods"])))
+    (ax,) = figure.axes
+    dense = comparison["methods"]["sap"]["levels"][0]["test_accuracy"]["mean"] * 100
+    assert any(list(line.get_ydata()) == [dense, dense] for line in ax.get_lines())
 
 
 def test_deterministic(report):
@@ -178,7 +223,7 @@ def test_no_flow_method_no_distance_figure(tmp_path):
     assert not (tmp_path / "plots" / "distance.png").exists()
     assert "Flow distance" not in text
     assert "Flow distance" not in (tmp_path / "report.html").read_text()
-    assert table(text, "method")[0]["pruner"] == "lth"
+    assert table(text.split("Settings that vary per point")[1], "method")[0]["pruner"] == "lth"
 
 
 def test_missing_comparison_is_a_user_error(tmp_path):
@@ -195,7 +240,7 @@ def test_missing_run_file_is_a_user_error(tmp_path):
 
 def test_the_frontier_shows_every_trained_ticket_and_no_untrained_network(tmp_path):
     comparison = make_comparison(tmp_path, methods=("sap", "synflow"))
-    figure = frontier_figure(comparison, _styles(comparison["methods"]))
+    figure = sparsity_figure(comparison, _styles(comparison["methods"]))
     (ax,) = figure.axes
     assert ax.get_xscale() == "log"
     drawn = {bars.get_label(): bars.lines[0] for bars in ax.containers}

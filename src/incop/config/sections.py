@@ -42,6 +42,8 @@ MAX_LEVELS = 1000
 #: Training runs in float32: a larger learning rate or coefficient cannot even be represented.
 FLOAT_MAX = float(torch.finfo(torch.float32).max)
 DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+FINETUNE_STARTS = ("last", "dense")
+PRUNE_COUNTS = ("adaptive", "frozen")
 
 
 def max_threads() -> int:
@@ -154,6 +156,13 @@ class ScheduleOptions(NoOptions):
         "after the last level, train the final ticket this many more epochs (masks kept,"
         " fresh optimiser and schedule), keeping the best validation epoch",
     )
+    finetune_from: str = option(
+        "last",
+        "where the fine-tune starts: last (the last level's weights) or dense (the final"
+        " mask applied to theta*, so that the final networks of two methods differ only by"
+        " their masks)",
+        choices=FINETUNE_STARTS,
+    )
     stop: str = option("fixed", "stopping rule of a retraining phase", choices=STOPPING_RULES.names)
 
     def check(self) -> list[str]:
@@ -162,6 +171,10 @@ class ScheduleOptions(NoOptions):
             problems += in_range(name, getattr(self, name), 0, MAX_EPOCHS)
         if self.min_epochs > self.max_epochs:
             problems.append(f"min_epochs: {self.min_epochs} exceeds max_epochs {self.max_epochs}")
+        if self.finetune_from != "last" and self.finetune_epochs == 0:
+            problems.append(
+                f"finetune_from: {self.finetune_from!r} would be ignored: finetune_epochs is 0"
+            )
         return problems
 
 
@@ -294,6 +307,27 @@ class PruningOptions(NoOptions):
         " straight to it (synflow and snip need it, lth and random take it instead of rate);"
         " with more levels each prune is capped at it and the run ends there",
     )
+    prune_counts: str = option(
+        "adaptive",
+        "how many weights each level keeps: adaptive (as the pruner decides) or frozen (each"
+        " tensor keeps as many as the run counts_from did at that level, so every method"
+        " reaches the same sparsity at every level; the pruner still chooses which)",
+        choices=PRUNE_COUNTS,
+    )
+    counts_from: str | None = option(
+        None, "prune_counts frozen: the finished run folder whose per-level counts are kept"
+    )
+
+    def check(self) -> list[str]:
+        if self.prune_counts == "frozen" and self.counts_from is None:
+            return ["prune_counts: 'frozen' needs counts_from (--counts-from RUN), the run"
+                    " whose counts every level keeps"]  # fmt: skip
+        if self.prune_counts != "frozen" and self.counts_from is not None:
+            return [f"counts_from: {self.counts_from!r} would be ignored: prune_counts is"
+                    f" {self.prune_counts!r} (set prune_counts frozen)"]  # fmt: skip
+        if isinstance(self.counts_from, str) and "\x00" in self.counts_from:
+            return [not_allowed("counts_from", self.counts_from, "a path cannot hold a NUL")]
+        return []
 
 
 def check_device(name: str) -> str | None:

@@ -66,11 +66,11 @@ ORDER = (
     "method", "preset", "model", "dataset", "data_dir", "download", "seed", "device",
     "threads", "out", "log", "levels", "warmup_epochs", "warmup_stop", "epi_window",
     "epi_threshold", "min_warmup_epochs", "max_epochs", "min_epochs", "finetune_epochs",
-    "val_fraction", "split_seed", "train_fraction", "precision", "channels_last", "compile",
+    "finetune_from", "val_fraction", "split_seed", "train_fraction", "precision", "channels_last", "compile",
     "batch_size", "eval_batch_size", "metric", "on_divergence", "optimizer", "lr", "momentum",
     "nesterov", "weight_decay", "l1", "schedule", "pruner", "scope", "rate", "p", "q",
     "eta_r", "gamma", "beta", "include", "exclude", "rewind", "score", "target_remaining",
-    "synflow_iterations", "snip_batch", "stop", "delta", "eps", "distance", "probe_size",
+    "prune_counts", "counts_from", "synflow_iterations", "snip_batch", "stop", "delta", "eps", "distance", "probe_size",
     "if_summary", "if_skip", "gf_normalize", "accuracy_clause",
 )  # fmt: skip
 
@@ -550,7 +550,8 @@ WHERE_FIELDS = ("out", "data_dir", "download", "log")
 #: shared warm-up (``incop compare``).
 AFTER_WARMUP_FIELDS = (
     "method", "out", "log", "levels", "max_epochs", "min_epochs", "finetune_epochs", "pruner",
-    "score", "scope", "include", "exclude", "target_remaining", "stop",
+    "score", "scope", "include", "exclude", "target_remaining", "stop", "prune_counts",
+    "counts_from", "finetune_from",
 )  # fmt: skip
 
 

@@ -47,6 +47,7 @@ from incop.engine import (
     loggers,  # noqa: F401  (registers the loggers --log names)
     phases,
 )
+from incop.engine.counts import frozen_counts, reference_levels
 from incop.engine.clock import Clock
 from incop.engine.distributed import current_world
 from incop.engine.fastpath import training_module
@@ -438,6 +439,10 @@ class IMP:
                 "no prunable weights: the model has no Conv/Linear weight left after"
                 f" include={c.include} exclude={c.exclude}"
             )
+        #: ``prune_counts: frozen``: per level (index 0: level 1), the alive weights per tensor.
+        self.counts = (
+            frozen_counts(reference_levels(c), self.params) if c.prune_counts == "frozen" else None
+        )
         #: Where pruning ends (fraction of the prunable weights): a number, or the pruning
         #: limit once theta* is trained (``target_remaining: limit``); None: no target.
         target = c.target_remaining if isinstance(c.target_remaining, float) else None

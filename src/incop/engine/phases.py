@@ -27,7 +27,7 @@ from incop.engine.result import FinalResult
 from incop.engine.state import RunState
 from incop.errors import UserError
 from incop.methods.limit import pruning_limit
-from incop.methods.pruning import Pruner, keep_count, prune_scores
+from incop.methods.pruning import Pruner, hold_counts, keep_count, prune_scores
 from incop.methods.rewind import Rewind, snapshot
 from incop.methods.stopping import Reference, StoppingRule
 from incop.methods.warmup_stop import WarmupStop
@@ -46,6 +46,7 @@ class Loop(Protocol):
     device: torch.device
     writer: NullWriter
     params: dict[str, nn.Parameter]
+    counts: list[dict[str, int]] | None
     enforcer: MaskEnforcer
     pruner: Pruner
     rule: StoppingRule
@@ -237,6 +238,8 @@ def prune(loop: Loop) -> None:
         alive, keep = target_counts(loop, masks)
         if loop.config.levels == 1 or alive < keep:
             masks = prune_scores({name: w.abs() for name, w in weights.items()}, s.masks, keep)
+    if loop.counts is not None:
+        masks = hold_counts(weights, s.masks, masks, loop.counts[len(s.levels) - 1])
     s.masks.update(masks)
     loop.world.check_same(mask_fingerprint(s.masks), "the masks after the prune")
     loop.emit("on_prune", s.masks)
@@ -289,7 +292,8 @@ def retrain(loop: Loop, level: int, saved: dict[str, Any] | None = None) -> None
 def finetune(loop: Loop, saved: dict[str, Any] | None = None) -> FinalResult | None:
     """After the last level, train the final ticket ``finetune_epochs`` more epochs with its
     masks enforced, a fresh optimiser and a schedule of its own, and keep the epoch of best
-    validation score (None without a fine-tune). ``saved``: a saved state from within the
+    validation score (None without a fine-tune); with ``finetune_from: dense`` it starts from
+    theta* under the final mask instead of the last level's weights. ``saved``: a saved state from within the
     fine-tune to go on from (already restored).
 
     Early-stopping rules end the sparsest level wherever they stopped; a fine-tune of the
@@ -302,9 +306,15 @@ def finetune(loop: Loop, saved: dict[str, Any] | None = None) -> FinalResult | N
     level = len(s.levels) - 1
     clock = loop.new_clock()
     if saved is None:
+        start_record = dict(s.record)
         loop.fresh_optimizer()
+        if c.finetune_from == "dense":
+            # The final mask on theta*: what the fine-tune trains differs only by its mask.
+            loop.model.load_state_dict(s.snapshots["dense"])
+            loop.enforcer.after_step(s.optimizer)
+            start_record = loop.evaluate(clock)
         s.scheduler = make_scheduler(s.optimizer, c.schedule, c.finetune_epochs)
-        kept = {"record": dict(s.record), "epoch": 0, "weights": snapshot(loop.model)}
+        kept = {"record": start_record, "epoch": 0, "weights": snapshot(loop.model)}
         trained, start = 0, 1
     else:
         kept = saved["phase_state"]

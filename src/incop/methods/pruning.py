@@ -239,6 +239,28 @@ def prune_scores(scores: Weights, masks: Masks, keep: int) -> Masks:
     return _prune(scores, scores, masks, "global", count)
 
 
+def hold_counts(weights: Weights, before: Masks, proposed: Masks, counts: dict[str, int]) -> Masks:
+    """Frozen prune counts (METHOD.md section 3): each tensor keeps exactly ``counts[name]``
+    of the weights alive in ``before``, those the pruner kept in ``proposed`` first, then by
+    |w| (ties by position). The pruner still decides which weights go; only how many is held
+    to the reference run's. ``counts``: name -> alive weights after this level's prune."""
+    held = {}
+    for name, w in weights.items():
+        alive = before[name].reshape(-1)
+        keep = counts[name]
+        if not 0 < keep <= int(alive.sum()):
+            raise ValueError(f"{name}: cannot keep {keep} of {int(alive.sum())} alive weights")
+        magnitude = w.detach().abs().reshape(-1).double()
+        # Above every magnitude: what the pruner kept ranks before what it removed.
+        rank = magnitude + proposed[name].reshape(-1).double() * (float(magnitude.max()) + 1)
+        rank = torch.where(alive, rank, torch.tensor(-1.0, dtype=rank.dtype))
+        order = torch.argsort(rank, descending=True, stable=True)
+        mask = torch.zeros_like(alive)
+        mask[order[:keep]] = True
+        held[name] = mask.reshape(before[name].shape)
+    return held
+
+
 def _prune(
     scores: Weights, weights: Weights, masks: Masks, scope: str, count_for: Callable
 ) -> Masks:

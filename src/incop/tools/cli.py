@@ -25,6 +25,7 @@ from incop.config import (
 )
 from incop.core.registry import closest
 from incop.errors import StorageError, UserError
+from incop.tools.study import TOLERANCE
 from incop.tools.ticket.formats import FORMATS
 
 
@@ -79,6 +80,22 @@ def _add_config_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] 
             # Strings here; the config coerces and validates with messages naming the field.
             metavar = "A,B" if kind is list else kind.__name__.upper()
             parser.add_argument(flag, dest=name, metavar=metavar, help=field_help(name))
+
+
+def _add_analysis_flags(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    parser.add_argument(
+        "--baseline",
+        metavar="METHOD",
+        help="the method every other is paired with, seed by seed, in the report's"
+        f" statistics (default: {default or 'sap'})",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        metavar="POINTS",
+        help="the report's cheapest point of each method is within this many points of the"
+        f" dense validation accuracy (default: {default or TOLERANCE})",
+    )
 
 
 def _add_nproc_flag(parser: argparse.ArgumentParser) -> None:
@@ -210,11 +227,21 @@ def _seeds(args: argparse.Namespace) -> list[int]:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from incop.engine.distributed import current_world, launch
-    from incop.tools.compare import check_plan, format_table, method_config, run_comparison
+    from incop.tools.compare import (
+        check_analysis,
+        check_plan,
+        check_sweep,
+        format_table,
+        method_config,
+        parse_sweep,
+        run_comparison,
+    )
     from incop.tools.report import write_report
 
     mode = _mode(args)
     if mode == "resume":
+        if args.sweep:
+            raise UserError("resume: continues the sweep as it was planned; remove --sweep")
         plan = _saved(args, "compare.yaml")
         overrides, methods, seeds, out = (
             plan["settings"],
@@ -222,6 +249,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             plan["seeds"],
             args.resume,
         )
+        sweep = plan.get("sweep") or {}
+        analysis = {**plan.get("analysis", {}), **_analysis_flags(args)}
     else:
         overrides = overrides_from_args(args)
         overrides.pop("method", None)
@@ -233,14 +262,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
             )
         seeds = _seeds(args)
         check_plan(methods, seeds, overrides)
+        sweep = parse_sweep(args.sweep)
+        check_sweep(sweep, methods, seeds[0], overrides)
+        analysis = _analysis_flags(args)
         first = method_config(overrides, methods[0], seeds[0])
         out = overrides.pop("out", None) or default_out("compare", first)
+    check_analysis(methods, **analysis)
     if args.nproc is not None:
         return launch(args.nproc, [*_without_nproc(args.argv), *_out_flag(args, mode, out)])
     world = current_world()
     # Under torchrun every rank drew its own default name: rank 0's is the folder.
     out = world.from_main(out)
-    comparison = run_comparison(overrides, methods, seeds, out=out, progress=True, mode=mode)
+    comparison = run_comparison(overrides, methods, seeds, out=out, sweep=sweep, progress=True,
+                                mode=mode, **analysis)  # fmt: skip
     if not world.is_main:
         return 0
     print(format_table(comparison))
@@ -248,10 +282,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _analysis_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """``--baseline`` and ``--tolerance`` where given."""
+    given = {"baseline": args.baseline, "tolerance": args.tolerance}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from incop.tools.report import write_report
 
-    print(f"report: {write_report(args.folder)}")
+    print(f"report: {write_report(args.folder, **_analysis_flags(args))}")
     return 0
 
 
@@ -358,10 +398,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("--trials", type=int, default=3, help="seeds 0..N-1 (default 3)")
     compare.add_argument("--seeds", help="comma-separated seeds, instead of --trials")
+    compare.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="FIELD=V1,V2",
+        help="run every chosen method that uses FIELD once per listed value (repeatable: a"
+        " grid); each point is its own run, seeds share their dense warm-up",
+    )
+    _add_analysis_flags(compare)
     _add_nproc_flag(compare)
     compare.set_defaults(handler=cmd_compare)
     report = commands.add_parser("report", help="rebuild plots and report of a comparison folder")
     report.add_argument("folder", help="a folder written by `incop compare`")
+    _add_analysis_flags(report, default="the comparison's")
     report.set_defaults(handler=cmd_report)
     export = commands.add_parser(
         "export", help="write a run's ticket in a format other programs load"

@@ -19,6 +19,7 @@ Layout of a comparison folder::
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import platform
 import re
@@ -34,8 +35,22 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from incop.config import MAX_SEED, METHODS, Config, dense_phase, resolve, unused_by
+from incop.config import (
+    COMPONENTS,
+    MAX_SEED,
+    METHODS,
+    WHERE_FIELDS,
+    Config,
+    dense_phase,
+    field_names,
+    field_type,
+    resolve,
+    unused_by,
+)
+from incop.core.masks import prunable_parameters
+from incop.core.registry import closest
 from incop.core.world import World
+from incop.engine.counts import frozen_counts, reference_levels
 from incop.engine.distributed import current_world
 from incop.engine.experiment import build_batches
 from incop.engine.folders import LOCK_FILE, MANIFEST_FILE, Layout, Manifest, OwnedFolder
@@ -50,6 +65,7 @@ from incop.engine.outputs import (
 )
 from incop.engine.phases import WarmUp
 from incop.errors import UserError
+from incop.tools.study import TOLERANCE, analyse, binomial_se, matching
 from incop.version import __version__
 from incop.workload.data import Batches, load_dataset
 from incop.workload.models import build_model
@@ -73,11 +89,134 @@ LEVEL_FIELDS = (
 PLAN_FILE = "compare.yaml"
 #: What a comparison writes again whenever it finishes or reports (``plots/`` too): a resume
 #: may find them missing.
-REWRITTEN = ("comparison.json", "report.md", "report.html")
+REWRITTEN = ("comparison.json", "report.md", "report.html", "frontier.json", "frontier.png")
 
 
-def run_folder(out: Path, method: str, seed: int) -> Path:
-    return out / method / f"seed-{seed}"
+#: Settings a sweep cannot vary: what names a run (--methods and --seeds do), where it reads
+#: and writes, and the choice of a component (a method names its rule: compare methods).
+NOT_SWEPT = ("method", "preset", "seed", "counts_from", *WHERE_FIELDS, *COMPONENTS)
+#: How a swept value may look, as it names the point's folder.
+POINT_VALUE = r"[\w.+-]+"
+POINT = rf"{POINT_VALUE}={POINT_VALUE}(?:,{POINT_VALUE}={POINT_VALUE})*"
+
+
+def value_text(value: Any) -> str:
+    """A swept value as YAML spells it, in a point's name and folder."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "none" if value is None else str(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One point of a comparison: a method and the swept values it runs with (none when no
+    swept field is one the method uses). ``name``: its key in ``comparison.json``;
+    ``relative``: its folder, ``<method>`` or ``<method>/<field>=<value>,...``."""
+
+    method: str
+    params: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def name(self) -> str:
+        return " ".join([self.method, *(f"{k}={value_text(v)}" for k, v in self.params)])
+
+    @property
+    def relative(self) -> str:
+        point = ",".join(f"{k}={value_text(v)}" for k, v in self.params)
+        return f"{self.method}/{point}" if point else self.method
+
+    def overrides(self, base: dict[str, Any]) -> dict[str, Any]:
+        return {**base, **dict(self.params)}
+
+
+def run_folder(out: Path, variant: str | Variant, seed: int) -> Path:
+    variant = Variant(variant) if isinstance(variant, str) else variant
+    return out / variant.relative / f"seed-{seed}"
+
+
+def parse_sweep(texts: Sequence[str]) -> dict[str, list[str]]:
+    """``--sweep FIELD=V1,V2,...`` flags -> field -> the values as given (checked, per method,
+    by :func:`check_sweep`). Refuses a malformed flag, an unknown or unsweepable field, a
+    field given twice, and an empty or repeated value."""
+    sweep: dict[str, list[str]] = {}
+    names = field_names()
+    for text in texts:
+        key, sep, listed = text.partition("=")
+        name = key.strip().replace("-", "_")
+        where = f"--sweep {text}"
+        values = [v.strip() for v in listed.split(",")]
+        if not sep or not name:
+            raise UserError(f"{where}: give FIELD=V1,V2,..., e.g. --sweep delta=0,0.01")
+        if name not in names:
+            raise UserError(f"{where}: unknown field {key.strip()!r}{closest(name, names)}")
+        if name in NOT_SWEPT:
+            raise UserError(
+                f"{where}: {name} cannot be swept ({', '.join(NOT_SWEPT)} say what runs and"
+                " where; compare methods with --methods, seeds with --seeds)"
+            )
+        if field_type(name) is list:
+            raise UserError(f"{where}: {name} holds a list; a sweep varies one value")
+        if name in sweep:
+            raise UserError(f"{where}: {name} is swept twice; list its values once")
+        if any(not v for v in values):
+            raise UserError(f"{where}: an empty value; list values as V1,V2,...")
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated:
+            raise UserError(f"{where}: {', '.join(repeated)} given more than once")
+        sweep[name] = values
+    return sweep
+
+
+def _uses(method: str, name: str, value: Any, overrides: dict[str, Any]) -> bool:
+    return _reaches(name, method) and name not in unused_by(method, {**overrides, name: value})
+
+
+def check_sweep(
+    sweep: dict[str, list[Any]], methods: Sequence[str], seed: int, overrides: dict[str, Any]
+) -> dict[str, list[Any]]:
+    """The sweep with each value as the config holds it (``"0"`` -> ``0.0`` for a float),
+    every value checked as its flag would be, for every method that uses the field. Refused
+    when no chosen method uses a field, or a field is also set outside the sweep."""
+    checked: dict[str, list[Any]] = {}
+    for name, values in sweep.items():
+        if name in {k.replace("-", "_") for k in overrides}:
+            raise UserError(f"--sweep {name}: also set as --{name.replace('_', '-')} (or in"
+                            " the config file); give its values in one place")  # fmt: skip
+        users = [m for m in methods if m in METHODS and _uses(m, name, values[0], overrides)]
+        if not users:
+            raise UserError(
+                f"--sweep {name}: would be ignored: no chosen method ({', '.join(methods)})"
+                " uses it"
+            )
+        checked[name] = []
+        for value in values:
+            for method in users:
+                try:
+                    config = method_config({**overrides, name: value}, method, seed)
+                except UserError as exc:
+                    raise UserError(f"--sweep {name}={value}: {exc}") from None
+            canonical = getattr(config, name)
+            if not re.fullmatch(POINT_VALUE, value_text(canonical)):
+                raise UserError(f"--sweep {name}={value}: a swept value may hold only letters,"
+                                " digits and . + - _ (it names the point's folder)")  # fmt: skip
+            checked[name].append(canonical)
+        shown = [value_text(v) for v in checked[name]]
+        if len(set(shown)) < len(shown):
+            raise UserError(f"--sweep {name}: {', '.join(values)} name the same value twice")
+    return checked
+
+
+def plan_variants(
+    methods: Sequence[str], sweep: dict[str, list[Any]], overrides: dict[str, Any]
+) -> list[Variant]:
+    """Every point of the comparison: each method over the grid of the swept fields it uses
+    (method by method, in the order given; a method using none runs once)."""
+    variants = []
+    for method in methods:
+        used = [n for n, values in sweep.items() if _uses(method, n, values[0], overrides)]
+        for combo in itertools.product(*(sweep[n] for n in used)):
+            variants.append(Variant(method, tuple(zip(used, combo, strict=True))))
+    return variants
 
 
 def open_comparison(out: str | Path, mode: str) -> OwnedFolder:
@@ -147,14 +286,15 @@ def compare_layout() -> Layout:
             r"manifest\.json",
             r"report\.md",
             r"report\.html",
+            r"frontier\.json",
+            r"frontier\.png",
             r"plots/[\w.-]+\.(?:png|svg)",
             r"warmup/seed-\d+\.pt",
         ),  # fmt: skip
-        dirs=(r"plots", r"warmup", f"(?:{methods})"),
+        dirs=(r"plots", r"warmup", f"(?:{methods})", f"(?:{methods})/{POINT}"),
     )
-    return (
-        own + RUN_LAYOUT.nested(r"warmup/seed-\d+") + RUN_LAYOUT.nested(rf"(?:{methods})/seed-\d+")
-    )
+    runs = rf"(?:{methods})(?:/{POINT})?/seed-\d+"
+    return own + RUN_LAYOUT.nested(r"warmup/seed-\d+") + RUN_LAYOUT.nested(runs)
 
 
 #: Settings of a comparison that reach only some of its methods, so that one command compares
@@ -229,36 +369,49 @@ def run_comparison(
     seeds: Sequence[int] = (0,),
     *,
     out: str | Path,
+    sweep: dict[str, list[Any]] | None = None,
+    baseline: str = "sap",
+    tolerance: float = TOLERANCE,
     progress: bool = False,
     mode: str = "new",
 ) -> dict[str, Any]:
-    """Run every method for every seed on the config ``overrides`` describe; write ``out``.
+    """Run every method (each point of ``sweep`` it uses) for every seed on the config
+    ``overrides`` describe; write ``out``.
 
     ``overrides`` are config settings as a user gives them (file and flags, not
-    yet resolved), so each method's preset applies under them. ``mode``: ``new``
-    (refuses a folder holding a comparison), ``overwrite``, or ``resume`` (finished
-    runs are kept, interrupted ones go on from their last epoch). Returns the
-    content of ``comparison.json``.
+    yet resolved), so each method's preset applies under them. ``sweep``: field -> values
+    (:func:`parse_sweep`), a grid of runs for every method that uses the field.
+    ``baseline``, ``tolerance``: of the statistics (:func:`incop.tools.study.analyse`). ``mode``:
+    ``new`` (refuses a folder holding a comparison), ``overwrite``, or ``resume`` (finished
+    runs are kept, interrupted ones go on from their last epoch). Returns the content of
+    ``comparison.json``.
     """
     out = Path(out)
     world = current_world()
     # Everything is checked and loaded before the folder is made: a refused or failed start
     # leaves nothing behind.
     check_plan(methods, seeds, overrides)
+    check_analysis(methods, baseline, tolerance)
+    sweep = check_sweep(sweep or {}, methods, seeds[0], overrides)
+    variants = plan_variants(methods, sweep, overrides)
     first = method_config(overrides, methods[0], seeds[0])
-    for method in methods:
+    for variant in variants:
         for seed in seeds:
-            method_config(overrides, method, seed)
+            method_config(variant.overrides(overrides), variant.method, seed)
     # The one rank that writes (data parallel: the others only read) checks the folder.
     folder = open_comparison(out, mode) if world.is_main else None
     dataset = load_dataset(first.dataset, first.data_dir, first.download)
     info = dataset.info
-    build_model(first.model, info.channels, info.image_size, info.num_classes)
+    model = build_model(first.model, info.channels, info.image_size, info.num_classes)
+    if first.prune_counts == "frozen":
+        params = prunable_parameters(model, first.include, first.exclude)
+        frozen_counts(reference_levels(first), params)
     if folder is not None:
         folder.open()
     world.barrier()
+    plan = Plan(overrides, methods, seeds, sweep, variants, baseline, tolerance)
     if folder is None:
-        return _compare(out, None, overrides, methods, seeds, first, dataset, False, mode, world)
+        return _compare(out, None, plan, first, dataset, False, mode, world)
     failed = True
     try:
         if mode == "resume":
@@ -266,11 +419,12 @@ def run_comparison(
         else:
             # The resolved (absolute) data folder, so --resume works from anywhere.
             settings = {**overrides, "data_dir": first.data_dir} if first.data_dir else overrides
-            plan = {"settings": settings, "methods": list(methods), "seeds": list(seeds)}
-            folder.write_bytes(PLAN_FILE, yaml.safe_dump(plan, sort_keys=False).encode())
-        comparison = _compare(
-            out, folder, overrides, methods, seeds, first, dataset, progress, mode, world
-        )
+            saved = {"settings": settings, "methods": list(methods), "seeds": list(seeds)}
+            if sweep:
+                saved["sweep"] = sweep
+            saved["analysis"] = {"baseline": baseline, "tolerance": tolerance}
+            folder.write_bytes(PLAN_FILE, yaml.safe_dump(saved, sort_keys=False).encode())
+        comparison = _compare(out, folder, plan, first, dataset, progress, mode, world)
         failed = False
     finally:
         # Nothing trained yet (the warm-ups discard their own folders): leave nothing behind.
@@ -280,10 +434,23 @@ def run_comparison(
     return comparison
 
 
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What a comparison runs: ``overrides`` (the user's settings), the methods and seeds,
+    the checked ``sweep`` and the ``variants`` it makes, and what the statistics pair with
+    (``baseline``) and tolerate."""
+
+    overrides: dict[str, Any]
+    methods: Sequence[str]
+    seeds: Sequence[int]
+    sweep: dict[str, list[Any]]
+    variants: list[Variant]
+    baseline: str
+    tolerance: float
+
+
 def _compare(
-    out: Path,
-    folder: OwnedFolder | None,
-    overrides, methods, seeds, first, dataset, progress, mode, world,
+    out: Path, folder: OwnedFolder | None, plan: Plan, first, dataset, progress, mode, world
 ) -> dict[str, Any]:  # fmt: skip
     """The comparison itself; ``folder``: the open comparison folder at ``out`` (None on the
     ranks that do not write)."""
@@ -294,65 +461,118 @@ def _compare(
 
     info = dataset.info
     started = time.perf_counter()
-    summaries: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    variants, seeds = plan.variants, plan.seeds
+    summaries: dict[str, list[dict[str, Any]]] = {v.name: [] for v in variants}
     warmup_seconds = []
-    bar = tqdm(total=len(seeds) * len(methods), desc="compare", unit="run", disable=not progress)
+    sizes: dict[str, int] = {}
+    bar = tqdm(total=len(seeds) * len(variants), desc="compare", unit="run", disable=not progress)
     try:
         for seed in seeds:
-            splits = build_batches(method_config(overrides, methods[0], seed), dataset, world)
+            splits = build_batches(method_config(plan.overrides, variants[0].method, seed),
+                                   dataset, world)  # fmt: skip
             train, val = splits.train, splits.val
+            sizes = {"val": len(val.y), "test": len(splits.test.y)}
 
             def fresh_model(seed: int = seed) -> torch.nn.Module:
                 torch.manual_seed(seed)
                 return build_model(first.model, info.channels, info.image_size, info.num_classes)
 
-            configs = {m: method_config(overrides, m, seed) for m in methods}
+            configs = {
+                v: method_config(v.overrides(plan.overrides), v.method, seed) for v in variants
+            }
             phases = [dense_phase(config) for config in configs.values()]
-            # The dense phase most methods share is trained once (the first method with it
-            # trains it); a method with another (pruning at init: none) trains its own.
+            # The dense phase most points share is trained once (the first point with it
+            # trains it); a point with another (pruning at init: none) trains its own.
             common = max(phases, key=phases.count)
-            sharer = methods[phases.index(common)]
-            warmup = shared_warmup(
-                out, seed, overrides, sharer, fresh_model, train, val, progress, world, folder
-            )
+            sharer = variants[phases.index(common)]
+            warmup = shared_warmup(out, seed, sharer.overrides(plan.overrides), sharer.method,
+                                   fresh_model, train, val, progress, world, folder)  # fmt: skip
             warmup_seconds.append(sum(warmup.seconds.values()))
-            for method in methods:
-                run = run_folder(out, method, seed)
-                bar.set_postfix(seed=seed, method=method)
+            for variant in variants:
+                run = run_folder(out, variant, seed)
+                bar.set_postfix(seed=seed, method=variant.name)
                 if mode == "resume" and on_disk(run / "summary.json"):
                     if folder is not None:
-                        summaries[method].append(finished_summary(folder, run))
+                        summaries[variant.name].append(finished_summary(folder, run))
                     else:
-                        summaries[method].append(json.loads((run / "summary.json").read_text()))
+                        summary = json.loads((run / "summary.json").read_text())
+                        summaries[variant.name].append(summary)
                 else:
-                    config = method_config(overrides, method, seed, out=str(run))
+                    config = method_config(variant.overrides(plan.overrides), variant.method,
+                                           seed, out=str(run))  # fmt: skip
                     going_on = mode == "resume" and on_disk(run / "config.yaml")
                     writer = run_writer(
                         run, mode="resume" if going_on else "new", main=world.is_main
                     )
                     imp = IMP(config, fresh_model(), train, val, writer=writer, progress=progress,
                               test_data=splits.test, world=world)  # fmt: skip
-                    own = dense_phase(configs[method]) != common
+                    own = dense_phase(configs[variant]) != common
                     result = imp.run(None if own else warmup, resume=going_on)
-                    summaries[method].append(result.summary())
+                    summaries[variant.name].append(result.summary())
                     if folder is not None:
                         record_run(folder, run)
                 bar.update(1)
     finally:
         # Closed before an error is printed, so the error stays the last line.
         bar.close()
-    comparison = aggregate(summaries)
+    comparison = aggregate(summaries, variants)
     comparison.update(
         seeds=list(seeds),
+        sweep=plan.sweep,
+        runs=[
+            run_entry(v, seed, summary, sizes)
+            for v in variants
+            for seed, summary in zip(seeds, summaries[v.name], strict=True)
+        ],
+        split_sizes=sizes,
         config=first.to_dict(),
         warmup_seconds=mean_std(warmup_seconds),
         total_seconds=time.perf_counter() - started,
         hardware=hardware(resolve_device(first.device)),
         incop=provenance(),
     )
+    comparison["analysis"] = analyse(comparison, plan.baseline, plan.tolerance)
     if folder is not None:
         folder.write_bytes("comparison.json", to_json(comparison, indent=2).encode())
     return comparison
+
+
+def check_analysis(
+    methods: Sequence[str], baseline: str = "sap", tolerance: float = TOLERANCE
+) -> None:
+    """Refuse a baseline that is not among ``methods`` (unless the default, sap, which then
+    pairs nothing) and a tolerance that is not a number of points in [0, 100]."""
+    if baseline != "sap" and baseline not in methods:
+        raise UserError(
+            f"baseline: {baseline!r} is not among the methods ({', '.join(methods)})"
+        )
+    if not (isinstance(tolerance, int | float) and 0 <= tolerance <= 100):
+        raise UserError(f"tolerance: {tolerance!r} is not allowed; must be in 0..100 (points)")
+
+
+def run_entry(
+    variant: Variant, seed: int, summary: dict[str, Any], sizes: dict[str, int]
+) -> dict[str, Any]:
+    """One run of a comparison, as ``comparison.json`` lists it: the final ticket's numbers
+    (fine-tuned, if there is a fine-tune) and what finding it cost."""
+    totals = run_totals(summary)
+    return {
+        "method": variant.method,
+        "params": dict(variant.params),
+        "seed": seed,
+        "folder": run_folder(Path(), variant, seed).as_posix(),
+        "cost": summary.get("cost"),
+        "dense_epoch": summary.get("dense_epoch"),
+        "cost_dense_epochs": totals["cost_dense_epochs"],
+        "epochs": totals["epochs"],
+        "remaining_fraction": totals["final_remaining_fraction"],
+        "val_accuracy": totals["final_accuracy"],
+        "test_accuracy": totals["final_test_accuracy"],
+        "dense_val_accuracy": summary["dense_accuracy"],
+        "dense_test_accuracy": summary["levels"][0].get("test_accuracy"),
+        "val_se": binomial_se(totals["final_accuracy"], sizes.get("val")),
+        "test_se": binomial_se(totals["final_test_accuracy"], sizes.get("test")),
+    }
 
 
 def shared_warmup(
@@ -419,8 +639,9 @@ def _read_warmup(path: Path) -> WarmUp:
 def format_table(comparison: dict[str, Any]) -> str:
     """The comparison table printed at the end of ``incop compare``: mean ± std over trials;
     ``cost``: what finding and training the ticket cost, in dense training epochs."""
+    width = max(10, *(len(name) for name in comparison["methods"]))
     head = (
-        f"{'method':<10} {'epochs':>13} {'fine-tune':>9} {'cost':>13} {'val acc':>15}"
+        f"{'method':<{width}} {'epochs':>13} {'fine-tune':>9} {'cost':>13} {'val acc':>15}"
         f" {'test acc':>15} {'remaining':>9}"
         f" {'wall s':>13} {'epochs/sap':>10} {'wall/sap':>8}"
     )
@@ -429,7 +650,7 @@ def format_table(comparison: dict[str, Any]) -> str:
         t = entry["totals"]
         ratio = comparison["ratios"][method]
         rows.append(
-            f"{method:<10} {t['epochs']['mean']:>6.1f} ± {t['epochs']['std']:<4.1f}"
+            f"{method:<{width}} {t['epochs']['mean']:>6.1f} ± {t['epochs']['std']:<4.1f}"
             f" {t['finetune_epochs']['mean']:>9.1f} {_cost_cell(t['cost_dense_epochs'])}"
             f" {_pm(t['final_accuracy'])} {_pm(t['final_test_accuracy'])}"
             f" {t['final_remaining_fraction']['mean']:>9.2%}"
@@ -504,18 +725,27 @@ def search_cost(summary: dict[str, Any]) -> float | None:
     return cost["search"] / dense if cost and dense else None
 
 
-def aggregate(summaries: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Mean and standard deviation over trials per method, per level, and ratios to baselines.
+def aggregate(
+    summaries: dict[str, list[dict[str, Any]]], variants: Sequence[Variant] | None = None
+) -> dict[str, Any]:
+    """Mean and standard deviation over trials per point, per level, and ratios to baselines.
 
-    ``summaries``: method -> one ``summary.json`` content per trial. Returns
-    ``{"methods": {m: {"trials", "totals": {field: {mean, std}}, "levels": [{field:
-    {mean, std}}]}}, "ratios": {m: {"epochs_vs_sap", "wall_vs_sap", ...}}}``.
+    ``summaries``: point name -> one ``summary.json`` content per trial; ``variants``: the
+    points (default: every name a method, unswept). Returns ``{"methods": {name: {"method",
+    "params", "trials", "totals": {field: {mean, std}}, "levels": [{field: {mean, std}}]}},
+    "ratios": {name: {"epochs_vs_sap", "wall_vs_sap", ...}}}``; a swept point's ratio is to
+    the baseline's point with the same values of the fields both sweep
+    (:func:`baseline_for`).
     """
+    variants = list(variants or [Variant(name) for name in summaries])
     methods: dict[str, Any] = {}
-    for method, runs in summaries.items():
+    for variant in variants:
+        runs = summaries[variant.name]
         totals = [run_totals(run) for run in runs]
         n_levels = min(len(run["levels"]) for run in runs)
-        methods[method] = {
+        methods[variant.name] = {
+            "method": variant.method,
+            "params": dict(variant.params),
             "trials": len(runs),
             "totals": {key: mean_std([t[key] for t in totals]) for key in totals[0]},
             # Why retraining levels ended, over every seed: what decided, in counts.
@@ -532,18 +762,28 @@ def aggregate(summaries: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             ],
         }
     ratios: dict[str, dict[str, float | None]] = {}
-    for method, entry in methods.items():
-        ratios[method] = {}
+    for variant in variants:
+        entry = methods[variant.name]
+        ratios[variant.name] = {}
         for base in BASELINES:
-            if base not in methods:
+            matched = baseline_for(variant, variants, base)
+            if matched is None:
                 continue
             for key, name in (("epochs", "epochs"), ("wall_seconds", "wall"),
                               ("cost_dense_epochs", "cost")):  # fmt: skip
-                denominator = methods[base]["totals"][key]["mean"]
+                denominator = methods[matched.name]["totals"][key]["mean"]
                 value = entry["totals"][key]["mean"]
                 value = value / denominator if denominator and value is not None else None
-                ratios[method][f"{name}_vs_{base}"] = value
+                ratios[variant.name][f"{name}_vs_{base}"] = value
     return {"methods": methods, "ratios": ratios}
+
+
+def baseline_for(variant: Variant, variants: Sequence[Variant], base: str) -> Variant | None:
+    """The point of method ``base`` that ``variant`` is compared with (:func:`matching`);
+    None where ``base`` was not run or no point matches."""
+    candidates = [v for v in variants if v.method == base]
+    found = matching(dict(variant.params), [dict(v.params) for v in candidates])
+    return None if found is None else candidates[found]
 
 
 def _count(reasons: Iterable[str]) -> dict[str, int]:

@@ -26,43 +26,45 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from incop.config import MAX_SEED, METHODS
 from incop.engine.folders import OwnedFolder
-from incop.engine.outputs import read_metrics
+from incop.engine.outputs import read_metrics, to_json
 from incop.errors import UserError
 from incop.methods.stopping import STOPPING_RULES
 from incop.tools.compare import (
     DEFAULT_METHODS,
     PLAN_FILE,
+    Variant,
+    check_analysis,
     mean_std,
     open_comparison,
+    plan_variants,
     run_folder,
     take_up,
 )
+from incop.tools.study import analyse
 
 #: Settings left out of the config block and of the per-method settings: the method names each
 #: row already, seed and out differ from run to run.
 PER_RUN = ("method", "seed", "out")
-#: Summary columns: header, key in a method's "totals", scale, decimals.
+#: Summary columns: header, key in a point's "totals", scale, decimals.
 SUMMARY_COLUMNS = (
+    ("epochs (fine-tune incl.)", "epochs", 1, 1),
+    ("cost (dense epochs)", "cost_dense_epochs", 1, 1),
+    ("remaining (%)", "final_remaining_fraction", 100, 2),
+    ("val acc (%)", "final_accuracy", 100, 2),
+    ("test acc (%)", "final_test_accuracy", 100, 2),
+    ("wall (s)", "wall_seconds", 1, 1),
+)
+#: Time columns: header, key in a point's "totals", scale, decimals.
+TIME_COLUMNS = (
     ("retraining epochs", "retrain_epochs", 1, 1),
     ("fine-tune epochs", "finetune_epochs", 1, 1),
-    ("epochs in all", "epochs", 1, 1),
-    ("cost (dense epochs)", "cost_dense_epochs", 1, 1),
-    ("final remaining (%)", "final_remaining_fraction", 100, 2),
-    ("final val accuracy (%)", "final_accuracy", 100, 2),
-    ("final test accuracy (%)", "final_test_accuracy", 100, 2),
     ("train (s)", "train_seconds", 1, 2),
     ("eval (s)", "eval_seconds", 1, 2),
     ("flow (s)", "flow_seconds", 1, 2),
     ("wall (s)", "wall_seconds", 1, 2),
 )
-#: Ratio columns: header, key in comparison.json "ratios".
-RATIO_COLUMNS = (
-    ("epochs / sap", "epochs_vs_sap"),
-    ("cost / sap", "cost_vs_sap"),
-    ("wall / sap", "wall_vs_sap"),
-    ("epochs / lth", "epochs_vs_lth"),
-    ("wall / lth", "wall_vs_lth"),
-)
+#: Ratio columns, shown for the first of these baselines the comparison ran: header, key.
+RATIO_KEYS = (("epochs", "epochs"), ("cost", "cost"), ("wall", "wall"))
 #: Per-level columns: header, key in a method's "levels" entries, scale, decimals.
 LEVEL_COLUMNS = (
     ("remaining (%)", "remaining_fraction", 100, 2),
@@ -93,14 +95,18 @@ img { max-width: 100%; }
 """
 
 Block = tuple  # ("h", level, text) | ("p", text) | ("code", text) | ("table", header, rows)
-#              | ("img", alt, stem)
+#              | ("img", alt, path in the folder) | ("open", summary) ... ("close",): collapsed
 
 
-def write_report(folder: str | Path) -> Path:
-    """Write ``plots/``, ``report.md`` and ``report.html`` into the comparison ``folder``;
-    return the path of ``report.md``. Every file it reads is first checked against the
-    comparison's manifest, and the method names and seeds in ``comparison.json`` against what
-    incop writes there, so a changed or swapped file is refused, naming it."""
+def write_report(
+    folder: str | Path, *, baseline: str | None = None, tolerance: float | None = None
+) -> Path:
+    """Write ``plots/``, ``report.md`` and ``report.html`` into the comparison ``folder``
+    (and ``frontier.json`` / ``frontier.png`` where a method has several points); return the
+    path of ``report.md``. Every file it reads is first checked against the comparison's
+    manifest, and the points and seeds in ``comparison.json`` against its plan, so a changed
+    or swapped file is refused, naming it. ``baseline`` / ``tolerance``: pair and tolerate
+    otherwise than the comparison did (its statistics in ``comparison.json`` are rewritten)."""
     folder = Path(folder)
     path = folder / "comparison.json"
     if not path.is_file():
@@ -109,67 +115,93 @@ def write_report(folder: str | Path) -> Path:
     owned.open()
     try:
         take_up(owned)
-        return _write_report(owned)
+        return _write_report(owned, baseline, tolerance)
     finally:
         owned.close()
 
 
-def _write_report(owned: OwnedFolder) -> Path:
+def _write_report(owned: OwnedFolder, baseline: str | None, tolerance: float | None) -> Path:
     folder = owned.root
     comparison = json.loads(owned.verify("comparison.json").read_text())
-    _check_names(owned, comparison)
-    runs = _read_runs(owned, comparison)
-    styles = _styles(comparison["methods"])
-    plots = folder / "plots"
+    variants = _check_names(owned, comparison)
+    if baseline is not None or tolerance is not None or "analysis" not in comparison:
+        if "runs" in comparison:
+            held = comparison.get("analysis", {})
+            baseline = baseline or held.get("baseline", "sap")
+            tolerance = tolerance if tolerance is not None else held.get("tolerance_points", 0.5)
+            check_analysis([v.method for v in variants], baseline, tolerance)
+            comparison["analysis"] = analyse(comparison, baseline, tolerance)
+            owned.write_bytes("comparison.json", to_json(comparison, indent=2).encode())
+    runs = _read_runs(owned, comparison, variants)
+    styles = _styles(variants)
     figures = {
         "accuracy": _accuracy_figure(comparison, styles),
-        "frontier": frontier_figure(comparison, styles),
+        "sparsity": sparsity_figure(comparison, styles),
         "epochs": _epochs_figure(comparison, styles),
         "time": _time_figure(comparison, styles),
         "distance": _distance_figure(runs, styles),
     }
+    images = {}
     for stem, figure in figures.items():
         if figure is not None:
             save_figure(figure, owned, stem)
-    blocks = _blocks(comparison, runs, [s for s, f in figures.items() if f is not None])
+            images[stem] = f"plots/{stem}.png"
+    analysis = comparison.get("analysis")
+    families = [v.method for v in variants]
+    if analysis and any(families.count(m) > 1 for m in families):
+        owned.write_bytes("frontier.json", to_json(_frontier_file(analysis), indent=2).encode())
+        owned.write_bytes("frontier.png", figure_bytes(cost_figure(analysis, styles), "png"))
+        images = {"frontier": "frontier.png", **images}
+    blocks = _blocks(comparison, runs, images)
     owned.write_bytes("report.md", _markdown(blocks).encode())
-    owned.write_bytes("report.html", _html(blocks, plots).encode())
+    owned.write_bytes("report.html", _html(blocks, folder).encode())
     return folder / "report.md"
 
 
-def _check_names(owned: OwnedFolder, comparison: Any) -> None:
-    """The methods and seeds ``comparison.json`` names must be registered methods and seeds
-    the plan holds: they become paths that are read."""
+def _frontier_file(analysis: dict[str, Any]) -> dict[str, Any]:
+    """``frontier.json``: the points (with ``pareto`` marking the front), the dense network,
+    and each method's cheapest point within the tolerance."""
+    keys = ("baseline", "tolerance_points", "dense", "points", "cheapest_within_tolerance")
+    return {"cost_unit": "dense training epochs (cost.search)", **{k: analysis[k] for k in keys}}
+
+
+def _check_names(owned: OwnedFolder, comparison: Any) -> list[Variant]:
+    """The points and seeds ``comparison.json`` names must be the ones the plan makes (they
+    become paths that are read); returns the plan's points."""
     plan = yaml.safe_load(owned.verify(PLAN_FILE).read_text())
     where = owned.root / "comparison.json"
     methods, seeds = comparison.get("methods"), comparison.get("seeds")
     if not isinstance(methods, dict) or not isinstance(seeds, list):
         raise UserError(f"{where} lacks its methods or seeds; it is not a comparison's")
-    for method in methods:
-        if method not in METHODS or method not in plan.get("methods", []):
-            raise UserError(
-                f"{where} names the method {method!r}, which this comparison did not run"
-            )
+    planned = [m for m in plan.get("methods", []) if m in METHODS]
+    variants = plan_variants(planned, plan.get("sweep") or {}, plan.get("settings") or {})
+    names = {v.name: v for v in variants}
+    for name in methods:
+        if name not in names:
+            raise UserError(f"{where} names the method {name!r}, which this comparison did not run")
     for seed in seeds:
         if not (isinstance(seed, int) and 0 <= seed <= MAX_SEED) or seed not in plan["seeds"]:
             raise UserError(f"{where} names the seed {seed!r}, which this comparison did not run")
+    return [names[name] for name in methods]
 
 
 # --- reading ------------------------------------------------------------------------------------
 
 
-def _read_runs(owned: OwnedFolder, comparison: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """Method -> per seed ``{"config": ..., "metrics": [...]}``, each file checked first."""
+def _read_runs(
+    owned: OwnedFolder, comparison: dict[str, Any], variants: Sequence[Variant]
+) -> dict[str, list[dict[str, Any]]]:
+    """Point name -> per seed ``{"config": ..., "metrics": [...]}``, each file checked first."""
     runs: dict[str, list[dict[str, Any]]] = {}
-    for method in comparison["methods"]:
-        runs[method] = []
+    for variant in variants:
+        runs[variant.name] = []
         for seed in comparison["seeds"]:
-            run = run_folder(owned.root, method, seed).relative_to(owned.root).as_posix()
+            run = run_folder(owned.root, variant, seed).relative_to(owned.root).as_posix()
             config, metrics = (
                 owned.verify(f"{run}/{name}", needed_by="the report")
                 for name in ("config.yaml", "metrics.jsonl")
             )
-            runs[method].append(
+            runs[variant.name].append(
                 {"config": yaml.safe_load(config.read_text()), "metrics": read_metrics(metrics)}
             )
     return runs
@@ -216,15 +248,21 @@ def _distance_segments(metrics: Sequence[list[dict[str, Any]]]) -> list[dict[str
 # --- figures ------------------------------------------------------------------------------------
 
 
-def _styles(methods: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Colour and marker per method. Known methods keep theirs in every report; the marker
-    tells apart methods whose curves coincide (SAP-based methods often prune alike)."""
-    order = list(DEFAULT_METHODS) + [m for m in methods if m not in DEFAULT_METHODS]
+def _styles(variants: Sequence[Variant | str]) -> dict[str, dict[str, Any]]:
+    """Colour and marker per point. A method keeps its colour in every report (its swept
+    points share it, told apart by marker); the marker also tells apart methods whose
+    curves coincide (SAP-based methods often prune alike)."""
+    variants = [Variant(v) if isinstance(v, str) else v for v in variants]
+    families = [v.method for v in variants]
+    order = list(DEFAULT_METHODS) + [m for m in dict.fromkeys(families) if m not in DEFAULT_METHODS]
     palette = colormaps["tab10"].colors
     styles = {}
-    for method in methods:
-        i = order.index(method)
-        styles[method] = {"color": palette[i % len(palette)], "marker": MARKERS[i % len(MARKERS)]}
+    for variant in variants:
+        i = order.index(variant.method)
+        siblings = [v for v in variants if v.method == variant.method]
+        j = i if len(siblings) == 1 else siblings.index(variant)
+        styles[variant.name] = {"color": palette[i % len(palette)],
+                                "marker": MARKERS[j % len(MARKERS)]}  # fmt: skip
     return styles
 
 
@@ -274,7 +312,8 @@ def _stat(entry: dict[str, Any], key: str, scale: float = 1) -> tuple[float, flo
 
 def _accuracy_figure(comparison: dict[str, Any], styles: dict[str, Any]) -> Figure:
     """Accuracy against remaining weights (log x, the field's standard): test split solid,
-    validation split dashed, one point per level."""
+    validation split dashed, one point per level; the dense network's test accuracy a black
+    line, a fine-tuned final ticket a filled marker."""
     with rc_context(STYLE):
         fig = _figure()
         ax = fig.add_subplot()
@@ -289,21 +328,32 @@ def _accuracy_figure(comparison: dict[str, Any], styles: dict[str, Any]) -> Figu
                 _band(ax, x, mean, std, {**styles[method], "linestyle": dashes}, markersize=5,
                       fillstyle="none")  # fmt: skip
             handles.append(Line2D([], [], **styles[method], label=method))
+            totals = entry["totals"]
+            if totals["finetune_epochs"]["mean"] and totals["final_test_accuracy"]["mean"]:
+                ax.plot([totals["final_remaining_fraction"]["mean"] * 100],
+                        [totals["final_test_accuracy"]["mean"] * 100], color=styles[method]["color"],
+                        marker=styles[method]["marker"], markersize=8, linestyle="none")  # fmt: skip
+        dense = next(iter(comparison["methods"].values()))["levels"][0]
+        if dense["test_accuracy"]["mean"] is not None:
+            ax.axhline(dense["test_accuracy"]["mean"] * 100, color="black", linewidth=0.8)
         _remaining_axis(ax)
         ax.set_ylabel("accuracy (%)")
         ax.set_title("Accuracy against remaining weights (mean ± std over seeds)")
         splits = [
             Line2D([], [], color="grey", label="test split"),
             Line2D([], [], color="grey", linestyle="--", label="validation split"),
-        ]
+            Line2D([], [], color="black", linewidth=0.8, label="dense network (test)"),
+            Line2D([], [], color="grey", marker="o", markersize=8, linestyle="none",
+                   label="fine-tuned ticket (test)"),
+        ]  # fmt: skip
         fig.legend(handles=handles + splits, loc="outside lower center", ncols=4)
     return fig
 
 
-def frontier_figure(
+def sparsity_figure(
     comparison: dict[str, Any], styles: dict[str, Any] | None = None
 ) -> Figure | None:
-    """The accuracy-sparsity frontier: every trained ticket's test accuracy against its
+    """Accuracy against sparsity: every trained ticket's test accuracy against its
     remaining weights (log x), so IMP levels, one-shot tickets (pruned at init) and random
     share one picture (Blalock et al. 2020). A method's levels are joined by a line; its
     fine-tuned final ticket, where there is one, is a filled marker; untrained networks
@@ -337,9 +387,62 @@ def frontier_figure(
                             marker=styles[method]["marker"], markersize=7, capsize=2)  # fmt: skip
         _remaining_axis(ax)
         ax.set_ylabel("test accuracy (%)")
-        ax.set_title("Frontier: test accuracy of every trained ticket (filled: fine-tuned)")
+        ax.set_title("Test accuracy of every trained ticket (filled: fine-tuned)")
         fig.legend(loc="outside lower center", ncols=4)
     return fig
+
+
+def cost_figure(analysis: dict[str, Any], styles: dict[str, Any]) -> Figure:
+    """The cost frontier: each point's final test accuracy (filled; validation hollow, beside)
+    against what finding and training its ticket cost (``cost.search``, dense training
+    epochs), mean over seeds with one std as error bars; each method's points joined in
+    order of cost; the Pareto front (chosen on validation) ringed in black; the dense
+    network's test accuracy a black line. One panel per final sparsity (remaining weights to
+    two significant digits: 77 %, 9.8 %) where the points end at different sparsities."""
+    panels: dict[float, list[dict[str, Any]]] = {}
+    for point in analysis["points"]:
+        if point["cost_dense_epochs"]["mean"] is None:
+            continue
+        remaining = float(f"{point['remaining_fraction']['mean'] * 100:.2g}")
+        panels.setdefault(remaining, []).append(point)
+    dense = analysis["dense"]["test_accuracy"]
+    with rc_context(STYLE):
+        fig = _figure(7.5, 1.2 + 3.6 * max(1, len(panels)))
+        axes = fig.subplots(max(1, len(panels)), 1, squeeze=False)[:, 0]
+        for ax, (remaining, shown) in zip(axes, sorted(panels.items(), reverse=True), strict=False):
+            families: dict[str, list[dict[str, Any]]] = {}
+            for point in shown:
+                families.setdefault(point["method"], []).append(point)
+            for method, family in families.items():
+                family.sort(key=lambda p: p["cost_dense_epochs"]["mean"])
+                x = [p["cost_dense_epochs"]["mean"] for p in family]
+                for key, fill in (("test_accuracy", "full"), ("val_accuracy", "none")):
+                    if any(p[key]["mean"] is None for p in family):
+                        continue
+                    y = [p[key]["mean"] * 100 for p in family]
+                    err = [p[key]["std"] * 100 for p in family]
+                    colour = styles[_name(family[0])]["color"]
+                    ax.errorbar(x, y, yerr=err, color=colour, linestyle="-" if fill == "full"
+                                else ":", marker="o", fillstyle=fill, markersize=5, capsize=2,
+                                label=method if fill == "full" else None)  # fmt: skip
+            front = [p for p in shown if p.get("pareto") and p["test_accuracy"]["mean"] is not None]
+            if front:
+                ax.plot([p["cost_dense_epochs"]["mean"] for p in front],
+                        [p["test_accuracy"]["mean"] * 100 for p in front], linestyle="none",
+                        marker="o", markersize=11, fillstyle="none", color="black",
+                        label="Pareto front (on validation)")  # fmt: skip
+            if dense is not None:
+                ax.axhline(dense * 100, color="black", linewidth=0.8, label="dense network (test)")
+            ax.set_xlabel("cost of finding and training the ticket (dense training epochs)")
+            ax.set_ylabel("final accuracy (%)")
+            ax.set_title(f"Final ticket at about {remaining:g} % remaining: test filled,"
+                         " validation hollow")  # fmt: skip
+            ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def _name(point: dict[str, Any]) -> str:
+    return Variant(point["method"], tuple(point["params"].items())).name
 
 
 def _epochs_figure(comparison: dict[str, Any], styles: dict[str, Any]) -> Figure:
@@ -392,9 +495,12 @@ def _time_figure(comparison: dict[str, Any], styles: dict[str, Any]) -> Figure:
                 ha="center",
                 fontsize=8,
             )
-        ax.set_xticks(range(len(methods)), list(methods))
+        ax.set_xticks(range(len(methods)), list(methods), rotation=30 if len(methods) > 5 else 0,
+                      ha="right" if len(methods) > 5 else "center")  # fmt: skip
         ax.set_ylabel("time (s)")
-        ax.margins(y=0.12)
+        # Room above the tallest whisker for its label (margins alone clip it).
+        top = max(sum(_stat(e["totals"], "wall_seconds")) for e in methods.values())
+        ax.set_ylim(0, top * 1.18 or 1)
         ax.grid(axis="x", visible=False)
         ax.set_title("Retraining time per method (shared warm-up excluded; mean ± std)")
         legend = [Patch(facecolor="grey", label=label, **style) for _, label, style in parts]
@@ -452,11 +558,12 @@ def _distance_figure(
 # --- text ---------------------------------------------------------------------------------------
 
 
-def _cell(entry: dict[str, Any], key: str, scale: float, decimals: int) -> str:
+def _cell(entry: dict[str, Any], key: str, scale: float, decimals: int, spread: bool = True) -> str:
+    """``mean ± std``; the mean alone where ``spread`` is False (a single seed)."""
     if entry.get(key, {}).get("mean") is None:
         return "–"
     mean, std = _stat(entry, key, scale)
-    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+    return f"{mean:.{decimals}f} ± {std:.{decimals}f}" if spread else f"{mean:.{decimals}f}"
 
 
 def _reasons(counts: dict[str, int]) -> str:
@@ -467,30 +574,188 @@ def _ratio(value: float | None) -> str:
     return "–" if value is None or math.isnan(value) else f"{value:.2f}"
 
 
+def _interval(stat: dict[str, Any] | None, decimals: int) -> str:
+    if stat is None:
+        return "–"
+    low, high = stat["interval"]
+    verdict = "" if stat["resolved"] else ", not resolved"
+    return f"{stat['mean']:+.{decimals}f} [{low:+.{decimals}f}, {high:+.{decimals}f}]{verdict}"
+
+
+def _params(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in params.items()) or "–"
+
+
+def _protocol(config: dict[str, Any]) -> str:
+    """The protocol controls, as a sentence."""
+    counts = config.get("prune_counts", "adaptive")
+    counts = (f"frozen to those of {config.get('counts_from')}" if counts == "frozen"
+              else "adaptive (each pruner decides)")  # fmt: skip
+    finetune = config.get("finetune_epochs", 0)
+    start = config.get("finetune_from", "last")
+    tuned = (f"{finetune} fine-tune epochs from the {'last level' if start == 'last' else 'dense'}"
+             " weights" if finetune else "no fine-tune")  # fmt: skip
+    return f"Prune counts: {counts}; {tuned}."
+
+
+def _statistics(comparison: dict[str, Any]) -> list[Block]:
+    """The cheapest point within the tolerance, paired differences, and what a split
+    resolves (every number from ``comparison.json``'s analysis and runs)."""
+    analysis = comparison.get("analysis")
+    if not analysis:
+        return []
+    base, tolerance = analysis["baseline"], analysis["tolerance_points"]
+    dense = analysis["dense"]["val_accuracy"]
+    blocks: list[Block] = [("h", 2, "Statistics")]
+    runs = comparison.get("runs", [])
+    sizes = comparison.get("split_sizes") or {}
+    ses = [(r["val_se"], r["test_se"]) for r in runs if r["val_se"] is not None]
+    if ses and sizes:
+        val_se = max(v for v, _ in ses) * 100
+        test_se = max(t for _, t in ses if t is not None) * 100 if ses[0][1] is not None else None
+        tested = f" and {sizes['test']} test examples (up to {test_se:.2f} points)" if test_se else ""
+        blocks.append(("p", f"One run's accuracy is measured on {sizes['val']} validation examples"
+                       f" (binomial standard error up to {val_se:.2f} points){tested}: a"
+                       " difference of less than about twice that between two runs is within"
+                       " the noise of the split."))  # fmt: skip
+    if dense is not None:
+        rows = []
+        for method, held in analysis["cheapest_within_tolerance"].items():
+            point = held["point"]
+            if point is None:
+                rows.append([method, "none within the tolerance", "–", "–", "–", "–"])
+                continue
+            rows.append([method, _params(point["params"]),
+                         f"{point['cost_dense_epochs']['mean']:.2f}",
+                         f"{point['val_accuracy']['mean'] * 100:.2f}",
+                         "–" if point["test_accuracy"]["mean"] is None
+                         else f"{point['test_accuracy']['mean'] * 100:.2f}",
+                         _ratio(held.get(f"cost_vs_{base}"))])  # fmt: skip
+        blocks += [
+            ("p", f"Each method's cheapest point whose mean final validation accuracy is within"
+             f" {tolerance:g} points of the dense network's ({dense * 100:.2f} %), chosen on"
+             " validation; test accuracy beside it."),
+            ("table", ["method", "point", "cost (dense epochs)", "val acc (%)", "test acc (%)",
+                       f"cost / {base}"], rows),
+        ]  # fmt: skip
+    if analysis["paired"]:
+        blocks += [
+            ("p", f"Paired per-seed differences against {base} (the point of {base} with the"
+             " same swept values): mean and 95% bootstrap interval (10,000 resamples, seeded);"
+             " 'not resolved' where the interval holds 0. With few seeds the interval is as"
+             " wide as the seeds' spread: it says what these seeds can tell apart."),
+            ("table", ["method", "point", f"{base} point", "seeds", "Δ test acc (points)",
+                       "Δ cost (dense epochs)"],
+             [[p["method"], _params(p["params"]), _params(p["baseline_params"]),
+               str(len(p["seeds"])), _interval(p["test_accuracy_points"], 2),
+               _interval(p["cost_dense_epochs"], 2)] for p in analysis["paired"]]),
+        ]  # fmt: skip
+    else:
+        blocks.append(("p", f"No paired statistics: {base} was not run beside the others."))
+    return blocks
+
+
 def _blocks(
-    comparison: dict[str, Any], runs: dict[str, list[dict[str, Any]]], figures: Sequence[str]
+    comparison: dict[str, Any], runs: dict[str, list[dict[str, Any]]], images: dict[str, str]
 ) -> list[Block]:
     methods = comparison["methods"]
     config = comparison["config"]
     varying = _varying(runs)
     shared = {k: v for k, v in config.items() if k not in (*PER_RUN, *varying)}
     warmup = comparison["warmup_seconds"]
-    dense = _cell(next(iter(methods.values()))["totals"], "dense_accuracy", 100, 2)
+    spread = len(comparison["seeds"]) > 1
+    dense = _cell(next(iter(methods.values()))["totals"], "dense_accuracy", 100, 2, spread)
+    families = list(dict.fromkeys(e.get("method", name) for name, e in methods.items()))
+    base = next((b for b in ("sap", "lth") if b in families), None)
+    ratio_columns = [(f"{label} / {base}", f"{key}_vs_{base}") for label, key in RATIO_KEYS]
+    ratio_columns = ratio_columns if base else []
     blocks: list[Block] = [
         ("h", 1, f"IMP comparison: {config['model']} on {config['dataset']}"),
         (
             "p",
-            f"{len(methods)} methods ({', '.join(methods)}), seeds "
+            f"{len(families)} methods ({', '.join(families)}) in {len(methods)} points, seeds "
             f"{', '.join(map(str, comparison['seeds']))}; every method of a seed is pruned from "
-            f"the same dense warm-up (validation accuracy {dense} %).",
+            f"the same dense warm-up (validation accuracy {dense} %). {_protocol(config)}",
         ),
-        ("h", 2, "Setup"),
-        ("p", "Config shared by every method (seed and output folder are per run):"),
-        ("code", yaml.safe_dump(shared, sort_keys=False).rstrip()),
+        ("h", 2, "Summary"),
+        (
+            "p",
+            ("Mean ± standard deviation over seeds. " if spread else "One seed. ")
+            + "Validation accuracy is on the validation split held out of the training data,"
+            " which made every decision; test accuracy is on the test split, which decided"
+            " nothing. Final numbers are the fine-tuned ticket's when there is a fine-tune."
+            " Epochs: retraining (levels 1 and up) plus the fine-tune; cost: what finding and"
+            " training the ticket cost, warm-up included, in dense training epochs of FLOPs;"
+            " wall: retraining, evaluation and flows, the shared warm-up left out."
+            + (f" Ratios are of the means, against {base}." if base else "")
+            + " 'Stopped by' counts why retraining levels ended, over every seed.",
+        ),
+        (
+            "table",
+            ["method", "trials", *(c[0] for c in SUMMARY_COLUMNS), *(c[0] for c in ratio_columns),
+             "stopped by"],
+            [
+                [
+                    method,
+                    str(entry["trials"]),
+                    *(_cell(entry["totals"], *c[1:], spread) for c in SUMMARY_COLUMNS),
+                    *(_ratio(comparison["ratios"][method].get(key)) for _, key in ratio_columns),
+                    _reasons(entry.get("stopped_by", {})),
+                ]
+                for method, entry in methods.items()
+            ],
+        ),  # fmt: skip
+        *_statistics(comparison),
+        ("h", 2, "Figures"),
     ]
+    captions = {
+        "frontier": "The cost frontier: each point's final accuracy (test filled, validation"
+        " hollow) against what finding and training its ticket cost, in dense training epochs;"
+        " ringed: the Pareto front, chosen on validation; the black line is the dense"
+        " network's test accuracy.",
+        "accuracy": "Accuracy against remaining weights, one point per level: test split "
+        "solid, validation split dashed; the black line is the dense network, filled markers "
+        "the fine-tuned tickets.",
+        "sparsity": "Test accuracy (test split) of every trained ticket against its remaining"
+        " weights, error bars one std over seeds; filled markers are fine-tuned final tickets."
+        " Tickets pruned at initialisation are single points.",
+        "epochs": "Retraining epochs per level.",
+        "time": "Retraining time per method, split into training, evaluation and flow "
+        "computation; the error bar is the std of the total.",
+        "distance": "Flow distance to the dense network per retraining epoch; dotted lines mark "
+        "level boundaries, the dashed line the stopping threshold ε.",
+    }
+    for stem, path in images.items():
+        blocks += [("img", f"{stem} figure", path), ("p", captions[stem])]
+    blocks += [
+        ("h", 2, "Time"),
+        ("table", ["method", *(c[0] for c in TIME_COLUMNS)],
+         [[m, *(_cell(e["totals"], *c[1:], spread) for c in TIME_COLUMNS)]
+          for m, e in methods.items()]),
+        ("h", 2, "Per level"),
+    ]  # fmt: skip
+    for method, entry in methods.items():
+        blocks += [
+            ("h", 3, method),
+            (
+                "table",
+                ["level", *(c[0] for c in LEVEL_COLUMNS), "stop"],
+                [
+                    [
+                        "0 (dense)" if lv["level"] == 0 else str(lv["level"]),
+                        *(_cell(lv, *c[1:], spread) for c in LEVEL_COLUMNS),
+                        _reasons(lv.get("stop_reasons", {})),
+                    ]
+                    for lv in entry["levels"]
+                ],
+            ),
+        ]
+    blocks += [("open", "Setup: the config, the hardware, the time"),
+               ("p", "Config shared by every method (seed and output folder are per run):"),
+               ("code", yaml.safe_dump(shared, sort_keys=False).rstrip())]  # fmt: skip
     if varying:
         blocks += [
-            ("p", f"Settings that vary per method: {', '.join(varying)}."),
+            ("p", f"Settings that vary per point: {', '.join(varying)}."),
             (
                 "table",
                 ["method", *varying],
@@ -513,70 +778,8 @@ def _blocks(
             f"Total time of the comparison: {comparison['total_seconds']:.1f} s, including the "
             f"shared dense warm-up of {warmup['mean']:.2f} ± {warmup['std']:.2f} s per seed.",
         ),
-        ("h", 2, "Summary"),
-        (
-            "p",
-            "Mean ± standard deviation over seeds. Validation accuracy is on the validation "
-            "split held out of the training data, which made every decision; test accuracy is "
-            "on the test split, which decided nothing. Final accuracies are the fine-tuned "
-            "ticket's when there is a fine-tune. Retraining = levels 1 and up (the shared "
-            "warm-up is left out); epochs in all add the fine-tune; flow seconds include "
-            "measuring the dense reference. Ratios are of the means, against sap and lth; "
-            "'stopped by' counts why retraining levels ended, over every seed.",
-        ),
-        (
-            "table",
-            [
-                "method",
-                "trials",
-                *(c[0] for c in SUMMARY_COLUMNS),
-                *(c[0] for c in RATIO_COLUMNS),
-                "stopped by",
-            ],
-            [
-                [
-                    method,
-                    str(entry["trials"]),
-                    *(_cell(entry["totals"], *c[1:]) for c in SUMMARY_COLUMNS),
-                    *(_ratio(comparison["ratios"][method].get(key)) for _, key in RATIO_COLUMNS),
-                    _reasons(entry.get("stopped_by", {})),
-                ]
-                for method, entry in methods.items()
-            ],
-        ),
-        ("h", 2, "Figures"),
+        ("close",),
     ]
-    captions = {
-        "accuracy": "Accuracy against remaining weights, one point per level: test split "
-        "solid, validation split dashed.",
-        "frontier": "The frontier: test accuracy (test split) of every trained ticket against"
-        " its remaining weights, error bars one std over seeds; filled markers are fine-tuned"
-        " final tickets. Tickets pruned at initialisation are single points.",
-        "epochs": "Retraining epochs per level.",
-        "time": "Retraining time per method, split into training, evaluation and flow "
-        "computation; the error bar is the std of the total.",
-        "distance": "Flow distance to the dense network per retraining epoch; dotted lines mark "
-        "level boundaries, the dashed line the stopping threshold ε.",
-    }
-    for stem in figures:
-        blocks += [("img", f"{stem} figure", stem), ("p", captions[stem])]
-    blocks.append(("h", 2, "Per level"))
-    for method, entry in methods.items():
-        blocks += [
-            ("h", 3, method),
-            (
-                "table",
-                ["level", *(c[0] for c in LEVEL_COLUMNS), "stop"],
-                [
-                    [
-                        "0 (dense)" if lv["level"] == 0 else str(lv["level"]),
-                        *(_cell(lv, *c[1:]) for c in LEVEL_COLUMNS),
-                        _reasons(lv.get("stop_reasons", {})),
-                    ]
-                    for lv in entry["levels"]
-                ],
-            ),
-        ]
     return blocks
 
 
@@ -598,12 +801,16 @@ def _markdown(blocks: list[Block]) -> str:
                         for line in lines
                     )
                 )
-            case ("img", alt, stem):
-                out.append(f"![{alt}](plots/{stem}.png)")
+            case ("img", alt, path):
+                out.append(f"![{alt}]({path})")
+            case ("open", summary):
+                out.append(f"<details><summary>{html.escape(summary)}</summary>")
+            case ("close",):
+                out.append("</details>")
     return "\n\n".join(out) + "\n"
 
 
-def _html(blocks: list[Block], plots: Path) -> str:
+def _html(blocks: list[Block], folder: Path) -> str:
     esc = html.escape
     out = []
     for block in blocks:
@@ -620,9 +827,13 @@ def _html(blocks: list[Block], plots: Path) -> str:
                     "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>\n" for row in rows
                 )
                 out.append(f"<table>\n<tr>{head}</tr>\n{body}</table>")
-            case ("img", alt, stem):
-                data = base64.b64encode((plots / f"{stem}.png").read_bytes()).decode("ascii")
+            case ("img", alt, path):
+                data = base64.b64encode((folder / path).read_bytes()).decode("ascii")
                 out.append(f'<img alt="{esc(alt)}" src="data:image/png;base64,{data}">')
+            case ("open", summary):
+                out.append(f"<details><summary>{esc(summary)}</summary>")
+            case ("close",):
+                out.append("</details>")
     title = blocks[0][2]
     return (
         f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
