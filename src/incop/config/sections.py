@@ -169,7 +169,7 @@ class ScheduleOptions(NoOptions):
         problems = in_range("levels", self.levels, 0, MAX_LEVELS)
         for name in ("warmup_epochs", "max_epochs", "min_epochs", "finetune_epochs"):
             problems += in_range(name, getattr(self, name), 0, MAX_EPOCHS)
-        if self.min_epochs > self.max_epochs:
+        if not problems and self.min_epochs > self.max_epochs:
             problems.append(f"min_epochs: {self.min_epochs} exceeds max_epochs {self.max_epochs}")
         if self.finetune_from != "last" and self.finetune_epochs == 0:
             problems.append(

@@ -63,15 +63,15 @@ LIMIT_TARGET = "limit"
 #: The order ``config.yaml`` lists the settings in (the one it always had); settings of
 #: components added later follow.
 ORDER = (
-    "method", "preset", "model", "dataset", "data_dir", "download", "seed", "device",
-    "threads", "out", "log", "levels", "warmup_epochs", "warmup_stop", "epi_window",
-    "epi_threshold", "min_warmup_epochs", "max_epochs", "min_epochs", "finetune_epochs",
-    "finetune_from", "val_fraction", "split_seed", "train_fraction", "precision", "channels_last", "compile",
+    "method", "preset", "model", "dataset", "data_dir", "download", "seed", "device", "threads",
+    "out", "log", "levels", "warmup_epochs", "warmup_stop", "epi_window", "epi_threshold",
+    "min_warmup_epochs", "max_epochs", "min_epochs", "finetune_epochs", "finetune_from",
+    "val_fraction", "split_seed", "train_fraction", "precision", "channels_last", "compile",
     "batch_size", "eval_batch_size", "metric", "on_divergence", "optimizer", "lr", "momentum",
-    "nesterov", "weight_decay", "l1", "schedule", "pruner", "scope", "rate", "p", "q",
-    "eta_r", "gamma", "beta", "include", "exclude", "rewind", "score", "target_remaining",
-    "prune_counts", "counts_from", "synflow_iterations", "snip_batch", "stop", "delta", "eps", "distance", "probe_size",
-    "if_summary", "if_skip", "gf_normalize", "accuracy_clause",
+    "nesterov", "weight_decay", "l1", "schedule", "pruner", "scope", "rate", "p", "q", "eta_r",
+    "gamma", "beta", "include", "exclude", "rewind", "score", "target_remaining",
+    "prune_counts", "counts_from", "synflow_iterations", "snip_batch", "stop", "delta", "eps",
+    "distance", "probe_size", "if_summary", "if_skip", "gf_normalize", "accuracy_clause",
 )  # fmt: skip
 
 

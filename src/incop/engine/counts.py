@@ -1,6 +1,6 @@
 """Frozen prune counts (``prune_counts: frozen``): the per-level, per-tensor alive counts of a
 finished reference run, so that every method of a study reaches the same sparsity at every
-level and only its rule differs (METHOD.md section 3)."""
+level and only its rule differs (METHOD.md section 10.1)."""
 
 from __future__ import annotations
 

@@ -47,8 +47,8 @@ from incop.engine import (
     loggers,  # noqa: F401  (registers the loggers --log names)
     phases,
 )
-from incop.engine.counts import frozen_counts, reference_levels
 from incop.engine.clock import Clock
+from incop.engine.counts import frozen_counts, reference_levels
 from incop.engine.distributed import current_world
 from incop.engine.fastpath import training_module
 from incop.engine.outputs import NullWriter, RunWriter, run_writer

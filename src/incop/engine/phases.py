@@ -293,8 +293,8 @@ def finetune(loop: Loop, saved: dict[str, Any] | None = None) -> FinalResult | N
     """After the last level, train the final ticket ``finetune_epochs`` more epochs with its
     masks enforced, a fresh optimiser and a schedule of its own, and keep the epoch of best
     validation score (None without a fine-tune); with ``finetune_from: dense`` it starts from
-    theta* under the final mask instead of the last level's weights. ``saved``: a saved state from within the
-    fine-tune to go on from (already restored).
+    theta* under the final mask instead of the last level's weights. ``saved``: a saved state
+    from within the fine-tune to go on from (already restored).
 
     Early-stopping rules end the sparsest level wherever they stopped; a fine-tune of the
     same length for every method makes their final tickets comparable ("no need to retrain

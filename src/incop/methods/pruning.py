@@ -240,7 +240,7 @@ def prune_scores(scores: Weights, masks: Masks, keep: int) -> Masks:
 
 
 def hold_counts(weights: Weights, before: Masks, proposed: Masks, counts: dict[str, int]) -> Masks:
-    """Frozen prune counts (METHOD.md section 3): each tensor keeps exactly ``counts[name]``
+    """Frozen prune counts (METHOD.md section 10.1): each tensor keeps exactly ``counts[name]``
     of the weights alive in ``before``, those the pruner kept in ``proposed`` first, then by
     |w| (ties by position). The pruner still decides which weights go; only how many is held
     to the reference run's. ``counts``: name -> alive weights after this level's prune."""

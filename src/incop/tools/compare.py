@@ -185,8 +185,7 @@ def check_sweep(
         users = [m for m in methods if m in METHODS and _uses(m, name, values[0], overrides)]
         if not users:
             raise UserError(
-                f"--sweep {name}: would be ignored: no chosen method ({', '.join(methods)})"
-                " uses it"
+                f"--sweep {name}: would be ignored: no chosen method ({', '.join(methods)}) uses it"
             )
         checked[name] = []
         for value in values:
@@ -543,9 +542,7 @@ def check_analysis(
     """Refuse a baseline that is not among ``methods`` (unless the default, sap, which then
     pairs nothing) and a tolerance that is not a number of points in [0, 100]."""
     if baseline != "sap" and baseline not in methods:
-        raise UserError(
-            f"baseline: {baseline!r} is not among the methods ({', '.join(methods)})"
-        )
+        raise UserError(f"baseline: {baseline!r} is not among the methods ({', '.join(methods)})")
     if not (isinstance(tolerance, int | float) and 0 <= tolerance <= 100):
         raise UserError(f"tolerance: {tolerance!r} is not allowed; must be in 0..100 (points)")
 

@@ -330,9 +330,10 @@ def _accuracy_figure(comparison: dict[str, Any], styles: dict[str, Any]) -> Figu
             handles.append(Line2D([], [], **styles[method], label=method))
             totals = entry["totals"]
             if totals["finetune_epochs"]["mean"] and totals["final_test_accuracy"]["mean"]:
-                ax.plot([totals["final_remaining_fraction"]["mean"] * 100],
-                        [totals["final_test_accuracy"]["mean"] * 100], color=styles[method]["color"],
-                        marker=styles[method]["marker"], markersize=8, linestyle="none")  # fmt: skip
+                fx = totals["final_remaining_fraction"]["mean"] * 100
+                fy = totals["final_test_accuracy"]["mean"] * 100
+                ax.plot([fx], [fy], color=styles[method]["color"], markersize=8,
+                        marker=styles[method]["marker"], linestyle="none")  # fmt: skip
         dense = next(iter(comparison["methods"].values()))["levels"][0]
         if dense["test_accuracy"]["mean"] is not None:
             ax.axhline(dense["test_accuracy"]["mean"] * 100, color="black", linewidth=0.8)
@@ -613,7 +614,9 @@ def _statistics(comparison: dict[str, Any]) -> list[Block]:
     if ses and sizes:
         val_se = max(v for v, _ in ses) * 100
         test_se = max(t for _, t in ses if t is not None) * 100 if ses[0][1] is not None else None
-        tested = f" and {sizes['test']} test examples (up to {test_se:.2f} points)" if test_se else ""
+        tested = (
+            f" and {sizes['test']} test examples (up to {test_se:.2f} points)" if test_se else ""
+        )
         blocks.append(("p", f"One run's accuracy is measured on {sizes['val']} validation examples"
                        f" (binomial standard error up to {val_se:.2f} points){tested}: a"
                        " difference of less than about twice that between two runs is within"
@@ -692,8 +695,13 @@ def _blocks(
         ),
         (
             "table",
-            ["method", "trials", *(c[0] for c in SUMMARY_COLUMNS), *(c[0] for c in ratio_columns),
-             "stopped by"],
+            [
+                "method",
+                "trials",
+                *(c[0] for c in SUMMARY_COLUMNS),
+                *(c[0] for c in ratio_columns),
+                "stopped by",
+            ],
             [
                 [
                     method,

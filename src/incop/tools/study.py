@@ -1,4 +1,4 @@
-"""What the runs of a comparison say (METHOD.md section 7.2): the cost frontier and its Pareto
+"""What the runs of a comparison say (METHOD.md section 10.2): the cost frontier and its Pareto
 front, the cheapest point of each method within a tolerance of the dense network, paired
 per-seed differences against a baseline with bootstrap intervals, and the binomial standard
 error of an accuracy, so that a reader sees what a split can resolve.
