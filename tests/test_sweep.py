@@ -247,3 +247,26 @@ def test_bootstrap_and_front_by_hand():
     assert study.matching({"delta": 0.0, "max_epochs": 2}, [{"max_epochs": 1},
                                                            {"max_epochs": 2}]) == 1  # fmt: skip
     assert study.matching({"delta": 0.0}, [{"max_epochs": 1}, {"max_epochs": 2}]) is None
+
+
+def test_report_pairs_with_another_baseline_and_tolerance(swept, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(swept, folder)
+    assert main(["report", str(folder), "--baseline", "sap-acc", "--tolerance", "100"]) == 0
+    analysis = json.loads((folder / "comparison.json").read_text())["analysis"]
+    assert analysis["baseline"] == "sap-acc" and analysis["tolerance_points"] == 100
+    # Within 100 points every point qualifies: the cheapest is the least cost of each method.
+    frontier = json.loads((folder / "frontier.json").read_text())
+    for method, held in frontier["cheapest_within_tolerance"].items():
+        costs = [p["cost_dense_epochs"]["mean"] for p in frontier["points"]
+                 if p["method"] == method]  # fmt: skip
+        assert held["point"]["cost_dense_epochs"]["mean"] == min(costs)
+    # sap's points (max_epochs only) each match two sap-acc points (both deltas): no pair.
+    assert analysis["paired"] == []
+    text = (folder / "report.md").read_text()
+    assert "No paired statistics against sap-acc: no other point has one point of sap-acc" in text
+    capsys.readouterr()
+    assert main(["report", str(folder), "--baseline", "lth"]) == 2
+    assert "baseline: 'lth' is not among the methods" in capsys.readouterr().err

@@ -654,7 +654,10 @@ def _statistics(comparison: dict[str, Any]) -> list[Block]:
                _interval(p["cost_dense_epochs"], 2)] for p in analysis["paired"]]),
         ]  # fmt: skip
     else:
-        blocks.append(("p", f"No paired statistics: {base} was not run beside the others."))
+        families = {r["method"] for r in comparison.get("runs", [])}
+        why = ("it was not run" if base not in families else
+               f"no other point has one point of {base} with its swept values")  # fmt: skip
+        blocks.append(("p", f"No paired statistics against {base}: {why}."))
     return blocks
 
 
