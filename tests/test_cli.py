@@ -75,7 +75,7 @@ def test_incop_compare_writes_every_file_and_report_rebuilds_the_same(tmp_path, 
     assert "incop-gf" in capsys.readouterr().out
     for name in ("comparison.json", "compare.yaml", "report.md", "report.html"):
         assert (out / name).stat().st_size > 0, name
-    for plot in ("accuracy", "frontier", "epochs", "time", "distance"):
+    for plot in ("accuracy", "sparsity", "epochs", "time", "distance"):
         for ext in ("png", "svg"):
             assert (out / "plots" / f"{plot}.{ext}").exists()
     for method in ("sap", "incop-gf"):

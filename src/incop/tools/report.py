@@ -489,7 +489,7 @@ def _time_figure(comparison: dict[str, Any], styles: dict[str, Any]) -> Figure:
             # Times are positive: the bar's lower whisker stops at zero.
             ax.errorbar(i, wall, yerr=[[min(std, wall)], [std]], color="black", capsize=4)
             ax.annotate(
-                f"{wall:.1f} s",
+                f"{wall:.3g} s",
                 (i, wall + std),
                 textcoords="offset points",
                 xytext=(0, 3),
