@@ -341,7 +341,8 @@ class IMP:
         the flows on its part of the probe set and they are summed."""
         s = self.state
         if self.world.size == 1 or self.probe is None:
-            return Reference(self.model, s.masks, score, self.probe, pruner=self.pruner)
+            return Reference(self.model, s.masks, score, self.probe, pruner=self.pruner,
+                             loss_fn=self.loss_fn)  # fmt: skip
         return Reference(
             self.model,
             s.masks,
@@ -350,6 +351,7 @@ class IMP:
             origin=self.probe[0][0][:1],
             reduce=self.world.sum,
             pruner=self.pruner,
+            loss_fn=self.loss_fn,
         )
 
     def first_prune(self) -> Masks:

@@ -25,8 +25,8 @@ class GFOptions(FlowOptions):
 
 @dataclass
 class GradientFlowRule(FlowRule):
-    """``gf(eps)``, InCoP-GF: :func:`incop.gradient_flow` of the probe set, per prunable layer;
-    ``normalize`` divides each layer's norm by its number of alive weights."""
+    """``gf(eps)``, InCoP-GF: :func:`incop.gradient_flow` of the probe set, per prunable layer,
+    of the run's own loss (``Reference.loss_fn``); ``normalize`` divides each layer's norm by its number of alive weights."""
 
     normalize: bool = False
     name: str = field(default="gf", init=False)
@@ -43,9 +43,8 @@ class GradientFlowRule(FlowRule):
     def flow(self, model: nn.Module, masks: Masks) -> torch.Tensor:
         params = {name: model.get_parameter(name) for name in masks}
         r = self.reference
-        return gradient_flow(
-            model, r.probe, masks=masks, normalize=self.normalize, params=params, reduce=r.reduce
-        )
+        return gradient_flow(model, r.probe, masks=masks, normalize=self.normalize,
+                             params=params, reduce=r.reduce, loss_fn=r.loss_fn)  # fmt: skip
 
 
 register_rule("gf", "InCoP-GF: a level ends once the gradient flow is back (eps)")(GradientFlowRule)

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from incop.core.batches import LossFn
 from incop.core.masks import Masks
 from incop.core.options import Component
 from incop.core.registry import Registry
@@ -69,6 +70,9 @@ class Reference:
     reduce: Reduce | None = None
     #: The run's own (bound) pruner, for rules that watch the next prune.
     pruner: Pruner | None = None
+    #: The run's ``loss_fn(outputs, targets)`` (batch mean), for rules that take gradients;
+    #: None: cross-entropy.
+    loss_fn: LossFn | None = None
 
 
 @dataclass
