@@ -26,7 +26,8 @@ class GFOptions(FlowOptions):
 @dataclass
 class GradientFlowRule(FlowRule):
     """``gf(eps)``, InCoP-GF: :func:`incop.gradient_flow` of the probe set, per prunable layer,
-    of the run's own loss (``Reference.loss_fn``); ``normalize`` divides each layer's norm by its number of alive weights."""
+    of the run's own loss (``Reference.loss_fn``); ``normalize`` divides each layer's norm by
+    its number of alive weights."""
 
     normalize: bool = False
     name: str = field(default="gf", init=False)
