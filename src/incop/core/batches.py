@@ -7,11 +7,15 @@ A batch source is any re-iterable of ``(inputs, targets)`` batches: a list, a
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 
-#: One batch: ``(inputs, targets)``, the first dimension of each being the examples.
-Batch = tuple[torch.Tensor, torch.Tensor]
+from incop.core import inputs
+
+#: One batch: ``(inputs, targets)``, the first dimension of each being the examples; inputs a
+#: tensor, a tuple or a dict of them (:mod:`incop.core.inputs`).
+Batch = tuple[Any, torch.Tensor]
 #: Any re-iterable source of ``(inputs, targets)`` batches: a DataLoader, a list, data.Batches.
 BatchSource = Iterable[Batch]
 #: ``loss_fn(outputs, targets) -> scalar``: the mean loss over the batch.
@@ -32,5 +36,5 @@ def make_probe(data: BatchSource, size: int, seed: int, batch_size: int) -> list
         count += y.shape[0]
         if count >= size:
             break
-    x, y = torch.cat(xs)[:size], torch.cat(ys)[:size]
-    return list(zip(x.split(batch_size), y.split(batch_size), strict=True))
+    x, y = inputs.take(inputs.cat(xs), 0, size), torch.cat(ys)[:size]
+    return list(zip(inputs.split(x, batch_size), y.split(batch_size), strict=True))

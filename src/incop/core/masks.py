@@ -11,11 +11,13 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from incop.core import inputs
 from incop.core.registry import closest
 
 Masks = dict[str, torch.Tensor]
@@ -260,10 +262,11 @@ class SparsityReport:
 
 
 @torch.no_grad()
-def sparsity_report(model: nn.Module, masks: Masks, example_input: torch.Tensor) -> SparsityReport:
+def sparsity_report(model: nn.Module, masks: Masks, example_input: Any) -> SparsityReport:
     """Sparsity and MACs of ``model`` under ``masks``.
 
-    ``example_input`` is one batch (any batch size, shape ``(B, ...)``) used only
+    ``example_input`` is one batch's inputs (any batch size, shape ``(B, ...)``; a tuple or
+    dict of them as :mod:`incop.core.inputs` says) used only
     to learn each layer's number of output positions; MACs are per example.
     """
     modules = {name: module for name, module in model.named_modules()}
@@ -282,7 +285,7 @@ def sparsity_report(model: nn.Module, masks: Masks, example_input: torch.Tensor)
     was_training = model.training
     model.eval()
     try:
-        model(example_input)
+        inputs.call(model, example_input)
     finally:
         model.train(was_training)
         for handle in handles:

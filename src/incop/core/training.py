@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from incop.core import inputs
 from incop.core.batches import Batch, LossFn
+from incop.core.inputs import OutputFn
 from incop.core.masks import MaskEnforcer
 from incop.core.precision import FP32, Precision
 from incop.errors import UserError
@@ -41,9 +43,7 @@ def classifies(outputs: torch.Tensor, targets: torch.Tensor) -> bool:
 
 def _to_device(batch: Batch, device: torch.device | None) -> Batch:
     x, y = batch
-    if device is not None and x.device != device:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-    return x, y
+    return inputs.to_device(x, device), inputs.to_device(y, device)
 
 
 def train_epoch(
@@ -57,10 +57,13 @@ def train_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     precision: Precision = FP32,
     after_backward: Callable[[], None] | None = None,
+    output_fn: OutputFn = inputs.logits,
 ) -> EpochStats:
     """One pass over ``batches`` of ``(inputs (B, ...), targets (B,))``, updating ``model``.
 
     ``precision``: autocast for the forward pass and loss (and fp16's gradient scaler).
+    ``output_fn``: the tensor of the model's output that the loss reads
+    (:func:`incop.core.inputs.logits`).
     ``after_backward``: called after every backward pass, before the gradients are masked and
     the optimiser steps (the training-time hook of pruners that score by gradients or move
     the masks, as dynamic sparse training does).
@@ -80,7 +83,7 @@ def train_epoch(
         x, y = _to_device(batch, device)
         optimizer.zero_grad(set_to_none=True)
         with precision.autocast():
-            out = model(x)
+            out = output_fn(inputs.call(model, x))
             loss = loss_fn(out, y)
         precision.backward(loss)
         if after_backward is not None:  # it sees the dense gradient; it may change the masks
@@ -119,6 +122,7 @@ def evaluate(
     device: torch.device | None = None,
     metric_fn: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
     precision: Precision = FP32,
+    output_fn: OutputFn = inputs.logits,
 ) -> EpochStats:
     """Mean loss, accuracy (classification only) and ``metric_fn`` (a per-batch mean,
     averaged weighted by batch size) of ``model`` in eval mode over ``batches``, the forward
@@ -131,7 +135,7 @@ def evaluate(
     for batch in batches:
         x, y = _to_device(batch, device)
         with precision.autocast():
-            out = model(x)
+            out = output_fn(inputs.call(model, x))
         if out.dtype in (torch.float16, torch.bfloat16):  # losses and argmax in fp32
             out = out.float()
         total_loss += float(loss_fn(out, y)) * y.shape[0]

@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from incop.core import inputs
 from incop.core.batches import Batch, BatchSource, make_probe
 from incop.core.training import EpochStats
 
@@ -69,7 +70,7 @@ class World:
 
     def part(self, batches: list[Batch]) -> list[Batch]:
         """This rank's contiguous part of every batch (the batches the same on every rank)."""
-        parts = [(x.tensor_split(self.size)[self.rank], y.tensor_split(self.size)[self.rank])
+        parts = [(inputs.part(x, self.rank, self.size), y.tensor_split(self.size)[self.rank])
                  for x, y in batches]  # fmt: skip
         return [(x, y) for x, y in parts if len(y)]
 

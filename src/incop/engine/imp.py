@@ -20,7 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from incop.config import METHODS, USER_PREFIX, Config, default_value, resolve, to_yaml
+from incop.core import inputs as model_inputs
 from incop.core.batches import BatchSource, LossFn
+from incop.core.inputs import OutputFn
 from incop.core.callbacks import LOGGERS, Callback, check_callback
 from incop.core.flops import EVAL_PASSES, TRAIN_PASSES, FlopCounter, with_search
 from incop.core.masks import (
@@ -114,8 +116,10 @@ class IMP:
         callbacks: Sequence[Any] = (),
         pruner: Pruner | None = None,
         stop: StoppingRule | None = None,
+        output_fn: OutputFn = model_inputs.logits,
     ) -> None:
         self.config = config
+        self.output_fn = output_fn
         self.world = world or current_world()
         self.model = model
         self.train_data = train_data
@@ -169,6 +173,7 @@ class IMP:
                 scheduler=s.scheduler,
                 precision=self.precision,
                 after_backward=self.after_backward,
+                output_fn=self.output_fn,
             )
         stats = self.world.combine(stats)
         if s.train_examples is None:
@@ -190,6 +195,7 @@ class IMP:
                 device=self.device,
                 metric_fn=self.metric.fn,
                 precision=self.precision,
+                output_fn=self.output_fn,
             )
         stats = self.world.combine(stats)
         self._count("eval", EVAL_PASSES, stats.examples)
@@ -301,6 +307,7 @@ class IMP:
             loss_fn=self.loss_fn,
             device=self.device,
             precision=self.precision,
+            output_fn=self.output_fn,
         )
         stats = self.world.combine(stats)
         self._count("eval", EVAL_PASSES, stats.examples)
@@ -342,16 +349,17 @@ class IMP:
         s = self.state
         if self.world.size == 1 or self.probe is None:
             return Reference(self.model, s.masks, score, self.probe, pruner=self.pruner,
-                             loss_fn=self.loss_fn)  # fmt: skip
+                             loss_fn=self.loss_fn, output_fn=self.output_fn)  # fmt: skip
         return Reference(
             self.model,
             s.masks,
             score,
             self.world.part(self.probe),
-            origin=self.probe[0][0][:1],
+            origin=model_inputs.take(self.probe[0][0], 0, 1),
             reduce=self.world.sum,
             pruner=self.pruner,
             loss_fn=self.loss_fn,
+            output_fn=self.output_fn,
         )
 
     def first_prune(self) -> Masks:
@@ -420,7 +428,7 @@ class IMP:
         if self.test_data is not None:
             sources["test_data"] = self.test_data
         self.example_input = check_sources(
-            self.model, sources, self.loss_fn, self.device, self.metric.fn
+            self.model, sources, self.loss_fn, self.device, self.metric.fn, self.output_fn
         )
         held = getattr(self.train_data, "x", None)
         if torch.is_tensor(held) and c.batch_size > len(held):
@@ -465,6 +473,7 @@ class IMP:
                 self.device,
                 self.example_input,
                 self.world,
+                self.output_fn,
             )
             self.pruner = self.pruner.bind(context)
         self.after_backward = None
@@ -609,7 +618,7 @@ class IMP:
         with torch.no_grad():
             was_training = self.model.training
             self.model.eval()
-            outputs = self.model(self.example_input)
+            outputs = self.output_fn(model_inputs.call(self.model, self.example_input))
             self.model.train(was_training)
         classes = outputs.shape[-1] if torch.is_tensor(outputs) and outputs.dim() >= 2 else 0
         accuracies = [lv.val_accuracy for lv in self.state.levels]
@@ -685,6 +694,7 @@ def prune(
     pruner: str | Pruner | None = None,
     stop: str | StoppingRule | None = None,
     resume: bool = False,
+    output_fn: OutputFn = model_inputs.logits,
     **options: Any,
 ) -> Result:
     """Find sparse networks in ``model`` by IMP; ``model`` is pruned in place.
@@ -704,7 +714,10 @@ def prune(
     ``"loss"`` (any task, e.g. regression), or a callable ``(outputs, targets) -> float``,
     the mean over one batch, oriented by ``higher_is_better``.
     ``batch_fn(batch) -> (inputs, targets)``: unpacks batches that are not pairs (dicts,
-    longer tuples). Unset arguments take the method's and the config's defaults.
+    longer tuples); inputs may be a tensor, a tuple (the model's positional arguments) or a
+    dict (its keyword arguments, as Hugging Face models take them). ``output_fn(output) ->
+    tensor``: what the loss reads of the model's output (default: a tensor as it is, else its
+    ``.logits``, a dict's ``"logits"`` or a tuple's first element). Unset arguments take the method's and the config's defaults.
     ``callbacks``: objects told of every epoch, prune, level and the run's end
     (:class:`incop.Callback`). ``pruner`` / ``stop``: a registered name, or an object
     following the :class:`incop.Pruner` / :class:`incop.StoppingRule` protocol, used as the
@@ -752,6 +765,7 @@ def prune(
         train_data,
         val_data,
         loss_fn=loss_fn,
+        output_fn=output_fn,
         writer=writer,
         progress=progress,
         metric=chosen_metric,

@@ -17,6 +17,7 @@ from torch import nn
 
 from incop.config import LIMIT_TARGET, Config
 from incop.core.batches import BatchSource, make_probe
+from incop.core.inputs import OutputFn
 from incop.core.masks import MaskEnforcer, Masks
 from incop.core.training import DivergenceError, LossFn, make_scheduler
 from incop.core.world import World
@@ -54,6 +55,7 @@ class Loop(Protocol):
     rewind: Rewind
     train_data: BatchSource
     loss_fn: LossFn
+    output_fn: OutputFn
 
     def fresh_optimizer(self) -> None: ...
     def new_clock(self) -> Clock: ...
@@ -214,7 +216,8 @@ def predict_limit(loop: Loop) -> None:
         return
     batches = make_probe(loop.train_data, LIMIT_SAMPLES, c.seed, 128)
     batches = [(x.to(loop.device), y.to(loop.device)) for x, y in batches]
-    limit = pruning_limit(loop.model, batches, loss_fn=loop.loss_fn, seed=c.seed)
+    limit = pruning_limit(loop.model, batches, loss_fn=loop.loss_fn, seed=c.seed,
+                          output_fn=loop.output_fn)  # fmt: skip
     measured = {k: v for k, v in limit.to_dict().items() if not k.startswith("ritz_")}
     # Ranks may hold other data: every rank takes rank 0's limit, so the masks agree.
     s.limit = loop.world.from_main(measured)

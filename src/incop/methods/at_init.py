@@ -15,11 +15,14 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import nn
 
+from incop.core import inputs as model_inputs
 from incop.core.batches import Batch, BatchSource
+from incop.core.inputs import OutputFn
 from incop.core.masks import Masks
 from incop.core.world import World, shared_probe
 from incop.errors import UserError
@@ -38,8 +41,9 @@ class PruneContext:
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     seed: int
     device: torch.device
-    example_input: torch.Tensor
+    example_input: Any
     world: World = World()
+    output_fn: OutputFn = model_inputs.logits
 
     def probe(self, size: int, batch_size: int) -> list[Batch]:
         """``size`` training examples drawn with the run's seed, in batches on the device."""
@@ -84,7 +88,11 @@ def synflow_scores(model: nn.Module, masks: Masks, example_input: torch.Tensor) 
 
 
 def snip_scores(
-    model: nn.Module, masks: Masks, batch: tuple[torch.Tensor, torch.Tensor], loss_fn: Callable
+    model: nn.Module,
+    masks: Masks,
+    batch: tuple[Any, torch.Tensor],
+    loss_fn: Callable,
+    output_fn: OutputFn = model_inputs.logits,
 ) -> Weights:
     """SNIP's connection sensitivity ``|theta * dL/dtheta|`` per masked parameter (same shapes):
     the loss of one batch ``(inputs, targets)``, the network in training mode (as Lee et al.),
@@ -92,7 +100,7 @@ def snip_scores(
     net = _scoring_copy(model, masks).train()
     inputs, targets = batch
     with torch.random.fork_rng(devices=[]):  # dropout must not advance the run's generator
-        loss_fn(net(inputs), targets).backward()
+        loss_fn(output_fn(model_inputs.call(net, inputs)), targets).backward()
     scores = {}
     for name in masks:
         weight = net.get_parameter(name)

@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from incop.core import inputs as model_inputs
 from incop.core.batches import Batch, LossFn
+from incop.core.inputs import OutputFn
 from incop.core.masks import Masks, prunable_modules
 from incop.core.registry import closest
 from incop.errors import UserError
@@ -164,7 +166,7 @@ def information_flow(
             inputs = itertools.chain([origin], inputs)
         for i, x in enumerate(inputs):
             current.clear()
-            model(x.to(device))
+            model_inputs.call(model, model_inputs.to_device(x, device))
             if not order:
                 order = list(current)  # dict insertion order = firing order
                 missing = [name for name in modules if name not in current]
@@ -183,7 +185,7 @@ def information_flow(
                 sums[name][1].add_((a * a).sum(0))
             for i, (a, b) in enumerate(pairs(centred)):
                 cross[i] += a.T @ b
-            n += x.shape[0]
+            n += model_inputs.count(x)
     finally:
         for handle in handles:
             handle.remove()
@@ -213,6 +215,7 @@ def gradient_flow(
     params: dict[str, nn.Parameter] | None = None,
     device: torch.device | str | None = None,
     reduce: Reduce | None = None,
+    output_fn: OutputFn = model_inputs.logits,
 ) -> torch.Tensor:
     """GF of ``model``: per layer ``||g_l * m_l||_2``, float64 of shape ``(L,)``, on the CPU.
 
@@ -242,8 +245,8 @@ def gradient_flow(
             w.requires_grad_(True)
         with torch.enable_grad():
             for x, y in batches:
-                x, y = x.to(device), y.to(device)
-                out = model(x)
+                x, y = model_inputs.to_device(x, device), y.to(device)
+                out = output_fn(model_inputs.call(model, x))
                 if loss_fn is None:
                     loss = F.cross_entropy(out, y, reduction="sum")
                 else:

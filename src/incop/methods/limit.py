@@ -24,11 +24,14 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from incop.core import inputs as model_inputs
+from incop.core.inputs import OutputFn
 from incop.errors import UserError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -60,12 +63,16 @@ def batch_loss_std(
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        losses = [float(loss_fn(model(x.to(device)), y.to(device))) for x, y in batches]
+        losses = [float(loss_fn(_forward(model, x, device), y.to(device))) for x, y in batches]
     model.train(was_training)
     if not losses:
         raise UserError("pruning_limit: no batches to measure eps on")
     mean = sum(losses) / len(losses)
     return math.sqrt(sum((v - mean) ** 2 for v in losses) / len(losses))
+
+
+def _forward(model: nn.Module, inputs: Any, device: torch.device) -> Any:
+    return model_inputs.call(model, model_inputs.to_device(inputs, device))
 
 
 class HessianOperator:
@@ -114,7 +121,7 @@ class HessianOperator:
         self.model.eval()
         try:
             for x, y in self.batches:
-                loss = self.loss_fn(self.model(x.to(self.device)), y.to(self.device))
+                loss = self.loss_fn(_forward(self.model, x, self.device), y.to(self.device))
                 grads = torch.autograd.grad(loss, self.params, create_graph=True)
                 products = torch.autograd.grad(grads, self.params, grad_outputs=vector)
                 yield len(y) * torch.cat([g.reshape(-1).double() for g in products])
@@ -322,6 +329,7 @@ def pruning_limit(
     seed: int = 0,
     device: torch.device | str | None = None,
     on_hvp: Callable[[int, int], None] | None = None,
+    output_fn: OutputFn = model_inputs.logits,
 ) -> Limit:
     """Predict how far ``model`` (trained: the theory assumes a minimum) can be pruned.
 
@@ -333,9 +341,15 @@ def pruning_limit(
     ``probes`` Rademacher starts pooled; ``zero_rows``: how many magnitude quantiles to test
     for zero Hessian rows (None: off); ``density``: ``quadrature`` or ``official``; ``grid``:
     the pi grid's size. ``on_hvp(done, planned)`` is called after each product.
+    ``output_fn``: the tensor of the model's output the loss reads
+    (:func:`incop.core.inputs.logits`).
     """
     started = time.perf_counter()
-    loss_fn = loss_fn or F.cross_entropy
+    task_loss = loss_fn or F.cross_entropy
+
+    def loss_fn(output: Any, targets: torch.Tensor) -> torch.Tensor:
+        return task_loss(output_fn(output), targets)
+
     if not isinstance(model, nn.Module):
         raise UserError(f"model: got a {type(model).__name__}, not a torch.nn.Module")
     problems = []

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from incop.core import inputs as model_inputs
 from incop.core.batches import Batch, BatchSource
+from incop.core.inputs import OutputFn
 from incop.errors import UserError
 
 #: Losses whose integer targets index the model's outputs, so their range can be checked.
@@ -69,7 +72,7 @@ def _first_batch(name: str, data: BatchSource) -> Batch:
     return batch[0], batch[1]
 
 
-def _whole(data: BatchSource, batch: Batch) -> Batch:
+def _whole(data: BatchSource, batch: Batch) -> tuple[Any, Any]:
     """All inputs and targets where the source holds them as tensors (incop.workload.data.Batches),
     so they are checked entirely; else the first batch."""
     x, y = getattr(data, "x", None), getattr(data, "y", None)
@@ -105,6 +108,7 @@ def trial_step(
     loss_fn: Callable,
     device: torch.device,
     metric_fn: Callable | None = None,
+    output_fn: OutputFn = model_inputs.logits,
 ) -> list[str]:
     """One forward of ``batch`` in training mode, and its loss where ``loss_fn`` is one of
     torch's own (a user's function is not called before training: it may count its calls),
@@ -112,13 +116,17 @@ def trial_step(
     and no gradient is made (shapes, dtypes and classes fail in the forward). Returns the
     problems, each naming what does not fit what."""
     x, y = batch
-    if torch.is_tensor(x) and torch.is_tensor(y) and x.dim() and y.dim() and len(x) != len(y):
-        return [f"{name}: a batch has {len(x)} inputs but {len(y)} targets; they must pair up"]
+    try:
+        examples = model_inputs.count(x)
+    except UserError as exc:
+        return [f"{name}: {exc}"]
+    if torch.is_tensor(y) and y.dim() and examples != len(y):
+        return [f"{name}: a batch has {examples} inputs but {len(y)} targets; they must pair up"]
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        if torch.is_tensor(x) and x.dim() and len(x) < 2:
+        if examples < 2:
             return [
-                f"{name}: a batch of {len(x)} example cannot train BatchNorm (it needs at least 2"
-                " per batch); use a larger batch_size"
+                f"{name}: a batch of {examples} example cannot train BatchNorm (it needs at least"
+                " 2 per batch); use a larger batch_size"
             ]
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
     rng = torch.get_rng_state()
@@ -126,14 +134,18 @@ def trial_step(
     problems = []
     try:
         model.train()
-        x, y = x.to(device), y.to(device)
+        x, y = model_inputs.to_device(x, device), y.to(device)
         try:
             with torch.no_grad():
-                outputs = model(x)
+                raw = model_inputs.call(model, x)
         except Exception as exc:
             return [
                 f"{name}: the model cannot take these inputs ({_described(x)}): {_first_line(exc)}"
             ]
+        try:
+            outputs = output_fn(raw)
+        except UserError as exc:
+            return [f"{name}: {exc}"]
         try:
             if _stateless(loss_fn):
                 with torch.no_grad():
@@ -167,14 +179,16 @@ def check_sources(
     loss_fn: Callable,
     device: torch.device,
     metric_fn: Callable | None = None,
-) -> torch.Tensor:
+    output_fn: OutputFn = model_inputs.logits,
+) -> Any:
     """Refuse, naming every problem, sources the loop cannot use: not re-iterable, empty, not
     made of pairs, inputs and targets of different lengths, inputs the model cannot take,
     outputs and targets the loss cannot take (one :func:`trial_step` of each source's first
     batch), a BatchNorm model with one-example batches, NaN or infinite inputs, a metric that
     is not finite, class targets outside the model's outputs (for cross-entropy and NLL
     losses; checked on every example of :class:`incop.workload.data.Batches`, on the first
-    batch of other sources). Returns one example input, shape ``(1, ...)``, on ``device``."""
+    batch of other sources). Returns one example input (one example of the first batch, in
+    its structure: a tensor of shape ``(1, ...)``, a tuple or a dict), on ``device``."""
     if not isinstance(model, nn.Module):
         raise UserError(f"model: got a {type(model).__name__}, not a torch.nn.Module")
     problems, example = [], None
@@ -185,21 +199,23 @@ def check_sources(
             problems.append(str(exc))
             continue
         x, y = _whole(data, batch)
-        classes = _class_range_problem(model, name, batch, y, loss_fn, device)
-        tried = [classes] if classes else trial_step(model, name, batch, loss_fn, device, metric_fn)
+        classes = _class_range_problem(model, name, batch, y, loss_fn, device, output_fn)
+        tried = [classes] if classes else trial_step(model, name, batch, loss_fn, device,
+                                                     metric_fn, output_fn)  # fmt: skip
         if tried:
             problems += tried
             continue
         if example is None:
-            example = batch[0][:1].to(device)
-        if x.is_floating_point() and not torch.isfinite(x).all():
+            example = model_inputs.to_device(model_inputs.take(batch[0], 0, 1), device)
+        if any(t.is_floating_point() and not torch.isfinite(t).all()
+               for t in model_inputs.tensors(x)):  # fmt: skip
             problems.append(f"{name}: inputs hold NaN or infinite values")
     if problems:
         raise UserError("\n".join(problems))
     return example
 
 
-def _class_range_problem(model, name, batch, y, loss_fn, device) -> str | None:
+def _class_range_problem(model, name, batch, y, loss_fn, device, output_fn) -> str | None:
     """For class losses: targets outside the model's outputs (every example of ``y``)."""
     if not (_classifies(loss_fn) and torch.is_tensor(y) and not y.is_floating_point()):
         return None
@@ -209,7 +225,8 @@ def _class_range_problem(model, name, batch, y, loss_fn, device) -> str | None:
     model.eval()
     try:
         with torch.no_grad():
-            classes = model(batch[0][:1].to(device)).shape[-1]
+            one = model_inputs.to_device(model_inputs.take(batch[0], 0, 1), device)
+            classes = output_fn(model_inputs.call(model, one)).shape[-1]
     except Exception:  # the trial step names what does not fit
         return None
     finally:

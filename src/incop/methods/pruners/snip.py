@@ -44,7 +44,7 @@ class SNIPPruner(NetworkScored, PrunerComponent):
     def __call__(self, weights: Weights, masks: Masks, generator: torch.Generator) -> Masks:
         context = self._context()
         batch, *_ = context.probe(self.batch_size, self.batch_size)
-        scores = snip_scores(context.model, masks, batch, context.loss_fn)
+        scores = snip_scores(context.model, masks, batch, context.loss_fn, context.output_fn)
         total = sum(mask.numel() for mask in masks.values())
         return prune_scores(scores, masks, keep_count(total, self.target))
 

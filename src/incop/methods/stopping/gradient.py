@@ -45,7 +45,8 @@ class GradientFlowRule(FlowRule):
         params = {name: model.get_parameter(name) for name in masks}
         r = self.reference
         return gradient_flow(model, r.probe, masks=masks, normalize=self.normalize,
-                             params=params, reduce=r.reduce, loss_fn=r.loss_fn)  # fmt: skip
+                             params=params, reduce=r.reduce, loss_fn=r.loss_fn,
+                             output_fn=r.output_fn)  # fmt: skip
 
 
 register_rule("gf", "InCoP-GF: a level ends once the gradient flow is back (eps)")(GradientFlowRule)

@@ -23,7 +23,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from incop.core import inputs as model_inputs
 from incop.core.batches import LossFn
+from incop.core.inputs import OutputFn
 from incop.core.masks import Masks
 from incop.core.options import Component
 from incop.core.registry import Registry
@@ -73,6 +75,8 @@ class Reference:
     #: The run's ``loss_fn(outputs, targets)`` (batch mean), for rules that take gradients;
     #: None: cross-entropy.
     loss_fn: LossFn | None = None
+    #: The run's ``output_fn`` (:func:`incop.core.inputs.logits` by default).
+    output_fn: OutputFn = model_inputs.logits
 
 
 @dataclass
