@@ -22,9 +22,9 @@ from torch import nn
 from incop.config import METHODS, USER_PREFIX, Config, default_value, resolve, to_yaml
 from incop.core import inputs as model_inputs
 from incop.core.batches import BatchSource, LossFn
-from incop.core.inputs import OutputFn
 from incop.core.callbacks import LOGGERS, Callback, check_callback
 from incop.core.flops import EVAL_PASSES, TRAIN_PASSES, FlopCounter, with_search
+from incop.core.inputs import OutputFn
 from incop.core.masks import (
     MaskEnforcer,
     Masks,
@@ -717,7 +717,8 @@ def prune(
     longer tuples); inputs may be a tensor, a tuple (the model's positional arguments) or a
     dict (its keyword arguments, as Hugging Face models take them). ``output_fn(output) ->
     tensor``: what the loss reads of the model's output (default: a tensor as it is, else its
-    ``.logits``, a dict's ``"logits"`` or a tuple's first element). Unset arguments take the method's and the config's defaults.
+    ``.logits``, a dict's ``"logits"`` or a tuple's first element). Unset arguments take
+    the method's and the config's defaults.
     ``callbacks``: objects told of every epoch, prune, level and the run's end
     (:class:`incop.Callback`). ``pruner`` / ``stop``: a registered name, or an object
     following the :class:`incop.Pruner` / :class:`incop.StoppingRule` protocol, used as the
