@@ -63,3 +63,145 @@ def test_training_evaluation_snip_and_the_limit_use_the_run_loss():
     # Cross-entropy over one output is 0 for every batch: the loss given is the one used.
     with pytest.raises(incop.UserError, match="every batch has the same loss"):
         incop.pruning_limit(regressor(), train, seed=0)
+
+
+class Encoder(nn.Module):
+    """A token classifier on nn.TransformerEncoder, batch-first or sequence-first."""
+
+    def __init__(self, batch_first=True, vocab=50, width=32, classes=3):
+        super().__init__()
+        self.batch_first = batch_first
+        self.embed = nn.Embedding(vocab, width)
+        layer = nn.TransformerEncoderLayer(width, 4, 64, dropout=0.0, batch_first=batch_first)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, tokens):
+        h = self.embed(tokens if self.batch_first else tokens.T)
+        h = self.encoder(h)
+        return self.head(h.mean(1 if self.batch_first else 0))
+
+
+def tokens(n=256, length=12, vocab=50, seed=0):
+    """Token sequences whose class is which third of the vocabulary dominates."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (n,), generator=g)
+    x = torch.randint(0, vocab, (n, length), generator=g)
+    x[:, ::2] = (y[:, None] * (vocab // 3) + torch.randint(0, vocab // 3, (n, length // 2),
+                                                            generator=g))  # fmt: skip
+    return [(x[i : i + 32], y[i : i + 32]) for i in range(0, n - 64, 32)], [(x[-64:], y[-64:])]
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("method", ["incop-if", "incop-gf"])
+def test_a_transformer_encoder_prunes_and_measures_every_projection(batch_first, method):
+    train, val = tokens()
+    torch.manual_seed(0)
+    model = Encoder(batch_first)
+    result = incop.prune(model, train, val, method=method, levels=1, warmup_epochs=2,
+                         max_epochs=2, probe_size=64, eps=1e-9)  # fmt: skip
+    names = set(result.masks)
+    for i in range(2):
+        prefix = f"encoder.layers.{i}."
+        assert {prefix + "self_attn.in_proj_weight", prefix + "self_attn.out_proj.weight",
+                prefix + "linear1.weight", prefix + "linear2.weight"} <= names  # fmt: skip
+    assert all(mask.sum() < mask.numel() for mask in result.masks.values())
+    flow = incop.information_flow(model, val)
+    widths = {"self_attn": 96, "self_attn.out_proj": 32, "linear1": 64, "linear2": 32}
+    expected = [(f"encoder.layers.{i}.{k}", w) for i in range(2) for k, w in widths.items()]
+    assert flow.layers == [name for name, _ in expected] + ["head"]
+    sizes = [w for _, w in expected] + [3]
+    assert [tuple(c.shape) for c in flow.matrices] == list(zip(sizes, sizes[1:], strict=False))
+    report = incop.sparsity_report(model, result.masks, val[0][0][:1])
+    attention = [layer for layer in report.layers if "self_attn" in layer.name]
+    assert all(layer.macs_dense == layer.total * 12 for layer in attention)  # 12 tokens
+
+
+def test_parallel_projections_are_one_layer_of_the_chain():
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.query, self.key, self.value = (nn.Linear(8, 4) for _ in range(3))
+            self.out = nn.Linear(12, 2)
+
+        def forward(self, x):
+            return self.out(torch.cat([self.query(x), self.key(x), self.value(x)], -1)).mean(1)
+
+    x = torch.randn(16, 5, 8)
+    flow = incop.information_flow(Attention(), [(x, torch.zeros(16))])
+    assert flow.layers == ["query+key+value", "out"]
+    assert tuple(flow.matrices[0].shape) == (12, 2)
+
+
+def test_a_channel_dim_out_of_range_is_refused_before_training(tmp_path, capsys):
+    train, val = tokens()
+    out = tmp_path / "run"
+    with pytest.raises(incop.UserError, match="if_channel_dim: 5 is out of range"):
+        incop.prune(Encoder(), train, val, method="incop-if", levels=1, warmup_epochs=1,
+                    max_epochs=1, if_channel_dim=5, out=str(out))  # fmt: skip
+    assert not out.exists()
+
+
+class TokenModel(nn.Module):
+    """Takes keyword inputs and returns an object with .logits, as Hugging Face models do."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(50, 16)
+        self.fc = nn.Linear(16, 16)
+        self.classifier = nn.Linear(16, 3)
+
+    def forward(self, input_ids, attention_mask):
+        h = torch.relu(self.fc(self.embed(input_ids)))
+        pooled = (h * attention_mask[..., None]).sum(1) / attention_mask.sum(1, keepdim=True)
+
+        class Output:
+            logits = self.classifier(pooled)
+
+        return Output()
+
+
+def test_dict_inputs_and_an_output_object(tmp_path):
+    train, val = tokens()
+
+    def as_dict(batch):
+        x, y = batch
+        return {"input_ids": x, "attention_mask": torch.ones_like(x)}, y
+
+    for method, options in (("incop-gf", {"probe_size": 64}), ("incop-if", {"probe_size": 64}),
+                            ("snip", {"target_remaining": 0.5})):  # fmt: skip
+        torch.manual_seed(0)
+        result = incop.prune(TokenModel(), train, val, method=method, batch_fn=as_dict,
+                             levels=1, warmup_epochs=2, max_epochs=1, **options)  # fmt: skip
+        assert result.levels[-1].val_accuracy is not None
+        assert result.levels[-1].remaining_fraction < 1
+
+
+def tiny_bert():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=64, num_labels=3,
+                                     max_position_embeddings=32)  # fmt: skip
+    torch.manual_seed(0)
+    return transformers.BertForSequenceClassification(config)
+
+
+def as_bert_batch(batch):
+    x, y = batch
+    return {"input_ids": x, "attention_mask": torch.ones_like(x)}, y
+
+
+@pytest.mark.parametrize("method", ["incop-if", "incop-gf"])
+def test_a_hugging_face_bert_runs_end_to_end(method):
+    model = tiny_bert()
+    train, val = tokens()
+    result = incop.prune(model, train, val, method=method, batch_fn=as_bert_batch, levels=1,
+                         warmup_epochs=2, max_epochs=2, probe_size=64)  # fmt: skip
+    attention = [n for n in result.masks if ".attention.self." in n]
+    assert len(attention) == 6  # query, key and value of both layers, all pruned
+    assert all(result.masks[n].sum() < result.masks[n].numel() for n in attention)
+    flow = incop.information_flow(model, [as_bert_batch(val[0])])
+    first = "bert.encoder.layer.0.attention.self."
+    assert flow.layers[0] == "+".join(first + p for p in ("query", "key", "value"))
+    assert tuple(flow.matrices[0].shape) == (96, 32)  # q, k, v side by side; then 32 wide
+    assert flow.layers[-2:] == ["bert.pooler.dense", "classifier"]

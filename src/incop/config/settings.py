@@ -71,7 +71,8 @@ ORDER = (
     "nesterov", "weight_decay", "l1", "schedule", "pruner", "scope", "rate", "p", "q", "eta_r",
     "gamma", "beta", "include", "exclude", "rewind", "score", "target_remaining",
     "prune_counts", "counts_from", "synflow_iterations", "snip_batch", "stop", "delta", "eps",
-    "distance", "probe_size", "if_summary", "if_skip", "gf_normalize", "accuracy_clause",
+    "distance", "probe_size", "if_summary", "if_skip", "if_channel_dim", "gf_normalize",
+    "accuracy_clause",
 )  # fmt: skip
 
 

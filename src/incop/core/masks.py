@@ -9,7 +9,8 @@ A mask set is a plain ``dict[str, torch.BoolTensor]`` keyed by parameter name
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,9 @@ Masks = dict[str, torch.Tensor]
 
 #: Layers whose ``weight`` is prunable by default.
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+#: Weights of other modules prunable by default: attribute name per module type. Attention's
+#: packed q/k/v projection (its out_proj is a Linear, pruned as every Linear).
+PRUNABLE_ATTRIBUTES: dict[type[nn.Module], str] = {nn.MultiheadAttention: "in_proj_weight"}
 
 
 def _matches(name: str, patterns: Iterable[str]) -> bool:
@@ -35,9 +39,12 @@ def prunable_modules(
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
 ) -> dict[str, nn.Module]:
-    """Modules whose ``weight`` is pruned, keyed by parameter name (``"<module>.weight"``).
+    """Modules whose weight is pruned, keyed by parameter name (``"<module>.weight"``, or
+    ``"<module>.in_proj_weight"`` for attention's packed projection).
 
-    By default every Conv/Linear weight. ``include`` (shell-style patterns on the
+    By default every Conv/Linear weight and every ``MultiheadAttention.in_proj_weight``
+    (:data:`PRUNABLE_ATTRIBUTES`; with separate q/k/v weights, attention is not pruned by
+    default). ``include`` (shell-style patterns on the
     parameter name, e.g. ``"features.*"``) replaces the default choice with every
     module weight of dimension > 1 that matches, so layers of any type can be
     pruned; ``exclude`` patterns then remove names (e.g. ``"fc3.weight"``).
@@ -45,11 +52,13 @@ def prunable_modules(
     """
     found: dict[str, nn.Module] = {}
     for module_name, module in model.named_modules():
-        weight = getattr(module, "weight", None)
+        attribute = PRUNABLE_ATTRIBUTES.get(type(module), "weight")
+        weight = getattr(module, attribute, None)
         if not isinstance(weight, nn.Parameter) or weight.dim() <= 1:
             continue
-        name = f"{module_name}.weight" if module_name else "weight"
-        chosen = _matches(name, include) if include else isinstance(module, PRUNABLE_TYPES)
+        name = f"{module_name}.{attribute}" if module_name else attribute
+        default = isinstance(module, PRUNABLE_TYPES) or type(module) in PRUNABLE_ATTRIBUTES
+        chosen = _matches(name, include) if include else default
         if chosen and not (exclude and _matches(name, exclude)):
             found[name] = module
     return found
@@ -100,9 +109,7 @@ def prunable_parameters(
     exclude: Sequence[str] | None = None,
 ) -> dict[str, nn.Parameter]:
     """The prunable weights themselves, same keys and order as :func:`prunable_modules`."""
-    return {
-        name: module.weight for name, module in prunable_modules(model, include, exclude).items()
-    }
+    return {name: model.get_parameter(name) for name in prunable_modules(model, include, exclude)}
 
 
 def full_masks(params: dict[str, nn.Parameter]) -> Masks:
@@ -261,6 +268,22 @@ class SparsityReport:
         return "\n".join(rows)
 
 
+@contextmanager
+def attention_unfused() -> Iterator[None]:
+    """Within it, transformer layers run their modules one by one: their fused inference fast
+    path (eval mode, no gradient) would skip every hook on the layers inside them."""
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None:
+        yield
+        return
+    enabled = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(enabled)
+
+
 @torch.no_grad()
 def sparsity_report(model: nn.Module, masks: Masks, example_input: Any) -> SparsityReport:
     """Sparsity and MACs of ``model`` under ``masks``.
@@ -271,21 +294,35 @@ def sparsity_report(model: nn.Module, masks: Masks, example_input: Any) -> Spars
     """
     modules = {name: module for name, module in model.named_modules()}
     owners = {name: modules[name.rsplit(".", 1)[0]] if "." in name else model for name in masks}
+    examples = inputs.count(example_input)
     positions: dict[str, int] = {}
-    handles = []
+    watched: dict[nn.Module, tuple[list[str], int]] = {}
     for name, module in owners.items():
-        weight = module.weight
+        parent = modules.get(name.rsplit(".", 2)[0]) if name.count(".") >= 2 else None
+        if isinstance(parent, nn.MultiheadAttention) and module is parent.out_proj:
+            # Attention computes out_proj functionally (its forward never runs): counted with
+            # the attention's own call, one position per token as the packed projection.
+            module = parent
+        width = module.embed_dim if isinstance(module, nn.MultiheadAttention) else None
+        names, _ = watched.get(module, ([], 0))
+        watched[module] = ([*names, name], width or model.get_parameter(name).shape[0])
 
-        def record(_module, _inputs, output, name=name, out_features=weight.shape[0]):
-            per_example = output[0].numel() if output.dim() > 0 else 1
-            # A module called several times per forward pass costs its MACs every time.
-            positions[name] = positions.get(name, 0) + max(per_example // out_features, 1)
+    def hook(names: list[str], width: int):
+        def record(_module, _inputs, output):
+            output = output[0] if isinstance(output, tuple | list) else output
+            per_example = output.numel() // max(examples, 1) if output.dim() > 0 else 1
+            for name in names:
+                # A module called several times per forward pass costs its MACs every time.
+                positions[name] = positions.get(name, 0) + max(per_example // width, 1)
 
-        handles.append(module.register_forward_hook(record))
+        return record
+
+    handles = [m.register_forward_hook(hook(*held)) for m, held in watched.items()]
     was_training = model.training
     model.eval()
     try:
-        inputs.call(model, example_input)
+        with attention_unfused():
+            inputs.call(model, example_input)
     finally:
         model.train(was_training)
         for handle in handles:

@@ -133,4 +133,4 @@ def shared_probe(
     batches = make_probe(data, size, seed, batch_size)
     if world.size > 1:
         batches = world.from_main([(x.cpu(), y.cpu()) for x, y in batches])
-    return [(x.to(device), y.to(device)) for x, y in batches]
+    return [(inputs.to_device(x, device), y.to(device)) for x, y in batches]

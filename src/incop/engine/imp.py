@@ -488,6 +488,8 @@ class IMP:
             self.probe = shared_probe(
                 self.train_data, c.probe_size, c.seed, c.eval_batch_size, self.world, self.device
             )
+            if callable(getattr(self.rule, "check_model", None)):  # it refuses what it cannot read
+                self.rule.check_model(self.model, self.probe)
         self.callbacks: list[Any] = [MetricsLog(self.writer)]
         if c.log and isinstance(self.writer, RunWriter):
             self.callbacks += [LOGGERS.get(name).open(self.writer, c) for name in c.log]

@@ -21,7 +21,7 @@ from torch import nn
 from incop.core import inputs as model_inputs
 from incop.core.batches import Batch, LossFn
 from incop.core.inputs import OutputFn
-from incop.core.masks import Masks, prunable_modules
+from incop.core.masks import Masks, attention_unfused, prunable_modules
 from incop.core.registry import closest
 from incop.errors import UserError
 
@@ -80,12 +80,41 @@ def _measured_modules(
     return {n: modules[n] for n in layers}
 
 
-def _per_channel(output: torch.Tensor, name: str) -> torch.Tensor:
-    """(B, C, *) layer output -> (B, C) float64, averaging the positions ``*``."""
+def _reading(
+    output: object, module: nn.Module, channel_dim: int | None, examples: int, name: str
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A layer's output as ``(rows (R, C), per_example (B, C) or None)``, float64.
+
+    Convolutions (and 2-D outputs), by default: channels along dim 1, positions averaged, one
+    row per example. Other layers, or any with ``channel_dim`` given: channels along the last
+    dim (or ``channel_dim``), every other position a sample, so a ``(B, T, D)`` or
+    ``(T, B, D)`` activation gives ``B*T`` rows of ``D`` channels; ``per_example`` averages the
+    positions of each example (the batch dim: the first of ``examples`` entries), for a pair
+    whose other layer has one row per example (a classifier after a sequence)."""
+    if isinstance(output, tuple | list) and output:
+        output = output[0]
     if not torch.is_tensor(output) or output.dim() < 2:
         raise UserError(f"layer {name!r}: output is not a batched (B, C, ...) tensor")
-    # float64 reduction: a constant (dead) channel stays exactly constant.
-    return output.flatten(2).mean(2, dtype=torch.float64) if output.dim() > 2 else output.double()
+    conv = isinstance(module, nn.modules.conv._ConvNd)
+    if channel_dim is None and (conv or output.dim() == 2):
+        # float64 reduction: a constant (dead) channel stays exactly constant.
+        per = (
+            output.flatten(2).mean(2, dtype=torch.float64) if output.dim() > 2 else output.double()
+        )
+        return per, per
+    k = -1 if channel_dim is None else channel_dim
+    if not -output.dim() <= k < output.dim():
+        raise UserError(
+            f"if_channel_dim: {channel_dim} is out of range for layer {name!r}, whose output has"
+            f" {output.dim()} dims (shape {tuple(output.shape)})"
+        )
+    t = output.movedim(k, -1)
+    rows = t.reshape(-1, t.shape[-1]).double()
+    batch = next((d for d in range(t.dim() - 1) if t.shape[d] == examples), None)
+    if batch is None:
+        return rows, None
+    per = t.movedim(batch, 0).reshape(examples, -1, t.shape[-1]).mean(1, dtype=torch.float64)
+    return rows, per
 
 
 def _correlation(
@@ -104,6 +133,41 @@ def _correlation(
     return torch.where(denom > 0, cov / denom.where(denom > 0, 1.0), 0.0)
 
 
+@dataclass
+class _Pair:
+    """Running sums of one pair of consecutive layers, centred on ``shift``."""
+
+    form: int  # 0: rows (every position a sample), 1: one row per example
+    shift: tuple[torch.Tensor, torch.Tensor]
+    sums: list[torch.Tensor]  # sum a, sum a^2, sum b, sum b^2, sum a^T b
+    n: int = 0
+
+    def add(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        a, b = a - self.shift[0], b - self.shift[1]
+        for total, value in zip(self.sums, (a.sum(0), (a * a).sum(0), b.sum(0), (b * b).sum(0),
+                                            a.T @ b), strict=True):  # fmt: skip
+            total += value
+        self.n += a.shape[0]
+
+
+def _attention_hook(
+    record: Callable[[str, object, object], None], name: str, module: nn.MultiheadAttention,
+    wanted: set[str],
+) -> Callable[..., None]:  # fmt: skip
+    """Attention runs its projections functionally: the packed q/k/v projection (the module's
+    own name) is recomputed from the query, ``out_proj`` is the attention's output."""
+    out_name = f"{name}.out_proj" if name else "out_proj"
+
+    def hook(_module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+        query = args[0] if args else kwargs.get("query")
+        if name in wanted and module.in_proj_weight is not None:
+            record(name, query, F.linear(query, module.in_proj_weight, module.in_proj_bias))
+        if out_name in wanted:
+            record(out_name, None, output)
+
+    return hook
+
+
 @torch.no_grad()
 def information_flow(
     model: nn.Module,
@@ -113,96 +177,151 @@ def information_flow(
     summary: str = "mean",
     skip: Sequence[str] = ("*downsample*", "*shortcut*"),
     device: torch.device | str | None = None,
-    origin: torch.Tensor | None = None,
+    origin: object | None = None,
     reduce: Reduce | None = None,
+    channel_dim: int | None = None,
 ) -> Flow:
-    """IF of ``model`` over ``batches`` of ``(inputs (B, ...), targets)`` (targets unused).
+    """IF of ``model`` over ``batches`` of ``(inputs, targets)`` (targets unused).
 
-    Layers: by default the prunable (Conv/Linear) modules whose name matches no
-    ``skip`` pattern (shell-style, on the module name; ``skip=()`` keeps residual
-    projections); or the modules named in ``layers`` (``skip`` not applied).
-    Either way they are ordered by when their forward hooks first fire on the
-    first batch, so residual networks pair layers as they execute; a module
-    called twice in a forward counts once, at its first call.
+    Layers: by default the prunable modules (Conv/Linear, attention's packed projection)
+    whose name matches no ``skip`` pattern (shell-style, on the module name; ``skip=()``
+    keeps residual projections); or the modules named in ``layers`` (``skip`` not applied).
+    Either way they are ordered by when they first run on the first batch, so residual
+    networks pair layers as they execute; a module called twice in a forward counts once,
+    at its first call. Consecutive layers that read the same input tensor (the query, key
+    and value projections of an attention) are parallel, not a chain: they are one layer,
+    their channels side by side (METHOD.md section 4).
 
-    Each layer's output is reduced to (N, C) by averaging every dim after the
-    channel dim 1, then consecutive layers are correlated:
-    C_l = (1/N) Z_l^T Z_{l+1} with Z the per-channel standardised outputs
-    (population std). A zero-variance (dead) channel correlates 0 with everything.
-    ``summary``: ``"mean"`` of C_l's entries (the paper's) or ``"abs-mean"``.
+    Each layer's output becomes rows of channels (:func:`_reading`: convolutions average
+    their positions, one row per example; other layers, sequences included, take the last
+    dim as channels and every other position as a sample; ``channel_dim`` names the channel
+    dim instead). Consecutive layers are correlated, C_l = (1/N) Z_l^T Z_{l+1}, Z the
+    per-channel standardised rows (population std), N the rows they share (a pair of a
+    sequence layer and a per-example one, a classifier, averages the sequence over its
+    positions). A zero-variance (dead) channel correlates 0 with everything. ``summary``:
+    ``"mean"`` of C_l's entries (the paper's) or ``"abs-mean"``.
 
-    One pass, memory independent of N: float64 running sums per layer and per
-    pair, on ``device`` (default: the model's). The model's train/eval mode is
-    restored afterwards. Results are on the CPU.
-
-    Sharded over processes (data parallel): each passes its part of the probe set as
-    ``batches``, the same ``origin`` (one input, shape (1, ...), whose activations centre the
+    One pass, memory independent of N: float64 running sums per pair, on ``device``
+    (default: the model's). The model's train/eval mode is restored afterwards. Results are
+    on the CPU. Sharded over processes (data parallel): each passes its part of the probe set
+    as ``batches``, the same ``origin`` (one example's inputs, whose activations centre the
     running sums; default: the first example of ``batches``) and ``reduce``, which sums a
     tensor over the processes (e.g. ``World.sum``); every process gets the whole set's IF.
     """
     _check_choice("summary", summary, FLOW_SUMMARIES)
     device = torch.device(device) if device is not None else _model_device(model)
     modules = _measured_modules(model, layers, skip)
-    current: dict[str, torch.Tensor] = {}
+    current: dict[str, tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]] = {}
+    examples = 0
+
+    def record(name: str, source: object, output: object) -> None:
+        if name not in current:
+            reading = _reading(output, modules[name], channel_dim, examples, name)
+            # The input itself, not its id: a freed tensor's id is reused by the next one.
+            current[name] = (source if torch.is_tensor(source) else None, *reading)
 
     def hook(name: str) -> Callable[..., None]:
-        def record(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
-            if name not in current:
-                current[name] = _per_channel(output, name)
+        def fire(_module: nn.Module, args: tuple, output: object) -> None:
+            record(name, args[0] if args else None, output)
 
-        return record
+        return fire
 
-    order: list[str] = []
-    shift: dict[str, torch.Tensor] = {}
-    sums: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    cross: list[torch.Tensor] = []
-    n = 0
+    handles = []
+    wanted = set(modules)
+    for name, module in dict(model.named_modules()).items():
+        if isinstance(module, nn.MultiheadAttention) and wanted & {name, f"{name}.out_proj"}:
+            handles.append(module.register_forward_hook(
+                _attention_hook(record, name, module, wanted), with_kwargs=True))  # fmt: skip
+    handles += [module.register_forward_hook(hook(name)) for name, module in modules.items()
+                if not isinstance(module, nn.MultiheadAttention)]  # fmt: skip
+    groups: list[list[str]] = []
+    pairs_: list[_Pair] = []
     was_training = model.training
-    handles = [module.register_forward_hook(hook(name)) for name, module in modules.items()]
     try:
         model.eval()
         inputs = (x for x, _ in batches)
         if origin is not None:
             inputs = itertools.chain([origin], inputs)
-        for i, x in enumerate(inputs):
-            current.clear()
-            model_inputs.call(model, model_inputs.to_device(x, device))
-            if not order:
-                order = list(current)  # dict insertion order = firing order
-                missing = [name for name in modules if name not in current]
-                if layers is not None and missing:
-                    raise UserError(f"layers: {missing[0]!r} did not run in the forward pass")
-                # Shifting by one example's activations keeps the one-pass variance
-                # accurate (no catastrophic cancellation) and constant channels exactly 0.
-                shift = {name: current[name][0].clone() for name in order}
-                sums = {k: (torch.zeros_like(v), torch.zeros_like(v)) for k, v in shift.items()}
-                cross = [torch.zeros_like(torch.outer(shift[a], shift[b])) for a, b in pairs(order)]
-            if i == 0 and origin is not None:
-                continue  # the origin only centres the sums
-            centred = [current[name] - shift[name] for name in order]
-            for name, a in zip(order, centred, strict=True):
-                sums[name][0].add_(a.sum(0))
-                sums[name][1].add_((a * a).sum(0))
-            for i, (a, b) in enumerate(pairs(centred)):
-                cross[i] += a.T @ b
-            n += model_inputs.count(x)
+        with attention_unfused():
+            for i, x in enumerate(inputs):
+                current.clear()
+                examples = model_inputs.count(x)
+                model_inputs.call(model, model_inputs.to_device(x, device))
+                if not groups:
+                    missing = [name for name in modules if name not in current]
+                    if layers is not None and missing:
+                        raise UserError(f"layers: {missing[0]!r} did not run in the forward pass")
+                    groups = _parallel_groups(current)
+                readings = [_joined(current, group) for group in groups]
+                if not pairs_:
+                    pairs_ = [_start_pair(a, b, groups[j], groups[j + 1])
+                              for j, (a, b) in enumerate(pairs(readings))]  # fmt: skip
+                if i == 0 and origin is not None:
+                    continue  # the origin only centres the sums
+                for pair, (a, b) in zip(pairs_, pairs(readings), strict=True):
+                    pair.add(a[pair.form], b[pair.form])
     finally:
         for handle in handles:
             handle.remove()
         model.train(was_training)
     if reduce is not None:
-        sums = {k: (reduce(a), reduce(b)) for k, (a, b) in sums.items()}
-        cross = [reduce(c) for c in cross]
-        n = int(reduce(torch.tensor(float(n))))
-    if n == 0:
+        for pair in pairs_:
+            pair.sums = [reduce(t) for t in pair.sums]
+            pair.n = int(reduce(torch.tensor(float(pair.n))))
+    if not pairs_ or pairs_[0].n == 0:
+        if not pairs_ and groups:
+            names = ", ".join("+".join(g) for g in groups)
+            raise UserError(
+                f"information_flow: {len(groups)} measured layer(s) ({names}): it needs two"
+                " consecutive layers"
+            )
         raise UserError("information_flow: the probe set is empty")
     matrices = [
-        _correlation(sums[a], sums[b], c, n).cpu()
-        for (a, b), c in zip(pairs(order), cross, strict=True)
+        _correlation((p.sums[0], p.sums[1]), (p.sums[2], p.sums[3]), p.sums[4], p.n).cpu()
+        for p in pairs_
     ]
     reduce = torch.mean if summary == "mean" else lambda c: c.abs().mean()
     vector = torch.tensor([float(reduce(c)) for c in matrices], dtype=torch.float64)
-    return Flow(matrices=matrices, vector=vector, layers=order)
+    return Flow(matrices=matrices, vector=vector, layers=["+".join(g) for g in groups])
+
+
+def _parallel_groups(current: dict[str, tuple]) -> list[list[str]]:
+    """The measured layers in firing order, those run one after another on the same input
+    tensor (with outputs of as many rows) joined into one."""
+    groups: list[list[str]] = []
+    for name, (source, rows, _) in current.items():
+        last = groups[-1][-1] if groups else None
+        if last is not None and source is not None and current[last][0] is source:
+            if current[last][1].shape[0] == rows.shape[0]:
+                groups[-1].append(name)
+                continue
+        groups.append([name])
+    return groups
+
+
+def _joined(current: dict[str, tuple], group: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A group's rows and per-example readings, its members' channels side by side."""
+    if len(group) == 1:
+        return current[group[0]][1], current[group[0]][2]
+    rows = torch.cat([current[n][1] for n in group], dim=1)
+    per = [current[n][2] for n in group]
+    return rows, None if any(p is None for p in per) else torch.cat(per, dim=1)
+
+
+def _start_pair(a: tuple, b: tuple, group_a: list[str], group_b: list[str]) -> _Pair:
+    """A pair's sums, reading rows where both layers have as many, else one row per example."""
+    form = 0 if a[0].shape[0] == b[0].shape[0] else 1
+    if form == 1 and (a[1] is None or b[1] is None):
+        raise UserError(
+            f"information flow: layers {'+'.join(group_a)} and {'+'.join(group_b)} give"
+            f" {a[0].shape[0]} and {b[0].shape[0]} rows and no batch dim to average them over;"
+            " set if_channel_dim or leave one of them out (if_skip)"
+        )
+    x, y = a[form], b[form]
+    shift = (x[0].clone(), y[0].clone())
+    zeros = [torch.zeros_like(x[0]), torch.zeros_like(x[0]), torch.zeros_like(y[0]),
+             torch.zeros_like(y[0]), torch.zeros_like(torch.outer(x[0], y[0]))]  # fmt: skip
+    return _Pair(form, shift, zeros)
 
 
 def gradient_flow(
@@ -230,7 +349,7 @@ def gradient_flow(
     each passes its part of the probe set and ``reduce`` (sums a tensor over them).
     """
     if params is None:
-        params = {name: module.weight for name, module in prunable_modules(model).items()}
+        params = {name: model.get_parameter(name) for name in prunable_modules(model)}
     if masks is not None and (missing := [name for name in params if name not in masks]):
         raise UserError(f"masks: no mask for parameter {missing[0]!r}")
     device = torch.device(device) if device is not None else _model_device(model)

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from incop.core import inputs as model_inputs
 from incop.core.flops import EVAL_PASSES
 from incop.core.masks import Masks
 from incop.core.options import option
@@ -23,6 +24,12 @@ class IFOptions(FlowOptions):
     if_skip: list[str] = option(
         IF_SKIP, "information flow: module-name patterns left out (residual projections)"
     )
+    if_channel_dim: int | None = option(
+        None,
+        "information flow: the dim of a layer's output that holds its channels (none:"
+        " convolutions dim 1, positions averaged; other layers the last dim, every other"
+        " position a sample, as sequence models need)",
+    )
 
 
 @dataclass
@@ -35,6 +42,7 @@ class InformationFlowRule(FlowRule):
 
     summary: str = "mean"
     skip: tuple[str, ...] = ("*downsample*", "*shortcut*")
+    channel_dim: int | None = None
     name: str = field(default="if", init=False)
 
     Options = IFOptions
@@ -44,13 +52,22 @@ class InformationFlowRule(FlowRule):
     def from_options(cls, options: IFOptions, config: Any) -> InformationFlowRule:
         o = options
         return cls(config.max_epochs, config.min_epochs, o.eps, o.distance, o.accuracy_clause,
-                   summary=o.if_summary, skip=tuple(o.if_skip))  # fmt: skip
+                   summary=o.if_summary, skip=tuple(o.if_skip),
+                   channel_dim=o.if_channel_dim)  # fmt: skip
 
     def flow(self, model: nn.Module, masks: Masks) -> torch.Tensor:
         r = self.reference
-        return information_flow(
-            model, r.probe, summary=self.summary, skip=self.skip, origin=r.origin, reduce=r.reduce
-        ).vector
+        return information_flow(model, r.probe, summary=self.summary, skip=self.skip,
+                                origin=r.origin, reduce=r.reduce,
+                                channel_dim=self.channel_dim).vector  # fmt: skip
+
+    def check_model(self, model: nn.Module, probe: list) -> None:
+        """Refuse, before any training, a model whose layers the flow cannot read: measured
+        on two examples of the probe set."""
+        x, y = probe[0]
+        two = [(model_inputs.take(x, 0, 2), y[:2])]
+        information_flow(model, two, summary=self.summary, skip=self.skip,
+                         channel_dim=self.channel_dim)  # fmt: skip
 
 
 register_rule("if", "InCoP-IF: a level ends once the information flow is back (eps)")(
