@@ -205,3 +205,21 @@ def test_a_hugging_face_bert_runs_end_to_end(method):
     assert flow.layers[0] == "+".join(first + p for p in ("query", "key", "value"))
     assert tuple(flow.matrices[0].shape) == (96, 32)  # q, k, v side by side; then 32 wide
     assert flow.layers[-2:] == ["bert.pooler.dense", "classifier"]
+
+
+def test_a_sequence_output_with_the_default_loss_is_refused_before_training(tmp_path):
+    class PerToken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.fc = nn.Embedding(50, 16), nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.fc(self.embed(x))  # (B, T, 3)
+
+    x, y = torch.randint(0, 50, (64, 12)), torch.randint(0, 3, (64,))
+    out = tmp_path / "run"
+    with pytest.raises(incop.UserError, match="reads the classes along dim 1") as refused:
+        incop.prune(PerToken(), [(x, y)], [(x, y)], method="sap", levels=1, warmup_epochs=1,
+                    max_epochs=1, out=str(out))  # fmt: skip
+    assert "shape (64, 12, 3)" in str(refused.value)
+    assert not out.exists()

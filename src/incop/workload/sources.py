@@ -151,9 +151,16 @@ def trial_step(
                 with torch.no_grad():
                     loss_fn(outputs, y)
         except Exception as exc:
+            hint = ""
+            if _classifies(loss_fn) and torch.is_tensor(outputs) and outputs.dim() == 3:
+                hint = (
+                    "; cross-entropy reads the classes along dim 1: for a class per position pass"
+                    " loss_fn=lambda out, y: F.cross_entropy(out.flatten(0, 1), y.flatten()),"
+                    " for one per sequence pool the positions in the model"
+                )
             return [
                 f"{name}: loss_fn cannot take the model's outputs ({_described(outputs)}) with"
-                f" these targets ({_described(y)}): {_first_line(exc)}"
+                f" these targets ({_described(y)}): {_first_line(exc)}{hint}"
             ]
         if metric_fn is not None:
             with torch.no_grad():
