@@ -33,7 +33,7 @@ from incop.methods.pruning import PRUNERS, SCORES
 from incop.methods.stopping import STOPPING_RULES
 from incop.methods.warmup_stop import WARMUP_STOPS
 from incop.workload.data import DATASETS
-from incop.workload.models import MODELS
+from incop.workload.models import FACTORY, MODELS, USER_MODEL
 
 #: Seeds seed torch's generators and, mixed with the epoch, the data order; kept to 32 bits.
 MAX_SEED = 2**32 - 1
@@ -72,7 +72,8 @@ class RunOptions(NoOptions):
     )
     model: str = option(
         "mlp",
-        "registered model, or torchvision:<name> where torchvision is installed",
+        "registered model, torchvision:<name> where torchvision is installed, or your own as"
+        " pkg.module:callable (called with no arguments)",
         choices=_model_names,
         checked=False,
     )
@@ -117,7 +118,8 @@ class RunOptions(NoOptions):
             value = getattr(self, name)
             if isinstance(value, str) and "\x00" in value:
                 problems.append(not_allowed(name, value, "a path cannot hold a NUL character"))
-        if not self.model.startswith("torchvision:") and self.model not in MODELS:
+        named = self.model.startswith(("torchvision:", USER_MODEL)) or FACTORY.fullmatch(self.model)
+        if not named and self.model not in MODELS:
             problems.append(unknown_value("model", self.model, MODELS.names()))
         device_problem = check_device(self.device)
         if device_problem:

@@ -116,3 +116,34 @@ def split(inputs: Inputs, size: int) -> list[Inputs]:
 def part(inputs: Inputs, rank: int, ranks: int) -> Inputs:
     """Rank ``rank``'s contiguous part of ``inputs`` out of ``ranks`` (sizes within one)."""
     return apply(inputs, lambda t: t.tensor_split(ranks)[rank])
+
+
+def describe(inputs: Inputs) -> Any:
+    """The shapes and dtypes of ``inputs``, as JSON: ``{"shape": [...], "dtype": "int64"}`` per
+    tensor, in a list (tuple inputs) or a dict (keyword inputs) as they come."""
+    if torch.is_tensor(inputs):
+        return {"shape": list(inputs.shape), "dtype": str(inputs.dtype).removeprefix("torch.")}
+    if isinstance(inputs, dict):
+        return {"kwargs": {k: describe(v) for k, v in inputs.items()}}
+    if isinstance(inputs, tuple | list):
+        return {"args": [describe(v) for v in inputs]}
+    raise UserError(f"inputs: a {type(inputs).__name__} cannot be recorded; give tensors")
+
+
+def example(spec: Any) -> Inputs:
+    """Inputs of the shapes and dtypes :func:`describe` recorded: zeros for floating point,
+    ones for integers (a token id every vocabulary has, an attention mask that attends)."""
+    if not isinstance(spec, dict):
+        raise UserError(f"example input: {spec!r} is not a recorded input")
+    if "kwargs" in spec:
+        return {k: example(v) for k, v in spec["kwargs"].items()}
+    if "args" in spec:
+        return tuple(example(v) for v in spec["args"])
+    dtype = getattr(torch, str(spec.get("dtype")), None)
+    shape = spec.get("shape")
+    if not isinstance(dtype, torch.dtype) or not (
+        isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)
+    ):
+        raise UserError(f"example input: {spec!r} is not a recorded shape and dtype")
+    fill = torch.zeros if dtype.is_floating_point else torch.ones
+    return fill(shape, dtype=dtype)

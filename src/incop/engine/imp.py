@@ -64,6 +64,7 @@ from incop.methods.at_init import PruneContext
 from incop.methods.pruning import Pruner, preview
 from incop.methods.rewind import snapshot
 from incop.methods.stopping import Reference, StoppingRule
+from incop.workload.models import FACTORY, USER_MODEL, load_factory
 from incop.workload.sources import MappedSource, check_sources
 
 
@@ -588,6 +589,7 @@ class IMP:
             cost=with_search(s.cost),
             dense_epoch=self._dense_epoch(),
             train_examples=s.train_examples,
+            example_input=model_inputs.describe(self.example_input),
             level_masks=s.level_masks,
             sparsity=sparsity_report(self.model, s.masks, self.example_input),
         )
@@ -697,6 +699,7 @@ def prune(
     stop: str | StoppingRule | None = None,
     resume: bool = False,
     output_fn: OutputFn = model_inputs.logits,
+    model_factory: str | None = None,
     **options: Any,
 ) -> Result:
     """Find sparse networks in ``model`` by IMP; ``model`` is pruned in place.
@@ -719,7 +722,11 @@ def prune(
     longer tuples); inputs may be a tensor, a tuple (the model's positional arguments) or a
     dict (its keyword arguments, as Hugging Face models take them). ``output_fn(output) ->
     tensor``: what the loss reads of the model's output (default: a tensor as it is, else its
-    ``.logits``, a dict's ``"logits"`` or a tuple's first element). Unset arguments take
+    ``.logits``, a dict's ``"logits"`` or a tuple's first element). ``model_factory``:
+    ``"pkg.module:callable"``, a callable that builds ``model``'s architecture with no
+    arguments, recorded as the run's ``model`` so that :func:`incop.load_ticket` and
+    ``incop export`` rebuild it (without one the run records ``user:<class>``, and they need
+    the model passed). Unset arguments take
     the method's and the config's defaults.
     ``callbacks``: objects told of every epoch, prune, level and the run's end
     (:class:`incop.Callback`). ``pruner`` / ``stop``: a registered name, or an object
@@ -740,6 +747,11 @@ def prune(
         train_data, val_data = MappedSource(train_data, batch_fn), MappedSource(val_data, batch_fn)
         if test_data is not None:
             test_data = MappedSource(test_data, batch_fn)
+    if model_factory is not None:
+        if not (isinstance(model_factory, str) and FACTORY.fullmatch(model_factory)):
+            raise UserError(f"model_factory: {model_factory!r} is not allowed; give"
+                            " 'pkg.module:callable'")  # fmt: skip
+        load_factory(model_factory)  # refused now if it does not import
     parts = {"pruner": pruner, "stop": stop}
     named = {kind: part for kind, part in parts.items() if isinstance(part, str)}
     objects = {kind: part for kind, part in parts.items() if part is not None and kind not in named}
@@ -750,6 +762,7 @@ def prune(
         **{kind: USER_PREFIX + type(part).__name__ for kind, part in objects.items()},
         "metric": metric,
         "method": method,
+        "model": model_factory or USER_MODEL + type(model).__name__,
         "levels": levels,
         "max_epochs": max_epochs,
         "warmup_epochs": warmup_epochs,

@@ -92,6 +92,9 @@ class Result:
     cost: dict[str, float] | None = None
     dense_epoch: float | None = None
     train_examples: int | None = None
+    #: The shapes and dtypes of one example's inputs (:func:`incop.core.inputs.describe`):
+    #: what exports trace the model with.
+    example_input: Any = None
     #: The pruner's own state at the end (``state_dict()``, for pruners that have one: the
     #: mask updates of dynamic sparse training), else None.
     pruner: dict[str, Any] | None = None
@@ -112,6 +115,7 @@ class Result:
             "cost": self.cost,
             "dense_epoch": self.dense_epoch,
             "train_examples": self.train_examples,
+            "example_input": self.example_input,
             **extra,
         }
 

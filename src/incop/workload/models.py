@@ -9,8 +9,12 @@ each layer's real output. ResNet projection shortcuts live in submodules named `
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -286,11 +290,52 @@ def _torchvision(name: str) -> ModelBuilder:
     return build
 
 
+#: ``pkg.module:callable``: a user's model, built by calling ``callable()`` with no arguments.
+FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+#: What ``incop.prune`` records for a model given as an object without a factory.
+USER_MODEL = "user:"
+
+
+def load_factory(spec: str, *, outside: Path | None = None) -> Callable[[], nn.Module]:
+    """The callable ``spec`` (``pkg.module:callable``) names, imported. ``outside``: a folder
+    the module must not come from (a run folder handed to you: its files never run)."""
+    module_name, _, attribute = spec.partition(":")
+    try:
+        found = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        found = None
+    if found is None:
+        raise UserError(f"model: {spec!r}: no module {module_name!r} to import (is it installed,"
+                        " or on PYTHONPATH?)")  # fmt: skip
+    origin = Path(found.origin).resolve() if found.origin else None
+    if outside is not None and origin is not None and origin.is_relative_to(outside.resolve()):
+        raise UserError(f"model: {spec!r} would import {origin}, a file of the folder it is read"
+                        " from; incop runs no code from a folder")  # fmt: skip
+    try:
+        target: object = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+    except Exception as exc:  # an import can raise anything
+        raise UserError(f"model: {spec!r} does not import: {type(exc).__name__}: {exc}") from None
+    if not callable(target):
+        raise UserError(f"model: {spec!r} is a {type(target).__name__}, not a callable")
+    return target
+
+
+def from_factory(spec: str, *, outside: Path | None = None) -> nn.Module:
+    """``callable()`` of the factory ``spec`` names: a user's model, checked to be one."""
+    model = load_factory(spec, outside=outside)()
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model: {spec!r} returned a {type(model).__name__}, not an nn.Module")
+    return model
+
+
 def build_model(name: str, channels: int, image_size: int, num_classes: int) -> nn.Module:
     """Build model ``name`` for images ``(B, channels, image_size, image_size)``.
 
     The model maps that input to logits ``(B, num_classes)`` and is returned in train mode.
-    ``name`` is a key of :data:`MODELS` or ``"torchvision:<name>"`` (needs torchvision).
+    ``name`` is a key of :data:`MODELS`, ``"torchvision:<name>"`` (needs torchvision) or a
+    factory ``"pkg.module:callable"`` (called with no arguments).
     A dummy forward runs at build time so a model that cannot take the input (e.g. an image
     too small for its convs and pools) raises :class:`UserError` here, before any training.
     """
@@ -298,6 +343,15 @@ def build_model(name: str, channels: int, image_size: int, num_classes: int) -> 
     for what, value in sizes.items():
         if value < 1:
             raise UserError(f"{what} must be >= 1, got {value}")
+    if name.startswith(USER_MODEL):
+        raise UserError(
+            f"model: {name!r} is a model given to incop.prune as an object, which no name can"
+            " rebuild; pass the model (model=), or record a factory (model_factory="
+            "'pkg.module:callable')"
+        )
+    if FACTORY.fullmatch(name) and not name.startswith(_TORCHVISION_PREFIX):
+        # A user's model: what it takes is checked on the run's own batches before training.
+        return from_factory(name).train()
     if name.startswith(_TORCHVISION_PREFIX):
         builder = _torchvision(name.removeprefix(_TORCHVISION_PREFIX))
     else:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from incop.core import inputs
 from incop.errors import UserError
 
 LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -45,7 +46,7 @@ def _dead_rows(layer: nn.Module) -> torch.Tensor:
     return (layer.weight.detach().flatten(1) == 0).all(dim=1)
 
 
-def _layer_inputs(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, torch.Tensor]:
+def _layer_inputs(model: nn.Module, example: Any) -> dict[nn.Module, torch.Tensor]:
     """What every Conv/Linear layer reads, on ``example``."""
     seen: dict[nn.Module, torch.Tensor] = {}
     hooks = [
@@ -55,11 +56,25 @@ def _layer_inputs(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, to
     ]
     try:
         with torch.no_grad():
-            model(example)
+            inputs.call(model, example)
     finally:
         for hook in hooks:
             hook.remove()
     return seen
+
+
+def random_like(example: Any, n: int, seed: int = 1) -> Any:
+    """``n`` random examples shaped as ``example``'s: normal floats, integers 0 or 1 (token
+    ids every vocabulary has, attention masks)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def draw(t: torch.Tensor) -> torch.Tensor:
+        shape = (n, *t.shape[1:])
+        if t.is_floating_point():
+            return torch.randn(shape, generator=g, dtype=t.dtype)
+        return torch.randint(0, 2, shape, generator=g, dtype=t.dtype)
+
+    return inputs.apply(example, draw)
 
 
 def _constants(x: torch.Tensor, idxs: list[int]) -> torch.Tensor | None:
@@ -140,13 +155,12 @@ def _removable_units(idxs: list[int], group_of, trace: _Trace) -> list[int]:
     )
 
 
-def compact(
-    model: nn.Module, example_input: torch.Tensor, *, keep: list[str] | None = None
-) -> Compacted:
+def compact(model: nn.Module, example_input: Any, *, keep: list[str] | None = None) -> Compacted:
     """A copy of ``model`` (a ticket: pruned weights zero) without its dead units.
 
-    ``example_input``: a batch like the model's inputs (B, ...), to trace the graph; the
-    constants dead units produce are read on random inputs of its shape. ``keep``: names of
+    ``example_input``: a batch like the model's inputs (B, ...; a tuple or dict of tensors
+    as :mod:`incop.core.inputs` says), to trace the graph; the constants dead units produce
+    are read on random inputs of its shapes. ``keep``: names of
     the layers whose outputs must stay (default: the last Conv/Linear layer, the
     classifier). A layer always keeps at least one unit. Raises :class:`UserError` if
     Torch-Pruning is missing, and RuntimeError if the result's outputs differ from the
@@ -162,7 +176,7 @@ def compact(
     if unknown:
         raise UserError(f"compact: keep names no Conv/Linear layer: {', '.join(unknown)}")
     kept = [layers[name] for name in keep]
-    probe = torch.randn((4, *example_input.shape[1:]), generator=torch.Generator().manual_seed(1))
+    probe = random_like(example_input, 4)
     removed: dict[str, int] = {}
     # One layer at a time: removing units reshapes the graph, so it is traced again after.
     while (step := _compact_one(compacted, layers, kept, example_input, probe, tp)) is not None:
@@ -203,11 +217,11 @@ def _compact_one(model, layers, kept, example_input, probe, tp) -> tuple[str, in
 
 
 @torch.no_grad()
-def _check_same(original: nn.Module, compacted: nn.Module, probe: torch.Tensor) -> None:
+def _check_same(original: nn.Module, compacted: nn.Module, probe: Any) -> None:
     was_training = original.training
-    expected = original.eval()(probe)
+    expected = inputs.logits(inputs.call(original.eval(), probe))
     original.train(was_training)
-    got = compacted(probe)
+    got = inputs.logits(inputs.call(compacted, probe))
     scale = expected.abs().max().clamp_min(1.0)
     if (got - expected).abs().max() > 1e-5 * scale:
         raise RuntimeError("compact: the compacted model's outputs differ from the ticket's")

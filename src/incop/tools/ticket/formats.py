@@ -10,15 +10,21 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
 from torch import nn
 
+from incop.core import inputs
 from incop.core.masks import Masks, pack_mask
 from incop.core.registry import Registry
 from incop.engine.folders import atomic_path
 from incop.errors import UserError
+from incop.tools.ticket.loading import home, load_ticket, ticket_config
 from incop.tools.ticket.reading import ONNX_CONFIG_KEY, SPARSE_FORMAT
+from incop.workload.data import DATASET_INFO
+from incop.workload.models import MODELS
 
 
 @dataclass(frozen=True)
@@ -89,19 +95,23 @@ def _write_sparse(ticket: ExportInput, path: Path) -> None:
     path.write_bytes(save(tensors, metadata=metadata))
 
 
+def _arguments(example: Any) -> tuple[tuple, dict[str, Any]]:
+    """``(args, kwargs)`` the model is called with on ``example``."""
+    if isinstance(example, dict):
+        return (), example
+    return (tuple(example) if isinstance(example, tuple | list) else (example,)), {}
+
+
 def _write_onnx(ticket: ExportInput, path: Path) -> None:
     if ticket.example is None:
         raise UserError("the onnx format needs an example input (example_input=)")
     model = ticket.model.eval()
-    torch.onnx.export(
-        model,
-        (ticket.example,),
-        str(path),
-        input_names=["input"],
-        output_names=["output"],
-        dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-        dynamo=False,
-    )
+    args, kwargs = _arguments(ticket.example)
+    names = list(kwargs) if kwargs else ["input"] if len(args) == 1 else [
+        f"input_{i}" for i in range(len(args))]  # fmt: skip
+    axes = {name: {0: "batch"} for name in [*names, "output"]}
+    torch.onnx.export(model, args, str(path), kwargs=kwargs or None, input_names=names,
+                      output_names=["output"], dynamic_axes=axes, dynamo=False)  # fmt: skip
     import onnx
 
     graph = onnx.load(str(path))
@@ -116,8 +126,13 @@ def _write_compact(ticket: ExportInput, path: Path) -> None:
         raise UserError("the compact format needs an example input (example_input=)")
     compacted = compact(ticket.model, ticket.example).model
     batch = torch.export.Dim("batch", min=1)
-    example = ticket.example.expand(2, *ticket.example.shape[1:])  # batch 1 would be fixed
-    program = torch.export.export(compacted, (example,), dynamic_shapes=({0: batch},))
+    # Batch 1 would be fixed into the program: traced at 2, the batch left free.
+    example = inputs.apply(ticket.example, lambda t: t.expand(2, *t.shape[1:]))
+    args, kwargs = _arguments(example)
+    free = inputs.apply((args, kwargs), lambda _: {0: batch})
+    # Keyword inputs are named by the forward's parameters; positional ones by order.
+    program = torch.export.export(compacted, args, kwargs=kwargs or None,
+                                  dynamic_shapes=free[1] if kwargs else free[0])  # fmt: skip
     buffer = io.BytesIO()  # torch.export wants a .pt2 name, and the temporary file has none
     torch.export.save(program, buffer)
     path.write_bytes(buffer.getvalue())
@@ -162,16 +177,16 @@ def export_ticket(
     *,
     level: int | None = None,
     model: nn.Module | None = None,
-    example_input: torch.Tensor | None = None,
+    example_input: Any = None,
 ) -> Path:
     """Write the ticket in ``source`` (anything :func:`incop.load_ticket` reads) to ``out``
     in ``format`` (a name in :data:`FORMATS`). ``out`` must not exist (nothing is
     overwritten); the file is written under a temporary name and renamed. For ``onnx`` and
-    ``compact``, ``example_input`` (shape (B, C, H, W)) defaults to one zero image of the
-    run's dataset.
+    ``compact``, ``example_input`` (a tensor of shape (B, ...), or a tuple or dict of them)
+    defaults to the one the run recorded (``summary.json``: the shapes and dtypes of one
+    training example; zeros, token ids 1), else, for a built-in model, one zero image of the
+    run's dataset; a compact module is exported in eval mode.
     Returns ``out``."""
-    from incop.tools.ticket.loading import load_ticket, ticket_config
-
     chosen = FORMATS.get(format)
     if chosen.module and importlib.util.find_spec(chosen.module) is None:
         raise UserError(
@@ -185,8 +200,8 @@ def export_ticket(
         raise UserError(f"{out.parent} is not a folder; create it first")
     model, masks = load_ticket(source, model, level=level)
     config = ticket_config(Path(source))
-    if example_input is None and config is not None:
-        example_input = example_from_config(config)
+    if example_input is None:
+        example_input = recorded_example(Path(source), config)
     if example_input is not None:
         _check_example(model, example_input)
     with atomic_path(out) as tmp:
@@ -196,31 +211,43 @@ def export_ticket(
     return out
 
 
-def _check_example(model: nn.Module, example_input: torch.Tensor) -> None:
+def _check_example(model: nn.Module, example_input: Any) -> None:
     """Refuse, before anything is written, an example input the model cannot take."""
-    if not torch.is_tensor(example_input):
-        raise UserError(f"example_input: got a {type(example_input).__name__}, not a tensor")
+    if not inputs.tensors(example_input):
+        raise UserError(
+            f"example_input: got a {type(example_input).__name__}, not a tensor (or a tuple or"
+            " dict of them)"
+        )
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            model(example_input)
+            inputs.call(model, example_input)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [""])[0]
         raise UserError(
-            f"example_input: the model cannot take a tensor of shape"
-            f" {tuple(example_input.shape)} ({str(example_input.dtype).removeprefix('torch.')}):"
+            f"example_input: the model cannot take {json.dumps(inputs.describe(example_input))}:"
             f" {type(exc).__name__}: {first}"
         ) from None
     finally:
         model.train(was_training)
 
 
-def example_from_config(text: str) -> torch.Tensor | None:
-    """One zero image of the dataset a saved config names, where incop knows its shape."""
-    import yaml
-
-    from incop.workload.data import DATASET_INFO
-
-    info = DATASET_INFO.get((yaml.safe_load(text) or {}).get("dataset", "digits"))
+def recorded_example(source: Path, config: str | None) -> Any:
+    """The example input a run recorded (``summary.json``'s ``example_input``: the shapes and
+    dtypes of its first training batch, one example), else, for a built-in model, one zero
+    image of the dataset its config names; None where neither says."""
+    run = source if source.is_dir() else home(source)
+    summary = run / "summary.json"
+    if summary.is_file() and config is not None:
+        try:
+            spec = json.loads(summary.read_text()).get("example_input")
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            spec = None
+        if spec is not None:
+            return inputs.example(spec)
+    settings = yaml.safe_load(config) if config else None
+    if not isinstance(settings, dict) or settings.get("model") not in MODELS:
+        return None
+    info = DATASET_INFO.get(settings.get("dataset", "digits"))
     return None if info is None else torch.zeros(1, info.channels, info.image_size, info.image_size)

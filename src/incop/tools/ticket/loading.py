@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import types
 import zipfile
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -54,18 +55,29 @@ def config_text(run: Path) -> str:
         raise UserError(f"{path}: cannot read the run's config ({exc})") from None
 
 
-def model_from_config(text: str, where: str) -> nn.Module:
-    """A fresh model of the architecture a saved config names (built-in models and
-    ``torchvision:`` ones; data is read only for a dataset incop does not know the shape of)."""
+def model_from_config(text: str, where: str, folder: Path | None = None) -> nn.Module:
+    """A fresh model of the architecture a saved config names (built-in models,
+    ``torchvision:`` ones, and a user's ``pkg.module:callable`` factory, imported only from
+    outside ``folder``, the folder the config was read from; data is read only for a
+    dataset incop does not know the shape of)."""
     from incop.config import resolve
     from incop.workload.data import DATASET_INFO, load_dataset
-    from incop.workload.models import build_model
+    from incop.workload.models import FACTORY, USER_MODEL, build_model, from_factory
 
     try:
         settings = yaml.safe_load(text)
         config = resolve(settings if isinstance(settings, dict) else {})
     except (yaml.YAMLError, UserError) as exc:
         raise UserError(f"{where}: the saved config does not load: {exc}") from None
+    if config.model.startswith(USER_MODEL):
+        raise UserError(
+            f"{where}: the run's model is {config.model!r}, an object given to incop.prune"
+            " that no name rebuilds: pass it (load_ticket(run, model) or, for incop export,"
+            " the API's export_ticket(..., model=)), or record model_factory="
+            "'pkg.module:callable' when you prune"
+        )
+    if FACTORY.fullmatch(config.model) and not config.model.startswith("torchvision:"):
+        return from_factory(config.model, outside=folder)
     info = DATASET_INFO.get(config.dataset)
     if info is None:
         info = load_dataset(config.dataset, config.data_dir, config.download).info
@@ -94,8 +106,16 @@ def _from_compact(path: Path) -> Ticket:
         model = torch.export.load(str(path)).module()
     except Exception as exc:  # torch.export raises many kinds for a damaged archive
         raise UserError(f"{path}: a torch.export archive that does not load ({exc})") from None
+    # torch.export's module refuses train()/eval(): it was exported in eval mode, and stays so.
+    model.train = types.MethodType(_frozen_mode, model)
     # Dead units are gone; what zeros remain are the alive units' own pruned weights.
     return Ticket(model, {n: p != 0 for n, p in model.named_parameters() if p.dim() > 1})
+
+
+def _frozen_mode(module: nn.Module, mode: bool = True) -> nn.Module:
+    """``train(mode)`` of a compact ticket: its graph was exported in eval mode (dropout off,
+    BatchNorm on its running statistics) and runs so whatever the flag."""
+    return module
 
 
 def _torch_file(path: Path) -> Any:
@@ -141,6 +161,13 @@ def _read(path: Path, model: nn.Module | None) -> tuple[nn.Module, dict[str, tor
         text, weights = onnx_file
         model = _model_for(model, text, path, "onnx")
         missing = [k for k in model.state_dict() if k not in weights]
+        folded = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        if missing and not folded:
+            raise UserError(
+                f"{path}: its graph does not hold the model's tensors under their names"
+                f" ({', '.join(missing[:4])}...): it is for inference only (an exporter may"
+                " fold or rename weights); load the run folder or a sparse export instead"
+            )
         if missing:
             raise UserError(
                 f"{path}: its graph does not hold the model's tensors under their names"
@@ -156,7 +183,7 @@ def _read(path: Path, model: nn.Module | None) -> tuple[nn.Module, dict[str, tor
             text = ticket_config(path)
             if text is None:
                 raise UserError(f"{path}: not inside a run folder (no config.yaml); pass the model")
-            model = model_from_config(text, str(path))
+            model = model_from_config(text, str(path), home(path))
         return model, obj["state_dict"], obj["masks"]
     if not (isinstance(obj, dict) and all(torch.is_tensor(v) for v in obj.values())):
         raise UserError(f"{path}: holds {type(obj).__name__}, not a ticket incop wrote")
@@ -176,7 +203,9 @@ def _model_for(model: nn.Module | None, text: str, path: Path, kind: str) -> nn.
     """``model``, or the one the config ``text`` a file holds names."""
     if model is not None:
         return model
-    return model_from_config(text, str(path)) if text else _checked_model(None, path, kind)
+    if not text:
+        return _checked_model(None, path, kind)
+    return model_from_config(text, str(path), home(path))
 
 
 def load_ticket(
@@ -211,7 +240,7 @@ def load_ticket(
     if path.is_dir():
         checkpoint = run_checkpoint(path, level)
         if model is None:
-            model = model_from_config(config_text(path), str(path / "config.yaml"))
+            model = model_from_config(config_text(path), str(path / "config.yaml"), path)
         path = checkpoint
     elif level is not None:
         raise UserError(f"level={level} picks a level of a run folder; {path} is a file")
@@ -230,6 +259,16 @@ def load_ticket(
     return Ticket(model, {n: m.bool() for n, m in masks.items()})
 
 
+def home(source: Path) -> Path:
+    """The folder a ticket file comes with: its run folder for a checkpoint (levels/<k>/ sits
+    two folders down in it, final/ one), else the file's own folder."""
+    if source.name == "checkpoint.pt":
+        depth = 2 if source.parent.parent.name == "levels" else 1
+        if len(source.parents) > depth:
+            return source.parents[depth]
+    return source.parent
+
+
 def ticket_config(source: Path) -> str | None:
     """The saved config (YAML text) that comes with ``source``, or None: a run folder's, that
     of the run a checkpoint sits in, or the one a ``sparse`` export holds."""
@@ -238,9 +277,7 @@ def ticket_config(source: Path) -> str | None:
         return config_text(source)
     if source.is_file() and is_safetensors(source):
         return sparse_config(source) or None
-    # levels/<k>/checkpoint.pt sits two folders down in its run, final/checkpoint.pt one.
-    depth = 2 if source.parent.parent.name == "levels" else 1
-    run = source.parents[depth] if len(source.parents) > depth else None
-    if source.name == "checkpoint.pt" and run and (run / "config.yaml").is_file():
+    run = home(source)
+    if source.name == "checkpoint.pt" and (run / "config.yaml").is_file():
         return config_text(run)
     return None
