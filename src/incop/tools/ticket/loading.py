@@ -108,6 +108,7 @@ def _from_compact(path: Path) -> Ticket:
         raise UserError(f"{path}: a torch.export archive that does not load ({exc})") from None
     # torch.export's module refuses train()/eval(): it was exported in eval mode, and stays so.
     model.train = types.MethodType(_frozen_mode, model)
+    model.eval = types.MethodType(_frozen_mode, model)
     # Dead units are gone; what zeros remain are the alive units' own pruned weights.
     return Ticket(model, {n: p != 0 for n, p in model.named_parameters() if p.dim() > 1})
 
