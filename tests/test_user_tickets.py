@@ -6,9 +6,9 @@ import importlib.util
 
 import pytest
 import torch
-import user_models
 
 import incop
+import user_models
 from incop.core import inputs
 from incop.tools.cli import main
 
