@@ -124,3 +124,28 @@ def test_a_factory_inside_the_run_folder_never_runs(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(run))
     with pytest.raises(incop.UserError, match="a file of the folder it is read from"):
         incop.load_ticket(run)
+
+
+def test_the_command_line_takes_a_model_factory(tmp_path):
+    run = tmp_path / "run"
+    assert main(["run", "--model", "user_models:digits_net", "--method", "sap", "--levels", "1",
+                 "--warmup-epochs", "1", "--max-epochs", "1", "--out", str(run)]) == 0  # fmt: skip
+    model, masks = incop.load_ticket(run)
+    assert isinstance(model, torch.nn.Sequential) and set(masks) == {"1.weight", "3.weight"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["own_cnn", "hf_text_classifier", "regression"])
+def test_the_examples_run(script, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if script == "hf_text_classifier":
+        pytest.importorskip("transformers")
+    examples = Path(__file__).parents[1] / "examples"
+    assert len((examples / f"{script}.py").read_text().splitlines()) < 60
+    done = subprocess.run([sys.executable, f"{script}.py", str(tmp_path / "run")], cwd=examples,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "flow" in done.stdout and (tmp_path / "run" / "summary.json").is_file()
