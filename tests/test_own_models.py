@@ -47,11 +47,17 @@ def test_gradient_flow_of_a_regression_model_uses_its_loss(tmp_path):
 
 def test_training_evaluation_snip_and_the_limit_use_the_run_loss():
     train, val = regression()
-    result = incop.prune(regressor(), train, val, method="sap", loss_fn=F.l1_loss, metric="loss",
+    pruned = regressor()
+    result = incop.prune(pruned, train, val, method="sap", loss_fn=F.l1_loss, metric="loss",
                          levels=1, warmup_epochs=2, max_epochs=1)  # fmt: skip
+    # val_loss is the run's loss (L1) of the validation split, for the weights kept.
+    with torch.no_grad():
+        expected = F.l1_loss(pruned.eval()(val[0][0]), val[0][1])
+    assert result.levels[-1].val_loss == pytest.approx(float(expected), rel=1e-5)
+    assert result.levels[-1].val_loss != pytest.approx(
+        float(F.mse_loss(pruned(val[0][0]), val[0][1])), rel=1e-3
+    )
     model = regressor()
-    # val_loss is the run's loss (L1) of the validation split, at the dense epoch kept.
-    assert result.levels[0].val_loss > 0
     masks = {name: torch.ones_like(p, dtype=torch.bool) for name, p in model.named_parameters()
              if name.endswith("weight")}  # fmt: skip
     scores = snip_scores(model, masks, train[0], F.l1_loss)
