@@ -9,7 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import incop
+import user_models
 from incop.methods.at_init import snip_scores
+from user_models import Encoder, as_bert_batch, tokens
 
 
 def regression(n=512, d=10, seed=0):
@@ -69,33 +71,6 @@ def test_training_evaluation_snip_and_the_limit_use_the_run_loss():
     # Cross-entropy over one output is 0 for every batch: the loss given is the one used.
     with pytest.raises(incop.UserError, match="every batch has the same loss"):
         incop.pruning_limit(regressor(), train, seed=0)
-
-
-class Encoder(nn.Module):
-    """A token classifier on nn.TransformerEncoder, batch-first or sequence-first."""
-
-    def __init__(self, batch_first=True, vocab=50, width=32, classes=3):
-        super().__init__()
-        self.batch_first = batch_first
-        self.embed = nn.Embedding(vocab, width)
-        layer = nn.TransformerEncoderLayer(width, 4, 64, dropout=0.0, batch_first=batch_first)
-        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
-        self.head = nn.Linear(width, classes)
-
-    def forward(self, tokens):
-        h = self.embed(tokens if self.batch_first else tokens.T)
-        h = self.encoder(h)
-        return self.head(h.mean(1 if self.batch_first else 0))
-
-
-def tokens(n=256, length=12, vocab=50, seed=0):
-    """Token sequences whose class is which third of the vocabulary dominates."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 3, (n,), generator=g)
-    x = torch.randint(0, vocab, (n, length), generator=g)
-    x[:, ::2] = (y[:, None] * (vocab // 3) + torch.randint(0, vocab // 3, (n, length // 2),
-                                                            generator=g))  # fmt: skip
-    return [(x[i : i + 32], y[i : i + 32]) for i in range(0, n - 64, 32)], [(x[-64:], y[-64:])]
 
 
 @pytest.mark.parametrize("batch_first", [True, False])
@@ -184,17 +159,9 @@ def test_dict_inputs_and_an_output_object(tmp_path):
 
 
 def tiny_bert():
-    transformers = pytest.importorskip("transformers")
-    config = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2,
-                                     num_attention_heads=4, intermediate_size=64, num_labels=3,
-                                     max_position_embeddings=32)  # fmt: skip
+    pytest.importorskip("transformers")
     torch.manual_seed(0)
-    return transformers.BertForSequenceClassification(config)
-
-
-def as_bert_batch(batch):
-    x, y = batch
-    return {"input_ids": x, "attention_mask": torch.ones_like(x)}, y
+    return user_models.bert()
 
 
 @pytest.mark.parametrize("method", ["incop-if", "incop-gf"])
