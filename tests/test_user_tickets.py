@@ -149,3 +149,13 @@ def test_the_examples_run(script, tmp_path):
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "flow" in done.stdout and (tmp_path / "run" / "summary.json").is_file()
+
+
+def test_a_run_of_an_earlier_incop_prune_that_recorded_mlp_still_resumes():
+    from incop.config import resolve
+    from incop.engine.resume import check_settings
+
+    config = resolve({"model": "user:ResNet"})
+    check_settings({**config.to_dict(), "model": "mlp"}, config)  # what it recorded then
+    with pytest.raises(incop.UserError, match="model: 'lenet5' saved, 'mlp' now"):
+        check_settings({**resolve({}).to_dict(), "model": "lenet5"}, resolve({}))

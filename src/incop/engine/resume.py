@@ -13,6 +13,7 @@ import torch
 
 from incop.config import WHERE_FIELDS, Config, default_value
 from incop.errors import UserError
+from incop.workload.models import USER_MODEL
 
 
 def check_settings(saved: dict[str, Any], config: Config) -> None:
@@ -21,6 +22,9 @@ def check_settings(saved: dict[str, Any], config: Config) -> None:
     (added in a later incop) ran as its default."""
     now = {k: v for k, v in config.to_dict().items() if k not in WHERE_FIELDS}
     before = {k: saved.get(k, default_value(k)) for k in now}
+    if str(now["model"]).startswith(USER_MODEL) and saved.get("model") == default_value("model"):
+        # An incop.prune of earlier commits recorded every user model as the default one (mlp).
+        before["model"] = now["model"]
     before |= {k: v for k, v in saved.items() if k not in now and k not in WHERE_FIELDS}
     if before != now:
         changed = ", ".join(
