@@ -9,7 +9,7 @@ import incop
 
 @dataclass(frozen=True)
 class PlateauOptions(incop.NoOptions):
-    patience: int = incop.option(3, "plateau: stop after this many epochs without a better score")
+    patience: int = incop.option(1, "plateau: stop after this many epochs without a better score")
 
     def check(self):
         if self.patience < 1:
@@ -21,7 +21,7 @@ class PlateauOptions(incop.NoOptions):
 class Plateau(incop.StoppingRule):
     """Stop a level once the validation score has not improved for ``patience`` epochs."""
 
-    patience: int = 3
+    patience: int = 1
     name: str = field(default="plateau", init=False)
 
     Options = PlateauOptions

@@ -199,7 +199,7 @@ class IMP:
                 output_fn=self.output_fn,
             )
         stats = self.world.combine(stats)
-        self._count("eval", EVAL_PASSES, stats.examples)
+        self.count("eval", EVAL_PASSES, stats.examples)
         value = self.metric.value(stats.loss, stats.accuracy, stats.custom)
         return {"val_loss": stats.loss, "val_accuracy": stats.accuracy, "val_metric": value}
 
@@ -223,7 +223,7 @@ class IMP:
                 raise DivergenceError(f"{key.replace('_', ' ')} became {value}")
         return record
 
-    def _count(self, category: str, passes: int, examples: int) -> float:
+    def count(self, category: str, passes: int, examples: int) -> float:
         """Add ``examples`` x ``passes`` forward passes under the current masks to the cost."""
         flops = float(passes * self.flops.forward(self.state.masks) * examples)
         self.state.cost[category] += flops
@@ -233,7 +233,7 @@ class IMP:
         """The cost of one measurement of the stopping rule's flow on the probe set."""
         passes = getattr(self.rule, "probe_passes", 0)
         if passes and self.probe is not None:
-            self._count("flows", passes, sum(y.shape[0] for _, y in self.probe))
+            self.count("flows", passes, sum(y.shape[0] for _, y in self.probe))
 
     def emit(self, hook: str, *args: Any) -> None:
         """Call ``hook`` of every callback that has it, with ``args`` and the state."""
@@ -311,7 +311,7 @@ class IMP:
             output_fn=self.output_fn,
         )
         stats = self.world.combine(stats)
-        self._count("eval", EVAL_PASSES, stats.examples)
+        self.count("eval", EVAL_PASSES, stats.examples)
         return {"test_accuracy": stats.accuracy, "test_loss": stats.loss}
 
     def score(self, record: dict[str, Any]) -> float:
@@ -591,6 +591,7 @@ class IMP:
             train_examples=s.train_examples,
             example_input=model_inputs.describe(self.example_input),
             level_masks=s.level_masks,
+            **self._noise_floor(),
             sparsity=sparsity_report(self.model, s.masks, self.example_input),
         )
         summary = result.summary()
@@ -598,6 +599,13 @@ class IMP:
         self.emit("on_run_end", summary)
         self._warn_if_at_chance()
         return result
+
+    def _noise_floor(self) -> dict[str, Any]:
+        """What ``eps_mode: noise`` measured, for the result."""
+        sigma = getattr(self.rule, "noise", None)
+        if sigma is None:
+            return {}
+        return {"noise_floor": {self.rule.name: sigma}, "eps_used": self.rule.threshold}
 
     def _dense_epoch(self) -> float | None:
         """FLOPs of one dense training epoch (None if no epoch trained)."""

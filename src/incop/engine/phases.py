@@ -9,6 +9,7 @@ pruners, rewinding modes and stopping rules only their small interfaces.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -17,10 +18,18 @@ from torch import nn
 
 from incop.config import LIMIT_TARGET, Config
 from incop.core.batches import BatchSource, make_probe
+from incop.core.flops import TRAIN_PASSES
 from incop.core.inputs import OutputFn
 from incop.core.masks import MaskEnforcer, Masks
-from incop.core.training import DivergenceError, LossFn, make_scheduler
-from incop.core.world import World
+from incop.core.precision import Precision
+from incop.core.training import (
+    DivergenceError,
+    LossFn,
+    make_optimizer,
+    make_scheduler,
+    train_epoch,
+)
+from incop.core.world import World, shared_probe
 from incop.engine.clock import Clock
 from incop.engine.distributed import mask_fingerprint
 from incop.engine.outputs import NullWriter
@@ -56,6 +65,8 @@ class Loop(Protocol):
     train_data: BatchSource
     loss_fn: LossFn
     output_fn: OutputFn
+    precision: Precision
+    probe: list | None
 
     def fresh_optimizer(self) -> None: ...
     def new_clock(self) -> Clock: ...
@@ -73,6 +84,7 @@ class Loop(Protocol):
     def reference(self, score: float) -> Reference: ...
     def first_prune(self) -> Masks: ...
     def count_flows(self) -> None: ...
+    def count(self, category: str, passes: int, examples: int) -> float: ...
     def finish_level(
         self, level: int, epochs: int, clock: Clock, last: dict, reason: str
     ) -> None: ...
@@ -202,9 +214,42 @@ def take_up(loop: Loop, warmup: WarmUp, *, shared: bool = False) -> None:
             loop.emit("on_epoch_end", record)
     with clock("flow"):
         loop.rule.prepare(loop.reference(loop.score(warmup.best)))
-    loop.count_flows()
+        loop.count_flows()
+        noise_floor(loop)
     reason = "diverged" if warmup.diverged else warmup.reason
     loop.finish_level(0, warmup.epochs, clock, warmup.best, reason)
+
+
+def noise_floor(loop: Loop) -> None:
+    """``eps_mode: noise`` (METHOD.md section 6): the flow's noise floor sigma at theta* (the
+    current weights), the largest distance of theta*'s own flow from its flow on the probe
+    set: on ``noise_probes`` other probe sets of the same size (drawn with seeds seed+1,
+    seed+2, ...), and after one more dense epoch from theta* (on a copy, with the run's
+    optimiser settings and the next epoch's data order; its weights are discarded). What it
+    costs counts as flows."""
+    rule, c, s = loop.rule, loop.config, loop.state
+    if getattr(rule, "eps_mode", "absolute") != "noise" or rule.noise is not None:
+        return
+    distances = []
+    for i in range(rule.noise_probes):
+        probe = shared_probe(loop.train_data, c.probe_size, c.seed + 1 + i, c.eval_batch_size,
+                             World(), loop.device)  # fmt: skip
+        distances.append(rule.measure(loop.model, s.masks, probe))
+        loop.count_flows()
+    twin = copy.deepcopy(loop.model)
+    optimizer = make_optimizer(twin.parameters(), c.optimizer, lr=c.lr, momentum=c.momentum,
+                               nesterov=c.nesterov, weight_decay=c.weight_decay)  # fmt: skip
+    if hasattr(loop.train_data, "set_epoch"):
+        loop.train_data.set_epoch(s.epoch_counter)  # the next epoch's order, which it takes again
+    with torch.random.fork_rng(devices=[]):  # dropout must not move the run's generator
+        stats = train_epoch(twin, loop.train_data, optimizer, loss_fn=loop.loss_fn,
+                            device=loop.device, precision=loop.precision,
+                            output_fn=loop.output_fn)  # fmt: skip
+    loop.count("flows", TRAIN_PASSES, stats.examples)
+    distances.append(rule.measure(twin, s.masks, loop.probe))
+    loop.count_flows()
+    # Every rank takes rank 0's: each trained its copy on its own part of the data.
+    rule.calibrate(loop.world.from_main(max(distances)))
 
 
 def predict_limit(loop: Loop) -> None:

@@ -92,6 +92,10 @@ class Result:
     cost: dict[str, float] | None = None
     dense_epoch: float | None = None
     train_examples: int | None = None
+    #: ``eps_mode: noise``: the flow's noise floor sigma at theta*, ``{rule name: sigma}``, and
+    #: the threshold it made, eps x sigma, in the distance's units.
+    noise_floor: dict[str, float] | None = None
+    eps_used: float | None = None
     #: The shapes and dtypes of one example's inputs (:func:`incop.core.inputs.describe`):
     #: what exports trace the model with.
     example_input: Any = None
@@ -102,6 +106,8 @@ class Result:
     def summary(self) -> dict[str, Any]:
         """The content of ``summary.json``."""
         extra = {"limit": self.limit} if self.limit is not None else {}
+        if self.noise_floor is not None:
+            extra |= {"noise_floor": self.noise_floor, "eps_used": self.eps_used}
         if self.pruner is not None:
             extra["pruner"] = self.pruner
         return {

@@ -93,11 +93,15 @@ def snip_scores(
     batch: tuple[Any, torch.Tensor],
     loss_fn: Callable,
     output_fn: OutputFn = model_inputs.logits,
+    *,
+    train: bool = True,
 ) -> Weights:
     """SNIP's connection sensitivity ``|theta * dL/dtheta|`` per masked parameter (same shapes):
-    the loss of one batch ``(inputs, targets)``, the network in training mode (as Lee et al.),
-    computed on a copy so the model's BatchNorm statistics do not move."""
-    net = _scoring_copy(model, masks).train()
+    the loss of one batch ``(inputs, targets)``, the network in training mode (as Lee et al.;
+    ``train=False``: eval mode, BatchNorm on its running statistics, as the Synaptic-Flow
+    reference code scores), computed on a copy so the model's BatchNorm statistics do not
+    move."""
+    net = _scoring_copy(model, masks).train(train)
     inputs, targets = batch
     with torch.random.fork_rng(devices=[]):  # dropout must not advance the run's generator
         loss_fn(output_fn(model_inputs.call(net, inputs)), targets).backward()

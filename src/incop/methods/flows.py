@@ -29,7 +29,7 @@ from incop.errors import UserError
 #: (METHOD.md section 4).
 IF_SKIP = ["*downsample*", "*shortcut*"]
 
-FLOW_SUMMARIES = ("mean", "abs-mean")
+FLOW_SUMMARIES = ("mean", "abs-mean", "frobenius")
 #: Sums a tensor over the processes that share a measurement (data parallel), e.g. World.sum.
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 
@@ -43,7 +43,8 @@ class Flow:
     ``layers``: the L measured module names, in forward execution order.
     ``matrices``: the L-1 correlation matrices C_l of consecutive layers, float64,
     shape ``(C_l, C_{l+1})`` (channels / output features), entries in [-1, 1].
-    ``vector``: float64 of shape ``(L-1,)``, one summary s(C_l) per pair.
+    ``vector``: float64 of shape ``(L-1,)``, one summary s(C_l) per pair (with the
+    ``frobenius`` summary: every entry of every C_l, flattened in order).
     """
 
     matrices: list[torch.Tensor]
@@ -199,7 +200,9 @@ def information_flow(
     per-channel standardised rows (population std), N the rows they share (a pair of a
     sequence layer and a per-example one, a classifier, averages the sequence over its
     positions). A zero-variance (dead) channel correlates 0 with everything. ``summary``:
-    ``"mean"`` of C_l's entries (the paper's) or ``"abs-mean"``.
+    ``"mean"`` of C_l's entries (the paper's), ``"abs-mean"``, or ``"frobenius"``: the vector
+    is every entry of every C_l, so that a ``relative`` distance between two flows is
+    ||C - C*||_F / ||C*||_F over all the pairs.
 
     One pass, memory independent of N: float64 running sums per pair, on ``device``
     (default: the model's). The model's train/eval mode is restored afterwards. Results are
@@ -280,8 +283,11 @@ def information_flow(
         _correlation((p.sums[0], p.sums[1]), (p.sums[2], p.sums[3]), p.sums[4], p.n).cpu()
         for p in pairs_
     ]
-    reduce = torch.mean if summary == "mean" else lambda c: c.abs().mean()
-    vector = torch.tensor([float(reduce(c)) for c in matrices], dtype=torch.float64)
+    if summary == "frobenius":  # the matrices themselves: a distance compares them entry-wise
+        vector = torch.cat([c.flatten() for c in matrices])
+    else:
+        reduce = torch.mean if summary == "mean" else lambda c: c.abs().mean()
+        vector = torch.tensor([float(reduce(c)) for c in matrices], dtype=torch.float64)
     return Flow(matrices=matrices, vector=vector, layers=["+".join(g) for g in groups])
 
 

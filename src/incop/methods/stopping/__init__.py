@@ -10,6 +10,8 @@ from incop.methods.stopping.flow import FlowRule
 from incop.methods.stopping.information import InformationFlowRule
 from incop.methods.stopping.gradient import GradientFlowRule
 from incop.methods.stopping.mask import MaskRule
+from incop.methods.stopping.plateau import FlowPlateau, GFPlateau, IFPlateau, LossPlateau
+from incop.methods.stopping.mask_flow import MaskFlow, MaskGF, MaskIF
 
 # isort: on
 
@@ -17,9 +19,16 @@ __all__ = [
     "STOPPING_RULES",
     "STOP_REASONS",
     "AccuracyRule",
+    "FlowPlateau",
     "FlowRule",
+    "GFPlateau",
     "GradientFlowRule",
+    "IFPlateau",
     "InformationFlowRule",
+    "LossPlateau",
+    "MaskFlow",
+    "MaskGF",
+    "MaskIF",
     "MaskRule",
     "Reference",
     "StoppingRule",

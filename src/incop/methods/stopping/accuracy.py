@@ -11,11 +11,15 @@ from incop.methods.stopping.rule import StoppingRule, register_rule
 @dataclass(frozen=True)
 class AccuracyOptions(NoOptions):
     delta: float = option(
-        0.0, "accuracy rule: stop once validation accuracy >= a* - delta (a fraction)"
+        0.0,
+        "accuracy rule: stop once validation accuracy >= a* - delta (a fraction; below 0 asks"
+        " for more than the dense network's)",
     )
 
     def check(self) -> list[str]:
-        return [] if self.delta >= 0 else [not_allowed("delta", self.delta, "must be >= 0")]
+        if -1 < self.delta < 1:
+            return []
+        return [not_allowed("delta", self.delta, "must be in (-1, 1)")]
 
 
 @dataclass

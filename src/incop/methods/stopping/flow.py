@@ -17,9 +17,13 @@ from incop.methods.stopping.rule import Reference, StoppingRule
 EPS_HELP = "flow rules: stop once the flow distance < eps (units of the distance)"
 
 
+EPS_MODES = ("absolute", "noise")
+
+
 @dataclass(frozen=True)
-class FlowOptions(NoOptions):
-    eps: float = option(0.1, EPS_HELP)
+class FlowMeasureOptions(NoOptions):
+    """What every rule that measures a flow shares."""
+
     distance: str = option(
         "l2", "flow rules: how the flow is compared with the dense one", choices=DISTANCES
     )
@@ -31,10 +35,30 @@ class FlowOptions(NoOptions):
     )
 
     def check(self) -> list[str]:
-        problems = []
+        return in_range("probe_size", self.probe_size, 1, MAX_COUNT)
+
+
+@dataclass(frozen=True)
+class FlowOptions(FlowMeasureOptions):
+    """The threshold rules' own: eps, in absolute units or in units of the noise floor."""
+
+    eps: float = option(0.1, EPS_HELP)
+    eps_mode: str = option(
+        "absolute",
+        "flow rules: eps in the distance's units (absolute), or in units of the flow's noise"
+        " floor sigma measured at theta* after the warm-up (noise: stop once distance <="
+        " eps x sigma; METHOD.md section 6)",
+        choices=EPS_MODES,
+    )
+    noise_probes: int = option(
+        3, "eps_mode noise: other probe sets of the same size theta*'s flow is measured on"
+    )
+
+    def check(self) -> list[str]:
+        problems = super().check() + in_range("noise_probes", self.noise_probes, 1, 100)
         if self.eps <= 0:
             problems.append(not_allowed("eps", self.eps, "must be > 0"))
-        return problems + in_range("probe_size", self.probe_size, 1, MAX_COUNT)
+        return problems
 
 
 @dataclass
@@ -50,29 +74,52 @@ class FlowRule(StoppingRule):
     eps: float = 0.1
     distance: str = "l2"
     accuracy_clause: bool = True
+    eps_mode: str = "absolute"
+    noise_probes: int = 3
     needs_probe = True
     reasons = {"flow": "the flow distance fell below eps"}
 
-    def flow(self, model: nn.Module, masks: Masks) -> torch.Tensor:
+    def flow(self, model: nn.Module, masks: Masks, probe: list | None = None) -> torch.Tensor:
+        """The flow of ``model`` on ``probe`` (default: the reference's probe set)."""
         raise NotImplementedError
 
     def prepare(self, reference: Reference) -> None:
         super().prepare(reference)
         self.reference = reference
         self.reference_flow = self.flow(reference.model, reference.masks)
+        self.noise: float | None = None
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "reference_flow": self.reference_flow}
+        return {**super().state_dict(), "reference_flow": self.reference_flow,
+                "noise": self.noise}  # fmt: skip
 
     def load_state_dict(self, state: dict, reference: Reference) -> None:
         super().load_state_dict(state, reference)
         self.reference = reference
         self.reference_flow = state["reference_flow"]
+        self.noise = state.get("noise")
 
-    def measure(self, model: nn.Module, masks: Masks) -> float:
-        return flow_distance(self.flow(model, masks), self.reference_flow, self.distance)
+    def measure(self, model: nn.Module, masks: Masks, probe: list | None = None) -> float:
+        """The distance of ``model``'s flow (on ``probe``, default the reference's) to
+        theta*'s on the reference probe set."""
+        # A subclass's flow(model, masks) of earlier versions measures the reference probe only.
+        flow = self.flow(model, masks) if probe is None else self.flow(model, masks, probe)
+        return flow_distance(flow, self.reference_flow, self.distance)
+
+    def calibrate(self, noise: float) -> None:
+        """``eps_mode: noise``: the noise floor sigma the run measured at theta*."""
+        self.noise = float(noise)
+
+    @property
+    def threshold(self) -> float:
+        """The distance a level stops below, in the distance's units (eps, or eps x sigma)."""
+        if self.eps_mode != "noise":
+            return self.eps
+        if self.noise is None:
+            raise RuntimeError("eps_mode noise: calibrate(sigma) before the first decision")
+        return self.eps * self.noise
 
     def met(self, score: float, distance: float | None) -> str | None:
-        if distance is not None and distance < self.eps:
+        if distance is not None and distance < self.threshold:
             return "flow"
         return "accuracy" if self.accuracy_clause and score >= self.target else None

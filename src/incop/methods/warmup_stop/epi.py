@@ -30,6 +30,13 @@ class EPIOptions(NoOptions):
         " least this (docs/epi.md)",
     )
     min_warmup_epochs: int = option(1, "epi: never end the warm-up before this many epochs")
+    epi_mode: str = option(
+        "mask",
+        "epi: what is compared: mask (which weights the first prune keeps, by intersection over"
+        " union, as Early-Bird tickets) or units (the EPI paper's: how many units each layer"
+        " keeps, for scope channel; docs/epi.md)",
+        choices=("mask", "units"),
+    )
 
     def check(self) -> list[str]:
         problems = in_range("epi_window", self.epi_window, 1, MAX_COUNT)
@@ -50,18 +57,25 @@ class EPIStop(WarmupStop):
     window: int = 3
     threshold: float = EPI_THRESHOLD
     min_epochs: int = 1
+    mode: str = "mask"
     name: str = field(default="epi", init=False)
 
     Options = EPIOptions
 
     @classmethod
     def from_options(cls, options: EPIOptions, config: Any) -> EPIStop:
-        return cls(options.epi_window, options.epi_threshold, options.min_warmup_epochs)
+        o = options
+        return cls(o.epi_window, o.epi_threshold, o.min_warmup_epochs, o.epi_mode)
 
     @classmethod
     def check_config(cls, config: Any) -> list[str]:
         c = config
         problems = []
+        if c.epi_mode == "units" and c.scope != "channel":
+            problems.append(
+                f"epi_mode: 'units' compares how many units the first prune keeps, which only"
+                f" scope channel decides (scope is {c.scope!r}); use epi_mode mask"
+            )
         if c.min_warmup_epochs > c.warmup_epochs:
             problems.append(
                 f"min_warmup_epochs: {c.min_warmup_epochs!r} is not allowed; must be in"
@@ -83,10 +97,13 @@ class EPIStop(WarmupStop):
         return problems
 
     def __post_init__(self) -> None:
-        self.history: list[Masks] = []
+        self.history: list[Any] = []
         self.similarity: float | None = None
+        self.best: float | None = None
 
     def observe(self, epoch: int, next_mask: Callable[[], Masks]) -> float | None:
+        if self.mode == "units":
+            return self._observe_units(next_mask())
         mask = {name: m.cpu() for name, m in next_mask().items()}  # kept for `window` epochs
         earlier = self.history[-self.window :]
         full = len(earlier) == self.window
@@ -94,21 +111,48 @@ class EPIStop(WarmupStop):
         self.history = [*earlier, mask]
         return self.similarity
 
+    def _observe_units(self, mask: Masks) -> float | None:
+        """The EPI paper's Psi of this epoch's unit counts, averaged over the window."""
+        counts = {name: int(m.flatten(1).any(1).sum()) for name, m in mask.items()}
+        earlier = self.history[-self.window :]
+        full = len(earlier) == self.window
+        self.best = self.similarity if self.best is None else max(self.best, self.similarity or 0)
+        self.similarity = sum(psi(counts, e) for e in earlier) / len(earlier) if full else None
+        self.history = [*earlier, counts]
+        return self.similarity
+
     def decide(self, epoch: int) -> bool:
         ready = epoch >= self.min_epochs and self.similarity is not None
+        if self.mode == "units":  # at its running maximum, as the paper starts pruning
+            ready = ready and (self.best is None or self.similarity >= self.best)
         return ready and self.similarity >= self.threshold
 
     def state_dict(self) -> dict:
-        packed = [{n: (tuple(m.shape), pack_mask(m)) for n, m in masks.items()}
-                  for masks in self.history]  # fmt: skip
-        return {"history": packed, "similarity": self.similarity}
+        if self.mode == "units":
+            history: list[Any] = [dict(counts) for counts in self.history]
+        else:
+            history = [{n: (tuple(m.shape), pack_mask(m)) for n, m in masks.items()}
+                       for masks in self.history]  # fmt: skip
+        return {"history": history, "similarity": self.similarity, "best": self.best}
 
     def load_state_dict(self, state: dict) -> None:
-        self.history = [
-            {n: unpack_mask(bits, shape) for n, (shape, bits) in masks.items()}
-            for masks in state["history"]
-        ]
+        if self.mode == "units":
+            self.history = [dict(counts) for counts in state["history"]]
+        else:
+            self.history = [
+                {n: unpack_mask(bits, shape) for n, (shape, bits) in masks.items()}
+                for masks in state["history"]
+            ]
         self.similarity = state["similarity"]
+        self.best = state.get("best")
+
+
+def psi(counts: dict[str, int], other: dict[str, int]) -> float:
+    """The EPI paper's similarity of two sub-networks from their alive units per layer:
+    1 - (1/L) sum_l |n_l - n'_l| / (n_l + n'_l) (a layer with no unit in either counts 0)."""
+    terms = [abs(counts[n] - other[n]) / (counts[n] + other[n]) if counts[n] + other[n] else 0.0
+             for n in counts]  # fmt: skip
+    return 1.0 - sum(terms) / len(terms)
 
 
 WARMUP_STOPS.register("epi", "end once the first prune's mask stops changing (EPI)")(EPIStop)
