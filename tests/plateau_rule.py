@@ -9,11 +9,13 @@ import incop
 
 @dataclass(frozen=True)
 class PlateauOptions(incop.NoOptions):
-    patience: int = incop.option(1, "plateau: stop after this many epochs without a better score")
+    plateau_patience: int = incop.option(
+        3, "plateau: stop after this many epochs without a better score"
+    )
 
     def check(self):
-        if self.patience < 1:
-            return [incop.not_allowed("patience", self.patience, "must be >= 1")]
+        if self.plateau_patience < 1:
+            return [incop.not_allowed("plateau_patience", self.plateau_patience, "must be >= 1")]
         return []
 
 
@@ -21,7 +23,7 @@ class PlateauOptions(incop.NoOptions):
 class Plateau(incop.StoppingRule):
     """Stop a level once the validation score has not improved for ``patience`` epochs."""
 
-    patience: int = 1
+    patience: int = 3
     name: str = field(default="plateau", init=False)
 
     Options = PlateauOptions
@@ -29,7 +31,7 @@ class Plateau(incop.StoppingRule):
 
     @classmethod
     def from_options(cls, options, config):
-        return cls(config.max_epochs, config.min_epochs, patience=options.patience)
+        return cls(config.max_epochs, config.min_epochs, patience=options.plateau_patience)
 
     def prepare(self, reference):
         super().prepare(reference)

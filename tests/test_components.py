@@ -26,9 +26,9 @@ def _net():
 
 def test_a_new_stopping_rule_is_one_module_and_runs_through_prune(tiny_data):
     train, val = tiny_data
-    result = incop.prune(_net(), train, val, method="sap", stop="plateau", patience=1,
+    result = incop.prune(_net(), train, val, method="sap", stop="plateau", plateau_patience=1,
                          levels=2, warmup_epochs=2, max_epochs=8, lr=0.001)  # fmt: skip
-    assert result.config.patience == 1
+    assert result.config.plateau_patience == 1
     reasons = [level.stop_reason for level in result.levels[1:]]
     assert "plateau" in reasons, reasons
     # patience 1: each plateau level stopped on the first epoch that did not improve.
@@ -37,33 +37,32 @@ def test_a_new_stopping_rule_is_one_module_and_runs_through_prune(tiny_data):
 
 
 def test_the_new_rule_checks_its_options_and_refuses_them_when_unused():
-    with pytest.raises(incop.UserError, match=r"patience: 0 is not allowed; must be >= 1"):
-        incop.config.resolve({"stop": "plateau", "patience": 0})
+    with pytest.raises(incop.UserError, match=r"plateau_patience: 0 is not allowed; must be >= 1"):
+        incop.config.resolve({"stop": "plateau", "plateau_patience": 0})
     with pytest.raises(
-        incop.UserError, match=r"patience: 5 would be ignored: only stop \S*plateau"
+        incop.UserError, match=r"plateau_patience: 5 would be ignored: only stop plateau"
     ):
-        incop.config.resolve({"method": "sap", "patience": 5})
+        incop.config.resolve({"method": "sap", "plateau_patience": 5})
 
 
 def test_the_new_rule_is_in_the_cli_its_help_and_list(capsys, tmp_path):
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    patience = text.split("--patience INT")[-1].split(" --", 1)[0]
-    # loss-plateau declares patience too (same type and default): its help is the first one's.
-    assert "not improved for this many epochs" in patience
-    assert "default: 1" in patience
+    patience = text.split("--plateau-patience INT")[-1].split(" --", 1)[0]
+    assert "stop after this many epochs without a better score" in patience
+    assert "default: 3" in patience
     assert "plateau" in text.split("--stop STR")[-1].split(" --", 1)[0]
     assert main(["list"]) == 0
-    assert "patience" in capsys.readouterr().out
+    assert "plateau_patience" in capsys.readouterr().out
     out = tmp_path / "run"
-    flags = ["--method", "sap", "--stop", "plateau", "--patience", "1", "--levels", "1",
+    flags = ["--method", "sap", "--stop", "plateau", "--plateau-patience", "1", "--levels", "1",
              "--warmup-epochs", "1", "--max-epochs", "4", "--out", str(out)]  # fmt: skip
     assert main(["run", *flags]) == 0
     saved = (out / "config.yaml").read_text()
-    assert "stop: plateau" in saved and "patience: 1" in saved
+    assert "stop: plateau" in saved and "plateau_patience: 1" in saved
     # A run of a built-in rule does not carry the outside rule's setting in its config.
-    assert "patience" not in incop.config.to_yaml(incop.config.resolve({"method": "sap"}))
+    assert "plateau_patience" not in incop.config.to_yaml(incop.config.resolve({"method": "sap"}))
 
 
 def test_a_pruner_that_needs_gradients_gets_them_through_the_training_hook(tiny_data):
