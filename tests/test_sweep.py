@@ -122,6 +122,12 @@ def test_resume_continues_a_sweep(tmp_path, monkeypatch):
         (["--sweep", "include=a,b"], "holds a list"),
         (["--sweep", "max_epochs=1,2", "--max-epochs", "3"], "also set as --max-epochs"),
         (["--baseline", "lth"], "baseline: 'lth' is not among the methods"),
+        (["--sweep", "sap:delta=0,0.1"], "would be ignored: sap does not use it"),
+        (["--sweep", "lth:max_epochs=1,2"], "'lth' is not among the methods"),
+        (
+            ["--sweep", "max_epochs=1,2", "--sweep", "sap:max_epochs=3,4"],
+            "sap already sweeps max_epochs",
+        ),
     ],
 )
 def test_bad_sweeps_are_refused_before_any_work(tmp_path, capsys, flags, message):
@@ -270,3 +276,15 @@ def test_report_pairs_with_another_baseline_and_tolerance(swept, tmp_path, capsy
     capsys.readouterr()
     assert main(["report", str(folder), "--baseline", "lth"]) == 2
     assert "baseline: 'lth' is not among the methods" in capsys.readouterr().err
+
+
+def test_a_sweep_for_one_method_only(tmp_path):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--methods", "sap,sap-acc", "--sweep", "sap:max_epochs=1,2",
+                 "--sweep", "sap-acc:delta=0,0.01", "--trials", "1", "--levels", "1",
+                 "--warmup-epochs", "2", "--threads", "1", "--out", str(out)]) == 0  # fmt: skip
+    runs = json.loads((out / "comparison.json").read_text())["runs"]
+    assert [(r["method"], r["params"]) for r in runs] == [
+        ("sap", {"max_epochs": 1}), ("sap", {"max_epochs": 2}),
+        ("sap-acc", {"delta": 0.0}), ("sap-acc", {"delta": 0.01})]  # fmt: skip
+    assert (out / "sap-acc" / "delta=0.01" / "seed-0" / "summary.json").is_file()

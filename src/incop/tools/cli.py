@@ -402,9 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--sweep",
         action="append",
         default=[],
-        metavar="FIELD=V1,V2",
-        help="run every chosen method that uses FIELD once per listed value (repeatable: a"
-        " grid); each point is its own run, seeds share their dense warm-up",
+        metavar="[METHOD:]FIELD=V1,V2",
+        help="run every chosen method that uses FIELD (METHOD: that one only) once per listed"
+        " value (repeatable: a grid); each point is its own run, seeds share their dense"
+        " warm-up",
     )
     _add_analysis_flags(compare)
     _add_nproc_flag(compare)

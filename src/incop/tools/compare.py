@@ -134,15 +134,23 @@ def run_folder(out: Path, variant: str | Variant, seed: int) -> Path:
     return out / variant.relative / f"seed-{seed}"
 
 
+def sweep_key(key: str) -> tuple[str | None, str]:
+    """``[METHOD:]FIELD`` -> (the one method it is for, or None for every one; the field)."""
+    method, sep, name = key.rpartition(":")
+    return (method if sep else None), name
+
+
 def parse_sweep(texts: Sequence[str]) -> dict[str, list[str]]:
-    """``--sweep FIELD=V1,V2,...`` flags -> field -> the values as given (checked, per method,
-    by :func:`check_sweep`). Refuses a malformed flag, an unknown or unsweepable field, a
-    field given twice, and an empty or repeated value."""
+    """``--sweep [METHOD:]FIELD=V1,V2,...`` flags -> key -> the values as given (checked, per
+    method, by :func:`check_sweep`); ``METHOD:`` sweeps the field for that method only.
+    Refuses a malformed flag, an unknown or unsweepable field, a key given twice, and an
+    empty or repeated value."""
     sweep: dict[str, list[str]] = {}
     names = field_names()
     for text in texts:
         key, sep, listed = text.partition("=")
-        name = key.strip().replace("-", "_")
+        method, name = sweep_key(key.strip())
+        name = name.replace("-", "_")
         where = f"--sweep {text}"
         values = [v.strip() for v in listed.split(",")]
         if not sep or not name:
@@ -156,14 +164,15 @@ def parse_sweep(texts: Sequence[str]) -> dict[str, list[str]]:
             )
         if field_type(name) is list:
             raise UserError(f"{where}: {name} holds a list; a sweep varies one value")
-        if name in sweep:
-            raise UserError(f"{where}: {name} is swept twice; list its values once")
+        key = f"{method}:{name}" if method else name
+        if key in sweep:
+            raise UserError(f"{where}: {key} is swept twice; list its values once")
         if any(not v for v in values):
             raise UserError(f"{where}: an empty value; list values as V1,V2,...")
         repeated = sorted({v for v in values if values.count(v) > 1})
         if repeated:
             raise UserError(f"{where}: {', '.join(repeated)} given more than once")
-        sweep[name] = values
+        sweep[key] = values
     return sweep
 
 
@@ -176,33 +185,55 @@ def check_sweep(
 ) -> dict[str, list[Any]]:
     """The sweep with each value as the config holds it (``"0"`` -> ``0.0`` for a float),
     every value checked as its flag would be, for every method that uses the field. Refused
-    when no chosen method uses a field, or a field is also set outside the sweep."""
+    when no chosen method uses a field (or the one a ``METHOD:`` key names does not), when a
+    method would get one field from two keys, or a field is also set outside the sweep."""
     checked: dict[str, list[Any]] = {}
-    for name, values in sweep.items():
-        if name in {k.replace("-", "_") for k in overrides}:
-            raise UserError(f"--sweep {name}: also set as --{name.replace('_', '-')} (or in"
+    given = {k.replace("-", "_") for k in overrides}
+    fields_of: dict[str, list[str]] = {}
+    for key, values in sweep.items():
+        only, name = sweep_key(key)
+        if name in given:
+            raise UserError(f"--sweep {key}: also set as --{name.replace('_', '-')} (or in"
                             " the config file); give its values in one place")  # fmt: skip
-        users = [m for m in methods if m in METHODS and _uses(m, name, values[0], overrides)]
+        if only is not None and only not in methods:
+            raise UserError(f"--sweep {key}: {only!r} is not among the methods"
+                            f" ({', '.join(methods)})")  # fmt: skip
+        users = _users(key, values, methods, overrides)
         if not users:
-            raise UserError(
-                f"--sweep {name}: would be ignored: no chosen method ({', '.join(methods)}) uses it"
+            whom = (
+                f"{only} does not use" if only else f"no chosen method ({', '.join(methods)}) uses"
             )
-        checked[name] = []
+            raise UserError(f"--sweep {key}: would be ignored: {whom} it")
+        for method in users:
+            if name in fields_of.setdefault(method, []):
+                raise UserError(f"--sweep {key}: {method} already sweeps {name}")
+            fields_of[method].append(name)
+        checked[key] = []
         for value in values:
             for method in users:
                 try:
                     config = method_config({**overrides, name: value}, method, seed)
                 except UserError as exc:
-                    raise UserError(f"--sweep {name}={value}: {exc}") from None
+                    raise UserError(f"--sweep {key}={value}: {exc}") from None
             canonical = getattr(config, name)
             if not re.fullmatch(POINT_VALUE, value_text(canonical)):
-                raise UserError(f"--sweep {name}={value}: a swept value may hold only letters,"
+                raise UserError(f"--sweep {key}={value}: a swept value may hold only letters,"
                                 " digits and . + - _ (it names the point's folder)")  # fmt: skip
-            checked[name].append(canonical)
-        shown = [value_text(v) for v in checked[name]]
+            checked[key].append(canonical)
+        shown = [value_text(v) for v in checked[key]]
         if len(set(shown)) < len(shown):
-            raise UserError(f"--sweep {name}: {', '.join(values)} name the same value twice")
+            raise UserError(f"--sweep {key}: {', '.join(values)} name the same value twice")
     return checked
+
+
+def _users(
+    key: str, values: list[Any], methods: Sequence[str], overrides: dict[str, Any]
+) -> list[str]:
+    """The methods a sweep key reaches: every chosen one that uses its field, or the one it
+    names (if that one uses it)."""
+    only, name = sweep_key(key)
+    chosen = [m for m in methods if m in METHODS and (only is None or m == only)]
+    return [m for m in chosen if _uses(m, name, values[0], overrides)]
 
 
 def plan_variants(
@@ -212,9 +243,11 @@ def plan_variants(
     (method by method, in the order given; a method using none runs once)."""
     variants = []
     for method in methods:
-        used = [n for n, values in sweep.items() if _uses(method, n, values[0], overrides)]
-        for combo in itertools.product(*(sweep[n] for n in used)):
-            variants.append(Variant(method, tuple(zip(used, combo, strict=True))))
+        keys = [k for k, values in sweep.items() if method in _users(k, values, [method],
+                                                                        overrides)]  # fmt: skip
+        names = [sweep_key(k)[1] for k in keys]
+        for combo in itertools.product(*(sweep[k] for k in keys)):
+            variants.append(Variant(method, tuple(zip(names, combo, strict=True))))
     return variants
 
 
