@@ -255,7 +255,8 @@ def _styles(variants: Sequence[Variant | str]) -> dict[str, dict[str, Any]]:
     variants = [Variant(v) if isinstance(v, str) else v for v in variants]
     families = [v.method for v in variants]
     order = list(DEFAULT_METHODS) + [m for m in dict.fromkeys(families) if m not in DEFAULT_METHODS]
-    palette = colormaps["tab10"].colors
+    # Past ten families, twenty colours: none repeats (a method's colour then varies).
+    palette = colormaps["tab10" if len(order) <= 10 else "tab20"].colors
     styles = {}
     for variant in variants:
         i = order.index(variant.method)
@@ -438,7 +439,13 @@ def cost_figure(analysis: dict[str, Any], styles: dict[str, Any]) -> Figure:
             ax.set_ylabel("final accuracy (%)")
             ax.set_title(f"Final ticket at about {remaining:g} % remaining: test filled,"
                          " validation hollow")  # fmt: skip
-            ax.legend(loc="lower right", fontsize=8)
+        # One legend for every panel, below them: it must not hide points.
+        labels: dict[str, Any] = {}
+        for ax in axes:
+            for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+                labels.setdefault(label, handle)
+        fig.legend(list(labels.values()), list(labels), loc="outside lower center", ncols=4,
+                   fontsize=8)  # fmt: skip
     return fig
 
 
