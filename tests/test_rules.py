@@ -192,3 +192,20 @@ def test_the_frobenius_summary_compares_whole_matrices():
     assert torch.equal(flow.vector, torch.cat([c.flatten() for c in flow.matrices]))
     other = incop.information_flow(nn.Sequential(*[m for m in net]), batches, summary="frobenius")
     assert torch.equal(other.vector, flow.vector)
+
+
+@pytest.mark.slow
+def test_the_cost_frontier_study_runs_its_quick_version(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "cost_frontier.py"
+    done = subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path / "s"),
+                           "--plot", str(tmp_path / "f.png")], capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = done.stdout.split("family ")[1]
+    for family in ("sap ", "sap-acc", "incop-gf", "gf-plateau", "loss-plateau", "mask-gf"):
+        assert f"\n{family}" in table, family
+    assert (tmp_path / "f.png").read_bytes().startswith(b"\x89PNG")
