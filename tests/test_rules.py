@@ -209,3 +209,20 @@ def test_the_cost_frontier_study_runs_its_quick_version(tmp_path):
     for family in ("sap ", "sap-acc", "incop-gf", "gf-plateau", "loss-plateau", "mask-gf"):
         assert f"\n{family}" in table, family
     assert (tmp_path / "f.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_plateau_rule_resumed_mid_level_decides_as_an_uninterrupted_one():
+    from incop.methods.stopping import Reference
+
+    scores = [0.5, 0.6, 0.7, 0.7]
+    whole = LossPlateau(max_epochs=10)
+    whole.prepare(Reference(model=None, masks={}, score=0.9))
+    decisions = [whole.decide(e, s, None) for e, s in enumerate(scores)]
+    first = LossPlateau(max_epochs=10)
+    first.prepare(Reference(model=None, masks={}, score=0.9))
+    for e, s in enumerate(scores[:2]):
+        first.decide(e, s, None)
+    resumed = LossPlateau(max_epochs=10)
+    resumed.load_state_dict(first.state_dict(), Reference(model=None, masks={}, score=0.9))
+    assert [resumed.decide(e, s, None) for e, s in enumerate(scores) if e >= 2] == decisions[2:]
+    assert decisions == [None, None, None, "plateau"]

@@ -48,19 +48,15 @@ def plateaued(history: list[float], tol: float) -> bool:
     return bool(earlier) and last >= min(earlier) * (1 - tol)
 
 
-@dataclass
-class FlowPlateau(FlowRule):
-    """Stop at the first epoch >= min_epochs whose flow distance is not below the smallest
-    distance of the level's earlier epochs (epoch 0, right after rewinding, included) by more
-    than ``plateau_tol`` (relative); or, with the accuracy clause, once the validation metric
-    is back at a*. No eps: the level's own curve decides."""
+class LevelHistory:
+    """A rule's one number per epoch of the current level (epoch 0, right after rewinding,
+    included), carried across ``--resume``."""
 
-    plateau_tol: float = 0.05
-    reasons = {"flow-plateau": "the flow distance stopped falling (plateau_tol)"}
+    history: list[float]
 
     def prepare(self, reference: Any) -> None:
         super().prepare(reference)
-        self.history: list[float] = []
+        self.history = []
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "history": list(self.history)}
@@ -69,11 +65,25 @@ class FlowPlateau(FlowRule):
         super().load_state_dict(state, reference)
         self.history = list(state["history"])
 
-    def decide(self, epoch: int, score: float, distance: float | None) -> str | None:
-        if epoch == 0:
+    def remember(self, epoch: int, value: float | None) -> None:
+        if epoch == 0:  # a new level: a new curve
             self.history = []
-        if distance is not None:
-            self.history.append(distance)
+        if value is not None:
+            self.history.append(value)
+
+
+@dataclass
+class FlowPlateau(LevelHistory, FlowRule):
+    """Stop at the first epoch >= min_epochs whose flow distance is not below the smallest
+    distance of the level's earlier epochs (epoch 0, right after rewinding, included) by more
+    than ``plateau_tol`` (relative); or, with the accuracy clause, once the validation metric
+    is back at a*. No eps: the level's own curve decides."""
+
+    plateau_tol: float = 0.05
+    reasons = {"flow-plateau": "the flow distance stopped falling (plateau_tol)"}
+
+    def decide(self, epoch: int, score: float, distance: float | None) -> str | None:
+        self.remember(epoch, distance)
         return super().decide(epoch, score, distance)
 
     def met(self, score: float, distance: float | None) -> str | None:
@@ -129,7 +139,7 @@ class PatienceOptions(NoOptions):
 
 
 @dataclass
-class LossPlateau(StoppingRule):
+class LossPlateau(LevelHistory, StoppingRule):
     """``loss-plateau(patience)``: early stopping on the validation metric (the run's
     ``metric``, loss or accuracy, oriented so that higher is better): stop at the first epoch
     >= min_epochs after which the best score of the level (epoch 0 included) has not
@@ -141,25 +151,12 @@ class LossPlateau(StoppingRule):
     Options = PatienceOptions
     reasons = {"plateau": "the validation metric did not improve for patience epochs"}
 
-    def prepare(self, reference: Any) -> None:
-        super().prepare(reference)
-        self.scores: list[float] = []
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "scores": list(self.scores)}
-
-    def load_state_dict(self, state: dict, reference: Any) -> None:
-        super().load_state_dict(state, reference)
-        self.scores = list(state["scores"])
-
     def decide(self, epoch: int, score: float, distance: float | None) -> str | None:
-        if epoch == 0:
-            self.scores = []
-        self.scores.append(score)
+        self.remember(epoch, score)
         return super().decide(epoch, score, distance)
 
     def met(self, score: float, distance: float | None) -> str | None:
-        scores = self.scores
+        scores = self.history
         if len(scores) <= self.patience:
             return None
         best_before = max(scores[: -self.patience])
