@@ -102,3 +102,22 @@ def test_macs_count_every_call_of_a_module():
     assert report.macs_dense == 2 * 100 + 20  # counted once per call: 120 before
     masks["shared.weight"][:5] = False
     assert sparsity_report(model, masks, torch.zeros(3, 10)).macs_pruned == 2 * 50 + 20
+
+
+def test_a_full_mask_costs_no_multiply_and_a_pruned_one_is_enforced():
+    import torch
+    from torch import nn
+
+    from incop.core.masks import MaskEnforcer
+
+    layer = nn.Linear(4, 3)
+    params = {"weight": layer.weight}
+    masks = {"weight": torch.ones(3, 4, dtype=torch.bool)}
+    enforcer = MaskEnforcer(params, masks)
+    layer(torch.randn(2, 4)).sum().backward()
+    before = layer.weight.grad.clone()
+    enforcer.mask_gradients()
+    assert enforcer._float_mask("weight") is None and torch.equal(layer.weight.grad, before)
+    masks["weight"] = torch.rand(3, 4) > 0.5  # a prune replaces the mask: enforced from now
+    enforcer.mask_gradients()
+    assert torch.equal(layer.weight.grad, before * masks["weight"])

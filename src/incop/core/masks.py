@@ -151,7 +151,8 @@ class MaskEnforcer:
     """Keeps pruned weights exactly zero through training.
 
     Call :meth:`mask_gradients` after every ``backward()``: one fused multiply of the
-    gradients by float masks (cached, rebuilt when a mask tensor is replaced). Call
+    gradients by float masks (cached, rebuilt when a mask tensor is replaced), skipping the
+    tensors whose mask is all ones (the whole dense warm-up: nothing to mask). Call
     :meth:`after_step` whenever the masks change (a prune, a rewind, a resume), and as a
     guard once an epoch: it multiplies the weights and every optimiser state tensor of a
     weight's shape (momentum, Adam's moments) by the mask. In between, a masked gradient
@@ -164,23 +165,25 @@ class MaskEnforcer:
     def __init__(self, params: dict[str, nn.Parameter], masks: Masks) -> None:
         self.params = params
         self.masks = masks
-        self._float: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._float: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
-    def _float_mask(self, name: str) -> torch.Tensor:
+    def _float_mask(self, name: str) -> torch.Tensor | None:
+        """The float mask of ``name``; None where every weight is alive (nothing to mask)."""
         mask = self.masks[name]
         cached = self._float.get(name)
         if cached is None or cached[0] is not mask:
-            cached = (mask, mask.to(self.params[name].dtype))
+            floats = None if bool(mask.all()) else mask.to(self.params[name].dtype)
+            cached = (mask, floats)
             self._float[name] = cached
         return cached[1]
 
     @torch.no_grad()
     def mask_gradients(self) -> None:
-        names = [name for name, p in self.params.items() if p.grad is not None]
-        if names:
-            torch._foreach_mul_(
-                [self.params[n].grad for n in names], [self._float_mask(n) for n in names]
-            )
+        pairs = [(p.grad, f) for name, p in self.params.items()
+                 if p.grad is not None and (f := self._float_mask(name)) is not None]  # fmt: skip
+        if pairs:
+            grads, floats = zip(*pairs, strict=True)
+            torch._foreach_mul_(list(grads), list(floats))
 
     @torch.no_grad()
     def after_step(self, optimizer: torch.optim.Optimizer) -> None:
