@@ -1,5 +1,6 @@
-"""Methods side by side (METHOD.md section 7): one shared dense warm-up per seed, every method
-pruned from it, and the mean / standard deviation over trials in ``comparison.json``.
+"""Methods side by side (METHOD.md sections 7, 10.2): one shared dense warm-up per seed, every
+method (and every point of a sweep) pruned from it, the mean / standard deviation over trials
+and every run's numbers in ``comparison.json``.
 
 Layout of a comparison folder::
 
@@ -12,7 +13,9 @@ Layout of a comparison folder::
     warmup/seed-<s>.pt              the finished warm-up the methods of seed s start from (those
                                     with another dense phase, e.g. at init, train their own)
     <method>/seed-<s>/              each run folder exactly as ``incop run`` writes it
+    <method>/<field>=<v>,.../seed-<s>/   the same for each point of a sweep (--sweep)
     plots/, report.md, report.html  written by :func:`incop.tools.report.write_report`
+    frontier.json, frontier.png     the cost frontier, where a method has several points
     .incop.lock                     held (flock) by the one process writing the folder
 """
 
