@@ -1,9 +1,12 @@
-"""The report of a comparison folder (METHOD.md section 7): figures in ``plots/``, ``report.md``
-and a self-contained ``report.html``, made from what the comparison wrote, without training.
+"""The report of a comparison folder (METHOD.md sections 7, 10.2): figures in ``plots/``,
+``frontier.json`` / ``frontier.png`` where a method has several points, ``report.md`` and a
+self-contained ``report.html``, made from what the comparison wrote, without training.
 
-Every number in the text is formatted from ``comparison.json``, never recomputed; the runs'
-``config.yaml`` give each method's settings and their ``metrics.jsonl`` the per-epoch flow
-distances. Markdown and HTML are rendered from one list of blocks, so they cannot disagree.
+Every number in the text is formatted from ``comparison.json`` (its statistics are
+recomputed, by :func:`incop.tools.study.analyse`, only when ``--baseline`` or
+``--tolerance`` ask for others); the runs' ``config.yaml`` give each method's settings and
+their ``metrics.jsonl`` the per-epoch flow distances. Markdown and HTML are rendered from one
+list of blocks, so they cannot disagree.
 """
 
 from __future__ import annotations
