@@ -26,8 +26,8 @@ from pathlib import Path
 from incop.config import METHODS, resolve, unused_by
 from incop.engine.experiment import run_experiment
 from incop.tools import study
-from incop.tools.compare import REACH, check_sweep, parse_sweep, run_comparison
-from incop.tools.report import _styles, cost_figure, figure_bytes
+from incop.tools.compare import REACH, Variant, check_sweep, parse_sweep, run_comparison
+from incop.tools.report import _styles, cost_figure, figure_bytes, interval_cell
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The protocol every family shares (SAP (1, 2), eta_r 0.2, as the stopping study).
@@ -118,7 +118,7 @@ def headline(analysis: dict, runs: list[dict]) -> list[str]:
                                 [r for r in runs if key(r) == key(base)])  # fmt: skip
         cells = ["", ""]
         if pair:
-            cells = [_interval(pair[k]) for k in ("test_accuracy_points", "cost_dense_epochs")]
+            cells = [interval_cell(pair[k]) for k in ("test_accuracy_points", "cost_dense_epochs")]
         params = " ".join(f"{k}={v}" for k, v in point["params"].items()) or "-"
         ratio = held.get("cost_vs_sap")
         val, test = (100 * point[k]["mean"] for k in ("val_accuracy", "test_accuracy"))
@@ -128,13 +128,6 @@ def headline(analysis: dict, runs: list[dict]) -> list[str]:
             f"  {cells[0]:<30} {cells[1]}"
         )
     return rows
-
-
-def _interval(stat: dict | None) -> str:
-    if stat is None:
-        return "-"
-    low, high = stat["interval"]
-    return f"{stat['mean']:+.2f} [{low:+.2f}, {high:+.2f}]" + ("" if stat["resolved"] else " n.r.")
 
 
 def main() -> None:
@@ -174,10 +167,8 @@ def main() -> None:
           f" validation accuracy ({100 * analysis['dense']['val_accuracy']:.2f} %)")  # fmt: skip
     print("\n".join(headline(analysis, comparison["runs"])))
     if args.plot:
-        families_seen = list(dict.fromkeys(r["method"] for r in comparison["runs"]))
-        styles = {f"{p['method']}{''.join(f' {k}={v}' for k, v in p['params'].items())}": s
-                  for p in analysis["points"]
-                  for f, s in _styles(families_seen).items() if f == p["method"]}  # fmt: skip
+        styles = _styles([Variant(p["method"], tuple(p["params"].items()))
+                          for p in analysis["points"]])  # fmt: skip
         Path(args.plot).write_bytes(figure_bytes(cost_figure(analysis, styles), "png"))
         print(f"\nplot: {args.plot}")
 

@@ -585,7 +585,8 @@ def _ratio(value: float | None) -> str:
     return "–" if value is None or math.isnan(value) else f"{value:.2f}"
 
 
-def _interval(stat: dict[str, Any] | None, decimals: int) -> str:
+def interval_cell(stat: dict[str, Any] | None, decimals: int = 2) -> str:
+    """A paired difference as ``mean [low, high]``, ', not resolved' where it holds 0."""
     if stat is None:
         return "–"
     low, high = stat["interval"]
@@ -660,8 +661,8 @@ def _statistics(comparison: dict[str, Any]) -> list[Block]:
             ("table", ["method", "point", f"{base} point", "seeds", "Δ test acc (points)",
                        "Δ cost (dense epochs)"],
              [[p["method"], _params(p["params"]), _params(p["baseline_params"]),
-               str(len(p["seeds"])), _interval(p["test_accuracy_points"], 2),
-               _interval(p["cost_dense_epochs"], 2)] for p in analysis["paired"]]),
+               str(len(p["seeds"])), interval_cell(p["test_accuracy_points"], 2),
+               interval_cell(p["cost_dense_epochs"], 2)] for p in analysis["paired"]]),
         ]  # fmt: skip
     else:
         families = {r["method"] for r in comparison.get("runs", [])}
