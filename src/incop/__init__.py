@@ -13,6 +13,7 @@ Public API::
     incop.load_ticket(source, model=None, *, level=None) -> Ticket (model, masks)
     incop.export_ticket(source, format, out, *, level=None, model=None) -> Path
     incop.pruning_limit(model, batches, *, loss_fn=None, eps=None, ...) -> Limit
+    incop.tas_search(model, train_batches, *, flop_ratio, epochs, ...) -> TASResult
 
 Extending it (CONTRIBUTING.md): ``Pruner`` and ``StoppingRule`` (the protocols a user's own
 object follows), ``Callback``, and for a component registered by name, its ``Options`` made
@@ -32,6 +33,8 @@ from incop.methods.limit import Limit, pruning_limit
 from incop.methods.pruning import PRUNERS, Pruner, PrunerComponent, pq_index, sap_prune_count
 from incop.methods.stopping import STOPPING_RULES, Reference, StoppingRule
 from incop.methods.stopping.rule import register_rule
+from incop.methods.tas import TASResult
+from incop.tools.tas import tas_search
 from incop.tools.ticket import MaskHandle, Ticket, apply_masks, export_ticket, load_ticket
 from incop.version import __version__
 from incop.workload.data import Batches
@@ -56,6 +59,7 @@ __all__ = [
     "Result",
     "RunState",
     "StoppingRule",
+    "TASResult",
     "Ticket",
     "UserError",
     "__version__",
@@ -73,4 +77,5 @@ __all__ = [
     "register_rule",
     "sap_prune_count",
     "sparsity_report",
+    "tas_search",
 ]

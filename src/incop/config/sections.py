@@ -16,6 +16,7 @@ import incop.methods.flow_guided  # noqa: F401  (registers the flow-guided score
 import incop.methods.pruners  # noqa: F401  (registers the built-in pruners)
 from incop.config.presets import PRESETS
 from incop.core.callbacks import LOGGERS
+from incop.core.distill import DISTILL_PHASES
 from incop.core.metrics import CALLABLE_PREFIX, METRICS
 from incop.core.options import (
     MAX_COUNT,
@@ -257,9 +258,32 @@ class TrainingOptions(NoOptions):
         "learning-rate schedule of each phase (warm-up, every retraining level)",
         choices=SCHEDULES,
     )
+    distill: str = option(
+        "off",
+        "knowledge distillation from theta* (the dense network, frozen): off, in the"
+        " fine-tune, or in every retraining level and the fine-tune (all; TAS's student)",
+        choices=DISTILL_PHASES,
+    )
+    distill_alpha: float = option(
+        0.9, "distill: weight of the teacher's softened outputs against the labels (TAS: 0.9)"
+    )
+    distill_temperature: float = option(
+        4.0, "distill: temperature T softening both networks' outputs (TAS: 4)"
+    )
 
     def check(self) -> list[str]:
         problems = []
+        if not 0 <= self.distill_alpha <= 1:
+            problems.append(not_allowed("distill_alpha", self.distill_alpha, "must be in [0, 1]"))
+        if not self.distill_temperature > 0:
+            problems.append(
+                not_allowed("distill_temperature", self.distill_temperature, "must be > 0")
+            )
+        if self.distill == "off":
+            for name, default in (("distill_alpha", 0.9), ("distill_temperature", 4.0)):
+                if getattr(self, name) != default:
+                    problems.append(f"{name}: {getattr(self, name)!r} would be ignored: distill"
+                                    " is 'off' (set distill finetune or all)")  # fmt: skip
         for name in ("batch_size", "eval_batch_size"):
             problems += in_range(name, getattr(self, name), 1, MAX_COUNT)
         if self.lr <= 0:

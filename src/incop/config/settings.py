@@ -437,6 +437,13 @@ def validate(config: Config, given: set[str] | None = None) -> None:
     if pruner is not None and c.scope not in pruner.scopes:
         problems.append(unknown_value("scope", c.scope, list(pruner.scopes)))
     problems += _ignored(c, specs, given) + _target_problems(c, pruner)
+    if c.distill != "off" and c.warmup_epochs == 0:
+        problems.append(
+            f"distill: {c.distill!r} distils from theta*, and warmup_epochs 0 trains none; give"
+            " warmup_epochs >= 1"
+        )
+    elif c.distill == "finetune" and c.finetune_epochs == 0:
+        problems.append("distill: 'finetune' would be ignored: finetune_epochs is 0")
     if not problems:
         rewind = c.build_rewind()
         if rewind.mode == "epoch" and rewind.epoch > c.warmup_epochs:

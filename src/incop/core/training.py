@@ -12,6 +12,7 @@ from torch import nn
 
 from incop.core import inputs
 from incop.core.batches import Batch, LossFn
+from incop.core.distill import Teacher
 from incop.core.inputs import OutputFn
 from incop.core.masks import MaskEnforcer
 from incop.core.precision import FP32, Precision
@@ -58,6 +59,7 @@ def train_epoch(
     precision: Precision = FP32,
     after_backward: Callable[[], None] | None = None,
     output_fn: OutputFn = inputs.logits,
+    teacher: Teacher | None = None,
 ) -> EpochStats:
     """One pass over ``batches`` of ``(inputs (B, ...), targets (B,))``, updating ``model``.
 
@@ -66,7 +68,8 @@ def train_epoch(
     (:func:`incop.core.inputs.logits`).
     ``after_backward``: called after every backward pass, before the gradients are masked and
     the optimiser steps (the training-time hook of pruners that score by gradients or move
-    the masks, as dynamic sparse training does).
+    the masks, as dynamic sparse training does). ``teacher``: distil from it
+    (:mod:`incop.core.distill`; the hard-label part is ``loss_fn``).
 
     Pruned weights stay exactly zero: ``enforcer`` masks the gradients of every step and,
     as a guard, the weights and optimiser state once at the end of the epoch. ``scheduler``
@@ -84,7 +87,7 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         with precision.autocast():
             out = output_fn(inputs.call(model, x))
-            loss = loss_fn(out, y)
+            loss = loss_fn(out, y) if teacher is None else teacher.loss(x, out, y)
         precision.backward(loss)
         if after_backward is not None:  # it sees the dense gradient; it may change the masks
             after_backward()

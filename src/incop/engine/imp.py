@@ -23,6 +23,7 @@ from incop.config import METHODS, USER_PREFIX, Config, default_value, resolve, t
 from incop.core import inputs as model_inputs
 from incop.core.batches import BatchSource, LossFn
 from incop.core.callbacks import LOGGERS, Callback, check_callback
+from incop.core.distill import Teacher
 from incop.core.flops import EVAL_PASSES, TRAIN_PASSES, FlopCounter, with_search
 from incop.core.inputs import OutputFn
 from incop.core.masks import (
@@ -64,7 +65,7 @@ from incop.methods.at_init import PruneContext
 from incop.methods.pruning import Pruner, preview
 from incop.methods.rewind import snapshot
 from incop.methods.stopping import Reference, StoppingRule
-from incop.workload.models import FACTORY, USER_MODEL, load_factory
+from incop.workload.models import FACTORY, USER_MODEL, load_factory, model_init
 from incop.workload.sources import MappedSource, check_sources
 
 
@@ -163,6 +164,7 @@ class IMP:
         if hasattr(self.train_data, "set_epoch"):
             self.train_data.set_epoch(s.epoch_counter)
         s.epoch_counter += 1
+        teacher = self.teacher() if self.distilling else None
         with clock("train"):
             stats = train_epoch(
                 self.trained,
@@ -175,6 +177,7 @@ class IMP:
                 precision=self.precision,
                 after_backward=self.after_backward,
                 output_fn=self.output_fn,
+                teacher=teacher,
             )
         stats = self.world.combine(stats)
         if s.train_examples is None:
@@ -183,8 +186,20 @@ class IMP:
         # Update steps of dynamic sparse training whose backward pass was dense (RigL).
         dense = getattr(self.pruner, "dense_backward_examples", 0)
         flops += 2 * (self.flops.dense(s.masks) - self.flops.forward(s.masks)) * (dense - before)
+        if teacher is not None:  # the teacher's forward pass over every example
+            flops += self.flops.dense(s.masks) * stats.examples
         return {"train_loss": stats.loss, "train_accuracy": stats.accuracy, "lr": lr,
                 "train_flops": float(flops)}  # fmt: skip
+
+    def teacher(self) -> Teacher:
+        """theta*, frozen, to distil from (``distill``), built once it exists."""
+        dense = self.state.snapshots["dense"]
+        if self._teacher is None or self._teacher[0] is not dense:
+            c = self.config
+            teacher = Teacher.of(self.model, dense, c.distill_alpha, c.distill_temperature,
+                                 self.train_loss_fn, self.output_fn)  # fmt: skip
+            self._teacher = (dense, teacher)
+        return self._teacher[1]
 
     def evaluate(self, clock: Clock) -> dict[str, float]:
         """The current weights on the validation data."""
@@ -475,6 +490,8 @@ class IMP:
                 self.example_input,
                 self.world,
                 self.output_fn,
+                init_fn=model_init(c.model),
+                log=lambda record: self.writer.epoch({"level": len(self.state.levels), **record}),
             )
             self.pruner = self.pruner.bind(context)
         self.after_backward = None
@@ -491,6 +508,9 @@ class IMP:
             )
             if callable(getattr(self.rule, "check_model", None)):  # it refuses what it cannot read
                 self.rule.check_model(self.model, self.probe)
+        #: Whether training distils from theta* now (the phases say, as ``distill`` does).
+        self.distilling = False
+        self._teacher: tuple[dict, Teacher] | None = None
         self.callbacks: list[Any] = [MetricsLog(self.writer)]
         if c.log and isinstance(self.writer, RunWriter):
             self.callbacks += [LOGGERS.get(name).open(self.writer, c) for name in c.log]

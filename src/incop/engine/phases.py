@@ -67,6 +67,7 @@ class Loop(Protocol):
     output_fn: OutputFn
     precision: Precision
     probe: list | None
+    distilling: bool
 
     def fresh_optimizer(self) -> None: ...
     def new_clock(self) -> Clock: ...
@@ -281,7 +282,12 @@ def prune(loop: Loop) -> None:
     below it. The masks are checked to agree on every rank."""
     s = loop.state
     weights = {name: p.detach() for name, p in loop.params.items()}
+    before = getattr(loop.pruner, "search_flops", 0.0)
     masks = loop.pruner(weights, s.masks, s.generator)
+    # A pruner that trains to decide (TAS's search): what it spent is the level's training.
+    searched = getattr(loop.pruner, "search_flops", 0.0) - before
+    s.cost["retrain"] += searched
+    s.level_flops += searched
     if s.target is not None and getattr(loop.pruner, "target", None) is None:
         alive, keep = target_counts(loop, masks)
         if loop.config.levels == 1 or alive < keep:
@@ -308,9 +314,11 @@ def rewind(loop: Loop) -> None:
 
 def retrain(loop: Loop, level: int, saved: dict[str, Any] | None = None) -> None:
     """Retrain the pruned network until the stopping rule fires, then decide the level.
-    Epoch 0 measures the network right after rewinding. ``saved``: a saved state from
+    Epoch 0 measures the network right after rewinding; with ``distill: all`` it trains
+    distilling from theta*. ``saved``: a saved state from
     within this level to go on from (already restored)."""
     s = loop.state
+    loop.distilling = loop.config.distill == "all"
     clock = loop.new_clock()
     epoch = 0
     if saved is not None:
@@ -341,7 +349,8 @@ def finetune(loop: Loop, saved: dict[str, Any] | None = None) -> FinalResult | N
     """After the last level, train the final ticket ``finetune_epochs`` more epochs with its
     masks enforced, a fresh optimiser and a schedule of its own, and keep the epoch of best
     validation score (None without a fine-tune); with ``finetune_from: dense`` it starts from
-    theta* under the final mask instead of the last level's weights. ``saved``: a saved state
+    theta* under the final mask instead of the last level's weights, and with ``distill``
+    (finetune or all) it distils from theta*. ``saved``: a saved state
     from within the fine-tune to go on from (already restored).
 
     Early-stopping rules end the sparsest level wherever they stopped; a fine-tune of the
@@ -352,6 +361,7 @@ def finetune(loop: Loop, saved: dict[str, Any] | None = None) -> FinalResult | N
     if c.finetune_epochs == 0:
         return None
     level = len(s.levels) - 1
+    loop.distilling = c.distill != "off"
     clock = loop.new_clock()
     if saved is None:
         start_record = dict(s.record)

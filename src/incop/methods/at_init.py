@@ -33,8 +33,9 @@ from incop.methods.pruning import Weights
 class PruneContext:
     """What a pruner that scores with the network needs: the ``model`` being pruned (its
     prunable parameters are named as in the masks), the training data with the run's
-    ``seed`` (SNIP draws its batch from it), the loss, the device, and the ranks of a
-    data-parallel run (``world``), which must all draw the same examples."""
+    ``seed`` (SNIP draws its batch from it), the loss, the device, the ranks of a
+    data-parallel run (``world``), which must all draw the same examples, the model's own
+    initialisation and the run's log."""
 
     model: nn.Module
     train_data: BatchSource
@@ -44,6 +45,10 @@ class PruneContext:
     example_input: Any
     world: World = World()
     output_fn: OutputFn = model_inputs.logits
+    #: How the model's modules are initialised afresh (None: each one's reset_parameters).
+    init_fn: Callable[[nn.Module], None] | None = None
+    #: Where a pruner that trains (TAS's search) logs its epoch records (metrics.jsonl).
+    log: Callable[[dict[str, Any]], None] | None = None
 
     def probe(self, size: int, batch_size: int) -> list[Batch]:
         """``size`` training examples drawn with the run's seed, in batches on the device."""

@@ -96,3 +96,13 @@ METHODS.register("rigl", "RigL: sparse from init, weights regrown by the dense g
 METHODS.register("set", "SET: sparse from init, weights regrown at random")(
     {**_DYNAMIC, "pruner": "set"}
 )
+
+
+#: TAS (Dong & Yang 2019; TAS.md A9): theta* the teacher, one architecture search to
+#: flop_ratio of the MACs, the argmax network trained afresh with knowledge distillation from
+#: theta* (alpha 0.9, T 4) as level 1: 30 search and 30 student epochs, the budgets TAS.md
+#: sets for mlp and lenet5 on this machine (TAS: 600 and 300 + 5).
+METHODS.register("tas", "TAS: search widths and depths to flop_ratio of the MACs, distil")(
+    {"pruner": "tas", "levels": 1, "stop": "fixed", "max_epochs": 30, "min_epochs": 0,
+     "finetune_epochs": 0, "rewind": "lr", "distill": "all"}
+)  # fmt: skip

@@ -45,6 +45,21 @@ def _kaiming(model: nn.Module) -> nn.Module:
     return model
 
 
+def model_init(name: str) -> Callable[[nn.Module], None] | None:
+    """How the model ``name`` initialises its modules, applied to any of them (a layer of
+    another shape, TAS's student): the built-ins' own init; None (each module's
+    ``reset_parameters``) for the others."""
+    return _reinit if name in MODELS else None
+
+
+def _reinit(module: nn.Module) -> None:
+    for part in module.modules():
+        reset = getattr(part, "reset_parameters", None)
+        if callable(reset):
+            reset()
+    _kaiming(module)
+
+
 def _fc_stack(in_features: int, widths: Sequence[int]) -> nn.Sequential:
     """Flatten ``(B, ...)`` -> ``fc1`` -> ReLU -> ... -> ``fcN`` (no ReLU after the last)."""
     layers: dict[str, nn.Module] = {"flatten": nn.Flatten()}

@@ -9,6 +9,7 @@ from incop.methods.pruners.sap import SAPPruner
 from incop.methods.pruners.synflow import SynFlowPruner
 from incop.methods.pruners.snip import SNIPPruner
 from incop.methods.pruners.dynamic import RigLPruner, SETPruner
+from incop.methods.pruners.tas import TASPruner
 
 # isort: on
 
@@ -20,4 +21,5 @@ __all__ = [
     "SETPruner",
     "SNIPPruner",
     "SynFlowPruner",
+    "TASPruner",
 ]

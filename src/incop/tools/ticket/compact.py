@@ -5,14 +5,16 @@ its bias passed through whatever follows (BatchNorm, ReLU, pooling). Torch-Pruni
 dependency graph says which layers share the unit's channel (BatchNorm, the next layers'
 inputs, the layers tied to it by residual additions); the unit is removed where that is
 exact: every layer producing the channel is dead in it, and each layer reading it sees zero,
-or a constant it can fold into its bias (a Linear layer, or a Conv without padding). The
-result is checked against the ticket on random inputs before it is returned.
+or a constant it can fold into its bias (a Linear layer, or a Conv without padding), or reads
+it with zero weights. A residual block whose parameters are all zero (TAS's removed depth) is
+replaced by what it computes, relu(x) or x. The result is checked against the ticket on
+random inputs before it is returned.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -36,10 +38,12 @@ def _torch_pruning():
 
 @dataclass(frozen=True)
 class Compacted:
-    """A compacted model and how many units each layer lost (module name -> count)."""
+    """A compacted model, how many units each layer lost (module name -> count), and the
+    residual blocks it skips (every parameter zero: replaced by what they compute)."""
 
     model: nn.Module
     removed: dict[str, int]
+    skipped: list[str] = field(default_factory=list)
 
 
 def _dead_rows(layer: nn.Module) -> torch.Tensor:
@@ -132,6 +136,8 @@ def _removable(group, trace: _Trace) -> list[tuple[nn.Module, list[int], torch.T
             if module in trace.kept or not trace.dead[module][idxs].all():
                 return None
         elif handler in (tp.prune_conv_in_channels, tp.prune_linear_in_channels):
+            if not module.weight[:, idxs].any():
+                continue  # it reads them with zero weights: whatever they hold adds nothing
             constants = _constants(trace.inputs[module], idxs)
             if constants is None:
                 return None
@@ -168,6 +174,8 @@ def compact(model: nn.Module, example_input: Any, *, keep: list[str] | None = No
     """
     tp = _torch_pruning()
     compacted = copy.deepcopy(model).eval()
+    probe = random_like(example_input, 4)
+    skipped = _skip_dead_blocks(compacted, probe)
     layers = {name: m for name, m in compacted.named_modules() if isinstance(m, LAYERS)}
     if not layers:
         raise UserError("compact: the model has no Conv or Linear layer")
@@ -176,14 +184,54 @@ def compact(model: nn.Module, example_input: Any, *, keep: list[str] | None = No
     if unknown:
         raise UserError(f"compact: keep names no Conv/Linear layer: {', '.join(unknown)}")
     kept = [layers[name] for name in keep]
-    probe = random_like(example_input, 4)
     removed: dict[str, int] = {}
     # One layer at a time: removing units reshapes the graph, so it is traced again after.
     while (step := _compact_one(compacted, layers, kept, example_input, probe, tp)) is not None:
         name, count = step
         removed[name] = removed.get(name, 0) + count
     _check_same(model, compacted, probe)
-    return Compacted(compacted, removed)
+    return Compacted(compacted, removed, skipped)
+
+
+def _skip_dead_blocks(model: nn.Module, probe: Any) -> list[str]:
+    """Replace every residual block with an identity shortcut (``downsample`` None) whose
+    parameters are all zero by what it then computes: ``relu(x + 0)`` (``nn.ReLU``) or
+    ``x + 0`` (``nn.Identity``), whichever gives its outputs exactly on the probe (a block
+    past the depth TAS searched). Returns their names."""
+    dead = [
+        (name, module)
+        for name, module in model.named_modules()
+        if name
+        and getattr(module, "downsample", 1) is None
+        and any(True for _ in module.parameters())
+        and not any(p.any() for p in module.parameters())
+    ]
+    if not dead:
+        return []
+    seen: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def record(module, args, output):
+        seen.setdefault(module, (args[0].detach(), output.detach()))
+
+    hooks = [module.register_forward_hook(record) for _, module in dead]
+    try:
+        with torch.no_grad():
+            inputs.call(model, probe)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    skipped = []
+    for name, module in dead:
+        if module not in seen:
+            continue
+        x, out = seen[module]
+        for replacement in (nn.ReLU(), nn.Identity()):
+            if torch.equal(replacement(x), out):
+                parent, _, child = name.rpartition(".")
+                setattr(model.get_submodule(parent) if parent else model, child, replacement)
+                skipped.append(name)
+                break
+    return skipped
 
 
 def _compact_one(model, layers, kept, example_input, probe, tp) -> tuple[str, int] | None:
