@@ -43,13 +43,15 @@ def kd_loss(
     if alpha == 0:
         return hard
     t = temperature
+    # In float64: at a high temperature both distributions are near uniform, and float32's
+    # log-ratios lose the divergence's sixth digit (TAS.md A6's hand value).
     soft = F.kl_div(
-        F.log_softmax(student.float() / t, dim=-1),
-        F.log_softmax(teacher.float() / t, dim=-1),
+        F.log_softmax(student.double() / t, dim=-1),
+        F.log_softmax(teacher.double() / t, dim=-1),
         reduction="batchmean",
         log_target=True,
     )
-    return (1 - alpha) * hard + alpha * t * t * soft
+    return (1 - alpha) * hard + (alpha * t * t * soft).to(hard.dtype)
 
 
 @dataclass

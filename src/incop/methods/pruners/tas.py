@@ -120,9 +120,6 @@ class TASPruner(NetworkScored, PrunerComponent):
                 shown = " or ".join(repr(a) if a is not None else "unset" for a in allowed)
                 problems.append(f"{name}: {value!r} is not allowed with the tas pruner ({why});"
                                 f" allowed: {shown}")  # fmt: skip
-        if config.warmup_epochs < 1:
-            problems.append(f"warmup_epochs: {config.warmup_epochs} is not allowed with the tas"
-                            " pruner: the teacher is theta*; give warmup_epochs >= 1")  # fmt: skip
         if config.max_epochs < 1:
             problems.append(f"max_epochs: {config.max_epochs} is not allowed with the tas pruner:"
                             " level 1 trains the student for max_epochs; give >= 1")  # fmt: skip
