@@ -14,6 +14,12 @@ dense training epochs of that run; the probe is not counted. Resumable; one thre
     python benchmarks/tas.py --model lenet5 --seeds 1 &
     python benchmarks/tas.py --model lenet5 --seeds 0,1 --report-only
     python benchmarks/tas.py --quick                        # digits, mlp, 2 seeds (smoke)
+    python benchmarks/tas.py --arch-lr                      # the search alone, per arch_lr
+
+``--arch-lr``: how the architecture's learning rate decides whether the argmax network settles
+in the cost band over incop's budgets (lenet5 on 1,400 digits, batch 64, flop_ratio 0.5, 15
+search epochs = 165 architecture steps, seeds 0-3): the share of the last 20% of steps whose
+argmax MACs lie in [0.45, 0.50], and the final MACs fraction. It chose ``tas_arch_lr``.
 """
 
 from __future__ import annotations
@@ -24,8 +30,13 @@ import os
 import statistics
 from pathlib import Path
 
+import torch
+
 from incop.config import resolve
 from incop.engine.experiment import run_experiment
+from incop.methods.tas import tas_search
+from incop.workload.data import load_dataset
+from incop.workload.models import build_model, model_init
 
 ROOT = Path(__file__).resolve().parents[1]
 RATIOS = (0.5, 0.3)
@@ -123,6 +134,27 @@ def table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def arch_lr_study(rates: tuple[float, ...] = (1e-3, 1e-2, 5e-2), seeds: int = 4) -> list[str]:
+    """Per architecture learning rate and seed: the share of the last 20% of architecture
+    steps in the cost band, and the final argmax MACs fraction (the search only)."""
+    data = load_dataset("digits")
+    x, y = data.train_x[:1400], data.train_y[:1400]
+    batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, len(y), 64)]
+    lines = ["| arch_lr | seed | last 20% of steps in the band | final MACs % |",
+             "| --- | --- | --- | --- |"]  # fmt: skip
+    for rate in rates:
+        for seed in range(seeds):
+            torch.manual_seed(seed)
+            model = build_model("lenet5", 1, 8, 10)
+            result = tas_search(model, batches, flop_ratio=0.5, epochs=15, arch_lr=rate,
+                                seed=seed, init_fn=model_init("lenet5"))  # fmt: skip
+            last = result.step_macs_fraction[int(0.8 * len(result.step_macs_fraction)) :]
+            share = sum(0.45 <= f <= 0.50 for f in last) / len(last)
+            lines.append(f"| {rate:g} | {seed} | {100 * share:.0f}% |"
+                         f" {100 * result.macs_fraction:.1f} ({result.derived}) |")  # fmt: skip
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="lenet5", choices=list(MODELS))
@@ -130,7 +162,11 @@ def main() -> None:
     parser.add_argument("--out", help="default runs/tas/<model>")
     parser.add_argument("--quick", action="store_true", help="digits and the mlp (a smoke run)")
     parser.add_argument("--report-only", action="store_true", help="tabulate what has finished")
+    parser.add_argument("--arch-lr", action="store_true", help="the arch_lr study (search only)")
     args = parser.parse_args()
+    if args.arch_lr:
+        print("\n".join(arch_lr_study()))
+        return
     data = os.environ.get("INCOP_SHARED_DATA", str(ROOT.parent / "shared" / "datasets"))
     if args.quick:
         settings, budget, name = {**SHARED, **QUICK}, QUICK_BUDGET, "quick"

@@ -236,8 +236,10 @@ def randomised_supernet(name, seed):
     return net, x
 
 
-@pytest.mark.parametrize("name", ["lenet5", "resnet20"])
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize(
+    "name, seed",
+    [("lenet5", 0), ("lenet5", 1), ("resnet20", 0), ("resnet20", 1), ("vgg11", 0), ("resnet18", 0)],
+)
 def test_t8_compacted_macs_and_outputs_equal_the_argmax_supernet(name, seed):
     net, x = randomised_supernet(name, seed)
     widths, depths = net.widths(), net.depths()

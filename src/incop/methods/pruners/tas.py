@@ -22,6 +22,7 @@ from torch import nn
 
 from incop.core.masks import PRUNABLE_TYPES, Masks, prunable_modules
 from incop.core.options import MAX_COUNT, NoOptions, in_range, not_allowed, option
+from incop.errors import UserError
 from incop.methods import tas
 from incop.methods.at_init import NetworkScored, PruneContext
 from incop.methods.pruning import PRUNERS, PrunerComponent, Weights
@@ -131,6 +132,9 @@ class TASPruner(NetworkScored, PrunerComponent):
 
     def bind(self, context: PruneContext) -> TASPruner:
         """Bound to the run's network; refuses one with nothing to search, before training."""
+        if context.world.size > 1:
+            raise UserError("tas: a data-parallel run is not supported: the search runs in one"
+                            " process; run it without torchrun")  # fmt: skip
         tas.search_space(context.model, context.example_input, self._layers(context.model),
                          depth=self.options.tas_search_depth)  # fmt: skip
         return replace(self, context=context)
