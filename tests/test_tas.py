@@ -455,3 +455,24 @@ def test_distill_refusals(settings, message):
     model = nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 3))
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace("*", r"\*")):
         incop.prune(model, train, train, method="lth", **settings)
+
+
+def test_tas_refuses_a_data_parallel_run():
+    from incop.core.world import World
+    from incop.methods.at_init import PruneContext
+    from incop.methods.pruners.tas import TASPruner
+
+    model = build_model("mlp", 1, 8, 10)
+    context = PruneContext(model, [], F.cross_entropy, 0, torch.device("cpu"),
+                           torch.zeros(2, 1, 8, 8), World(rank=0, size=2))  # fmt: skip
+    with pytest.raises(UserError, match="data-parallel run is not supported"):
+        TASPruner().bind(context)
+    assert TASPruner().bind(replace_world(context)).context is not None
+
+
+def replace_world(context):
+    import dataclasses
+
+    from incop.core.world import World
+
+    return dataclasses.replace(context, world=World())
