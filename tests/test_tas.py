@@ -476,3 +476,27 @@ def replace_world(context):
     from incop.core.world import World
 
     return dataclasses.replace(context, world=World())
+
+
+@pytest.mark.slow
+def test_a_tas_ticket_exports_in_every_format_with_its_outputs(tmp_path):
+    out = tmp_path / "run"
+    assert main(["run", "--method", "tas", "--dataset", "digits", "--model", "resnet20",
+                 "--flop-ratio", "0.4", "--tas-epochs", "3", "--max-epochs", "1",
+                 "--warmup-epochs", "1", "--out", str(out)]) == 0  # fmt: skip
+    removed = json.loads((out / "summary.json").read_text())["pruner"]["removed"]
+    run = incop.load_ticket(out)
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        want = run.model.eval()(x)
+    for name in ("state_dict", "torch-prune", "sparse", "compact"):
+        path = tmp_path / f"ticket-{name}"
+        assert main(["export", str(out), "--format", name, "--out", str(path)]) == 0
+        model = None if name in ("sparse", "compact") else build_model("resnet20", 1, 8, 10)
+        loaded = incop.load_ticket(path, model).model.eval()
+        with torch.no_grad():
+            got = loaded(x)
+        assert (got - want).abs().max() <= 1e-5 * want.abs().max(), name
+        if name == "compact":
+            names = {n.rsplit(".", 2)[0] for n, _ in loaded.named_parameters()}
+            assert not any(n.startswith(block) for n in names for block in removed)
