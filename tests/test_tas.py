@@ -246,6 +246,7 @@ def test_t8_compacted_macs_and_outputs_equal_the_argmax_supernet(name, seed):
     masks = tas.hard_masks(net.model, net.space, widths, depths)
     removed = tas.removed_blocks(net.space, depths)
     argmax = net.argmax_macs()
+    assert tas.macs_of(net.space, masks) == argmax  # the formula and the masks agree
     net.remove()
     ticket = tas.apply_architecture(copy.deepcopy(net.model), masks, removed)
     small = compact(ticket.eval(), x).model

@@ -255,6 +255,25 @@ def removed_blocks(space: Space, depths: dict[str, int]) -> list[str]:
     return [block for stage in space.stages for block in stage.blocks[depths[stage.name] :]]
 
 
+def architecture_macs(space: Space, widths: dict[str, int], depths: dict[str, int]) -> int:
+    """``F(A)``: MACs per example of the architecture (``widths`` per group name, ``depths``
+    per stage name), per layer its dense MACs x (C_in / N_in) (C_out / N_out), 0 past the
+    depth: an exact integer, as whole channels remove whole slices of a layer's weights."""
+    removed = set(removed_blocks(space, depths))
+    total = 0
+    for layer, macs in space.macs.items():
+        block = space.block_of[layer]
+        if block is not None and space.stages[block[0]].blocks[block[1] - 1] in removed:
+            continue
+        kept, full = macs, 1
+        for g in (space.out_group[layer], space.in_group[layer]):
+            if g is not None:
+                kept *= widths[space.groups[g].name]
+                full *= space.groups[g].size
+        total += kept // full
+    return total
+
+
 def macs_of(space: Space, masks: Masks) -> int:
     """MACs per example of the network under ``masks``: alive weights x output positions."""
     return sum(int(masks[f"{layer}.weight"].sum()) * macs // masks[f"{layer}.weight"].numel()

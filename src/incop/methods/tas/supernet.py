@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from incop.methods.tas.sampling import expected_width, gumbel_pair, keep_probabilities, prefix_mask
-from incop.methods.tas.space import Space, expected_macs, hard_masks, macs_of
+from incop.methods.tas.space import Space, architecture_macs, expected_macs
 
 
 class Supernet:
@@ -114,7 +114,7 @@ class Supernet:
 
     def argmax_macs(self) -> int:
         """``F(A)``: the MACs of the argmax architecture."""
-        return macs_of(self.space, hard_masks(self.model, self.space, self.widths(), self.depths()))
+        return architecture_macs(self.space, self.widths(), self.depths())
 
     def discrepancy(self) -> list[float]:
         """Per distribution, its largest probability minus its second (1 for one candidate)."""
