@@ -501,3 +501,23 @@ def test_a_tas_ticket_exports_in_every_format_with_its_outputs(tmp_path):
         if name == "compact":
             names = {n.rsplit(".", 2)[0] for n, _ in loaded.named_parameters()}
             assert not any(n.startswith(block) for n in names for block in removed)
+
+
+def test_incop_tas_search_returns_the_compacted_network():
+    torch.manual_seed(0)
+    model = build_model("lenet5", 1, 8, 10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    found = incop.tas_search(model, digits_batches(n=256), flop_ratio=0.5, epochs=2, seed=0)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # untouched
+    assert set(found.widths) == {"features.0", "features.3", "classifier.fc1", "classifier.fc2"}
+    assert len(found.history) == 2 and found.derived in ("last", "last-in-band")
+    x = torch.zeros(2, 1, 8, 8)
+    small = found.compact_model
+    full = {n: torch.ones_like(p, dtype=torch.bool) for n, p in small.named_parameters()
+            if n.endswith("weight") and p.dim() > 1}  # fmt: skip
+    dense = incop.sparsity_report(model, {n: torch.ones_like(p, dtype=torch.bool)
+                                          for n, p in model.named_parameters()
+                                          if n.endswith("weight") and p.dim() > 1}, x)  # fmt: skip
+    macs = incop.sparsity_report(small, full, x).macs_dense
+    assert macs == round(found.macs_fraction * dense.macs_dense)
+    assert small.classifier.fc1.out_features == found.widths["classifier.fc1"]
