@@ -521,3 +521,19 @@ def test_incop_tas_search_returns_the_compacted_network():
     macs = incop.sparsity_report(small, full, x).macs_dense
     assert macs == round(found.macs_fraction * dense.macs_dense)
     assert small.classifier.fc1.out_features == found.widths["classifier.fc1"]
+
+
+def test_gumbel_noise_is_drawn_again_where_infinite(monkeypatch):
+    draws = iter([torch.tensor([0.5, 0.0, 1.0]), torch.tensor([0.5, 0.2, 1.0])])
+    monkeypatch.setattr(torch.Tensor, "exponential_", lambda self, generator=None: next(draws))
+    noise = tas.sampling.gumbel_noise(torch.zeros(3))
+    assert torch.isfinite(noise).all()
+    assert noise.tolist() == pytest.approx([-math.log(0.5), -math.log(0.2), 0.0])
+
+
+def test_a_diverging_search_is_refused_with_its_epoch():
+    torch.manual_seed(0)
+    model = build_model("mlp", 1, 8, 10)
+    with pytest.raises(UserError, match="tas: the search diverged: the weights' loss became nan"):
+        tas.tas_search(model, digits_batches(n=128), flop_ratio=0.5, epochs=1,
+                       loss_fn=lambda out, y: out.sum() * float("nan"))  # fmt: skip

@@ -67,13 +67,22 @@ def gumbel_pair(
         logits = alpha
     else:
         if noise is None:
-            noise = -torch.empty_like(alpha).exponential_(generator=generator).log()
+            noise = gumbel_noise(alpha, generator)
         logits = (F.log_softmax(alpha, dim=0) + noise) / tau
     p_hat = F.softmax(logits, dim=0)
     if pair is None:
         k = min(PAIR, alpha.numel())
         pair = torch.multinomial(p_hat.detach() + 1e-7, k, replacement=False, generator=generator)
     return pair, F.softmax(logits[pair], dim=0), p_hat
+
+
+def gumbel_noise(like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Standard Gumbel noise ``-log E``, ``E ~ Exp(1)``, shaped as ``like``; drawn again
+    while any is infinite (an exponential draw of 0), as TAS's code resamples."""
+    while True:
+        noise = -torch.empty_like(like).exponential_(generator=generator).log()
+        if torch.isfinite(noise).all():
+            return noise
 
 
 def tau_at(epoch: int, epochs: int, tau: tuple[float, float] = TAU) -> float:

@@ -193,6 +193,7 @@ def tas_search(
             supernet.sample(t)
             w_opt.zero_grad(set_to_none=True)
             loss = loss_fn(output_fn(model_inputs.call(net, x)), y)
+            _check_finite("weights'", loss, epoch)
             loss.backward()
             for a in supernet.parameters:
                 a.grad = None  # first order: the weight step's gradients on alpha go
@@ -202,6 +203,7 @@ def tas_search(
             ce = loss_fn(output_fn(model_inputs.call(net, xv)), yv)
             cost = cost_loss(supernet.expected(), supernet.argmax_macs(), target, tolerance, dense)
             arch = ce + flop_weight * cost.to(ce.dtype)
+            _check_finite("architecture's", arch, epoch)
             arch.backward()
             a_opt.step()
             w_losses.append(float(loss.detach()))
@@ -255,6 +257,15 @@ def tas_search(
         converged=sum(d < 0.1 for d in discrepancy) <= len(discrepancy) / 2,
         derived=derived,
     )
+
+
+def _check_finite(which: str, loss: torch.Tensor, epoch: int) -> None:
+    if not torch.isfinite(loss.detach()).all():
+        raise UserError(
+            f"tas: the search diverged: the {which} loss became {float(loss.detach())} in search"
+            f" epoch {epoch + 1}; try tas_search_init dense (start from theta*) or a larger"
+            " batch_size"
+        )
 
 
 def default_init(model: nn.Module) -> None:

@@ -10,7 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from incop.methods.tas.sampling import expected_width, gumbel_pair, keep_probabilities, prefix_mask
+from incop.methods.tas.sampling import (
+    expected_width,
+    gumbel_noise,
+    gumbel_pair,
+    keep_probabilities,
+    prefix_mask,
+)
 from incop.methods.tas.space import Space, architecture_macs, expected_macs
 
 
@@ -78,7 +84,7 @@ class Supernet:
             if tau <= 0:
                 self._mix.append(F.softmax(beta, dim=0))
             else:
-                noise = -torch.empty_like(beta).exponential_(generator=self.generator).log()
+                noise = gumbel_noise(beta, self.generator)
                 self._mix.append(F.softmax((F.log_softmax(beta, dim=0) + noise) / tau, dim=0))
 
     def hard(
