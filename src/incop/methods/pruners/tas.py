@@ -93,7 +93,7 @@ class TASPruner(NetworkScored, PrunerComponent):
     scopes = ("global",)
 
     options: TASOptions = field(default_factory=TASOptions)
-    optimiser: tas.WeightOptimiser = tas.TAS_SGD
+    optimiser: tas.WeightOptimiser = field(default_factory=tas.WeightOptimiser)
     batch_size: int = 64
     seed: int = 0
     include: tuple[str, ...] = ()

@@ -41,6 +41,7 @@ from incop.methods.tas.search import (
     default_init,
     halves,
     tas_search,
+    tas_sgd,
 )
 from incop.methods.tas.space import (
     NORMS,
@@ -88,6 +89,7 @@ __all__ = [
     "scratch_init",
     "search_space",
     "tas_search",
+    "tas_sgd",
     "tau_at",
     "width_choices",
 ]
