@@ -537,3 +537,33 @@ def test_a_diverging_search_is_refused_with_its_epoch():
     with pytest.raises(UserError, match="tas: the search diverged: the weights' loss became nan"):
         tas.tas_search(model, digits_batches(n=128), flop_ratio=0.5, epochs=1,
                        loss_fn=lambda out, y: out.sum() * float("nan"))  # fmt: skip
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_the_search_space_keeps_the_models_mode(training):
+    model = build_model("resnet20", 1, 8, 10).train(training)
+    search_space(model, torch.zeros(2, 1, 8, 8), layers_of(model))
+    assert model.training is training
+
+
+def test_a_resnet_supernet_learns_like_its_network():
+    """The supernet trains in train mode (BatchNorm on batch statistics): at full width its
+    loss falls as the plain network's does."""
+    torch.manual_seed(0)
+    x, y = digits_batches(n=256, batch=256)[0]
+    losses = {}
+    for kind in ("plain", "supernet"):
+        torch.manual_seed(0)
+        model = build_model("resnet20", 1, 8, 10)
+        if kind == "supernet":
+            space = search_space(model, x[:2], layers_of(model))
+            net = Supernet(model, space, torch.Generator())
+            net.hard({g.name: g.size for g in space.groups}, {s.name: 3 for s in space.stages})
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        for _ in range(5):
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        losses[kind] = float(loss.detach())
+    assert losses["supernet"] == pytest.approx(losses["plain"], rel=1e-4)

@@ -129,7 +129,9 @@ def search_space(model: nn.Module, example: Any, layers: list[str], *, depth: bo
     modules = dict(model.named_modules())
     names = {module: name for name, module in modules.items()}
     classifier = layers[-1]
+    training = model.training
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+    model.train(training)  # Torch-Pruning leaves the model in eval mode
     norms = _producer_norms(model, example)
     order = {name: i for i, name in enumerate(modules)}
     roots = [m for m in model.modules() if isinstance(m, PRUNABLE_TYPES)]
