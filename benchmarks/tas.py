@@ -80,15 +80,19 @@ def row(summary: dict, method: str, ratio: float) -> dict:
     }
 
 
-def seed_rows(out: Path, settings: dict, budget: dict, seed: int) -> list[dict]:
+def seed_rows(
+    out: Path, settings: dict, budget: dict, seed: int, methods: tuple[str, ...]
+) -> list[dict]:
     base = {**settings, "seed": seed}
     rows = []
-    for ratio in RATIOS:
+    for ratio in RATIOS if "tas" in methods else ():
         tas = {**base, "method": "tas", "flop_ratio": ratio, "tas_epochs": budget["tas_epochs"],
                "max_epochs": budget["student"]}  # fmt: skip
         summary = run(out / "tas" / f"r{ratio}" / f"seed-{seed}", tas)
         rows.append(row(summary, "tas", ratio))
     for name, own in CHANNEL.items():
+        if name not in methods:
+            continue
         ticket = {**base, **own, "scope": "channel", "max_epochs": budget["E"]}
         probe = run(out / name / "probe" / f"seed-{seed}",
                     {**ticket, "levels": budget["levels"], "finetune_epochs": 0})  # fmt: skip
@@ -163,6 +167,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="digits and the mlp (a smoke run)")
     parser.add_argument("--report-only", action="store_true", help="tabulate what has finished")
     parser.add_argument("--arch-lr", action="store_true", help="the arch_lr study (search only)")
+    parser.add_argument("--methods", default="tas,lth,sap", help="run only these (a part)")
     args = parser.parse_args()
     if args.arch_lr:
         print("\n".join(arch_lr_study()))
@@ -184,7 +189,7 @@ def main() -> None:
             except FileNotFoundError:
                 continue
         else:
-            rows += seed_rows(out, settings, budget, seed)
+            rows += seed_rows(out, settings, budget, seed, tuple(args.methods.split(",")))
     print(f"\n{name}: TAS vs channel-scope tickets of similar MACs; budgets {budget}")
     print("\n".join(table(rows)))
 
