@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -234,7 +235,7 @@ def tas_search(
             "tau": t,
             "expected_macs_fraction": float(supernet.expected().detach()) / dense,
             "argmax_macs_fraction": supernet.argmax_macs() / dense,
-            "discrepancy": sum(supernet.discrepancy()) / max(len(supernet.discrepancy()), 1),
+            "discrepancy": statistics.fmean(supernet.discrepancy() or [1.0]),
             "search_loss": sum(w_losses) / max(len(w_losses), 1),
             "arch_loss": sum(a_losses) / max(len(a_losses), 1),
         }
