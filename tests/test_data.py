@@ -535,3 +535,60 @@ def test_batches_move_data_to_device_once():
     assert batches.x.device.type == batches.y.device.type == "meta"
     assert all(x.is_meta and y.is_meta for x, y in batches)
     assert batches.sample(5, seed=0).x.is_meta
+
+
+# --- pixels held as bytes, normalised per batch ------------------------------------------------
+
+
+def _whole_float_normalised(pixels: np.ndarray, scale: int) -> tuple[torch.Tensor, ...]:
+    """How the datasets were normalised before they were held as uint8: the whole split as
+    float32, torch's mean and std over it."""
+    x = torch.from_numpy(pixels.astype(np.float32)).div_(scale)
+    mean = x.mean(dim=(0, 2, 3), keepdim=True)
+    std = x.std(dim=(0, 2, 3), keepdim=True)
+    std[std == 0] = 1
+    return x.sub_(mean).div_(std), mean.flatten(), std.flatten()
+
+
+LOADED = [("digits", None, 16)]
+if (SHARED / "FashionMNIST").exists():
+    LOADED.append(("fashion-mnist", SHARED, 255))
+
+
+@pytest.mark.parametrize("name, folder, scale", LOADED)
+def test_batches_of_bytes_are_bitwise_the_whole_float_dataset(name, folder, scale):
+    ds = load_dataset(name, folder)
+    assert ds.train_pixels.dtype == ds.test_pixels.dtype == torch.uint8
+    expected, mean, std = _whole_float_normalised(ds.train_pixels.numpy(), scale)
+    # Statistics from integer sums, rounded once, equal torch's float32 ones on these data.
+    assert torch.equal(ds.normalize.mean, mean) and torch.equal(ds.normalize.std, std)
+    batches = Batches(ds.train_pixels, ds.train_y, 1000, shuffle=True, normalize=ds.normalize)
+    batches.set_epoch(2)
+    order = torch.randperm(len(ds.train_y), generator=torch.Generator().manual_seed(2))
+    got = torch.cat([x for x, _ in batches])
+    assert got.dtype == torch.float32
+    assert torch.equal(got, expected[order])
+    probe = batches.sample(300, seed=4)
+    assert next(iter(probe))[0].dtype == torch.float32
+
+
+def test_normalize_fit_is_exact_per_channel_and_leaves_constant_channels_at_zero():
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(37, 3, 5, 5), dtype=np.uint8)
+    pixels[:, 2] = 9  # a constant channel
+    norm = data.Normalize.fit(pixels, 255)
+    values = pixels.astype(np.float64) / 255
+    np.testing.assert_allclose(norm.mean.numpy(), values.mean(axis=(0, 2, 3)), rtol=1e-7)
+    np.testing.assert_allclose(
+        norm.std.numpy()[:2], values[:, :2].std(axis=(0, 2, 3), ddof=1), rtol=1e-7
+    )
+    assert norm.std[2] == 1
+    out = norm(torch.from_numpy(pixels))
+    assert out.shape == (37, 3, 5, 5) and torch.all(out[:, 2] == 0)
+
+
+def test_a_loader_refuses_pixels_that_are_not_bytes():
+    info = data.DATASET_INFO["digits"]
+    x = np.zeros((2, 1, 8, 8), dtype=np.float32)
+    with pytest.raises(DataError, match="float32, expected uint8"):
+        data._to_dataset(info, "here", (x, np.zeros(2)), (x, np.zeros(2)), scale=16)

@@ -190,3 +190,20 @@ def test_an_onnx_example_of_the_wrong_shape_is_refused_before_writing(tmp_path):
     with pytest.raises(UserError, match="example_input"):
         incop.export_ticket(run, "onnx", out, example_input=torch.zeros(1, 3, 32, 32))
     assert not out.exists()
+
+
+@pytest.mark.parametrize("where", [0, 37, 63])
+def test_a_non_finite_input_anywhere_in_batches_is_found_chunk_by_chunk(
+    tmp_path, monkeypatch, where
+):
+    # A chunk of 3 rows of 10 values: the check reads the tensor in 22 parts, never whole.
+    monkeypatch.setattr("incop.workload.sources._FINITE_CHUNK", 30)
+    x = torch.randn(64, 10, generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 3, (64,))
+    x[where, 4] = float("inf") if where else float("nan")
+    train = incop.Batches(x, y, 16)
+    with pytest.raises(UserError, match="train_data: inputs hold NaN or infinite values"):
+        incop.prune(net(), train, data(), out=str(tmp_path / "run"), **QUICK)
+    assert not (tmp_path / "run").exists()
+    x[where, 4] = 0
+    assert incop.prune(net(), incop.Batches(x, y, 16), data(), **QUICK).levels

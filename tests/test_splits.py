@@ -77,9 +77,12 @@ def test_builtin_validation_comes_from_train_and_is_shared_by_methods_and_seeds(
     assert len(base.train.x) + len(base.val.x) == n_train
     # validation rows are training rows, none of them also trained on
     train_idx, val_idx = validation_split(dataset.train_y, 0.1, 0)
-    assert torch.equal(base.val.x, dataset.train_x[val_idx])
+    assert torch.equal(base.val.x, dataset.train_pixels[val_idx])
     assert not set(train_idx.tolist()) & set(val_idx.tolist())
-    assert torch.equal(base.test.x, dataset.test_x)
+    assert torch.equal(base.test.x, dataset.test_pixels)
+    # The batches normalise what they hold as the whole dataset is normalised.
+    assert torch.equal(torch.cat([x for x, _ in base.val]), dataset.train_x[val_idx])
+    assert torch.equal(torch.cat([x for x, _ in base.test]), dataset.test_x)
     for other in (splits(seed=7), splits(method="lth"), splits(method="sap-acc", seed=2)):
         assert torch.equal(other.val.x, base.val.x) and torch.equal(other.val.y, base.val.y)
     assert not torch.equal(splits(split_seed=1).val.y, base.val.y)

@@ -47,8 +47,9 @@ def build_batches(config: Config, dataset: Dataset, world: World | None = None) 
             dataset.train_y[train_idx], config.train_fraction, config.split_seed
         )
         train_idx = train_idx[kept]
+    pixels, normalize = dataset.train_pixels, dataset.normalize
     train = Batches(
-        dataset.train_x[train_idx],
+        pixels[train_idx],
         dataset.train_y[train_idx],
         config.batch_size,
         shuffle=True,
@@ -56,16 +57,23 @@ def build_batches(config: Config, dataset: Dataset, world: World | None = None) 
         device=device,
         shard=world.shard,
         even=True,
+        normalize=normalize,
     )
     val = Batches(
-        dataset.train_x[val_idx],
+        pixels[val_idx],
         dataset.train_y[val_idx],
         config.eval_batch_size,
         device=device,
         shard=world.shard,
+        normalize=normalize,
     )
     test = Batches(
-        dataset.test_x, dataset.test_y, config.eval_batch_size, device=device, shard=world.shard
+        dataset.test_pixels,
+        dataset.test_y,
+        config.eval_batch_size,
+        device=device,
+        shard=world.shard,
+        normalize=normalize,
     )
     return Splits(train, val, test)
 
@@ -84,6 +92,8 @@ def run_experiment(config: Config, *, progress: bool = False, mode: str = "new")
     torch.manual_seed(config.seed)
     model = build_model(config.model, info.channels, info.image_size, info.num_classes)
     splits = build_batches(config, dataset, world)
+    # The splits hold their own copies: the whole dataset need not stay alive beside them.
+    del dataset
     imp = IMP(
         config,
         model,

@@ -1,8 +1,11 @@
 """Image classification datasets as whole in-memory tensors, and batching by tensor indexing.
 
-Every dataset loads to a :class:`Dataset`: float32 images of shape (N, C, H, W), normalised per
-channel with the train split's mean and standard deviation (so train pixels have mean 0 and
-standard deviation 1 per channel), and int64 class labels of shape (N,).
+Every dataset loads to a :class:`Dataset`: its uint8 pixels of shape (N, C, H, W), the
+:class:`Normalize` that turns them into float32 inputs normalised per channel with the train
+split's mean and standard deviation (train inputs have mean 0 and standard deviation 1 per
+channel), and int64 class labels of shape (N,). :class:`Batches` normalise each batch as it
+is cut, so a run holds one byte per pixel (a quarter of float32), never a float copy of the
+whole dataset.
 
 Datasets are looked up by name in :data:`DATASETS`. ``digits`` (the 8x8 digits scikit-learn
 bundles, shipped inside this package) needs no files. ``mnist``, ``fashion-mnist`` and
@@ -28,6 +31,7 @@ import urllib.request
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -65,21 +69,85 @@ DATASET_INFO: dict[str, DatasetInfo] = {
 }
 
 
+@dataclass(frozen=True)
+class Normalize:
+    """Pixels to model inputs: ``(pixels / scale - mean) / std`` per channel, in float32.
+
+    ``scale``: the pixels' full range (255, or 16 for ``digits``); ``mean``, ``std``: float32
+    of shape (C,), the train split's statistics of ``pixels / scale`` (a constant channel
+    gets std 1). The same elementwise operations whole or per batch, so a batch's inputs are
+    bitwise those of the whole tensor normalised at once.
+    """
+
+    scale: float
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        """float32 inputs of the shape of ``pixels`` (B, C, H, W), on its device."""
+        shape = (1, -1, 1, 1)
+        mean = self.mean.to(pixels.device).view(shape)
+        std = self.std.to(pixels.device).view(shape)
+        return pixels.to(torch.float32).div_(self.scale).sub_(mean).div_(std)
+
+    @classmethod
+    def fit(cls, pixels: np.ndarray, scale: int) -> Normalize:
+        """The statistics of uint8 ``pixels`` (N, C, H, W), exact: from integer sums of each
+        channel's values and squares, rounded once to float32 (on the built-in datasets the
+        same values as a float32 mean and std of the whole tensor, without its 4 bytes a
+        pixel, and the same at every thread count)."""
+        n = pixels.shape[0] * pixels.shape[2] * pixels.shape[3]
+        counts = np.zeros((pixels.shape[1], 256), dtype=np.int64)
+        for start in range(0, len(pixels), _CHUNK_ROWS):
+            chunk = pixels[start : start + _CHUNK_ROWS]
+            for c in range(pixels.shape[1]):
+                counts[c] += np.bincount(chunk[:, c].ravel(), minlength=256)
+        values = np.arange(256, dtype=np.int64)
+        means, stds = [], []
+        for c in range(pixels.shape[1]):
+            total = int(counts[c] @ values)
+            squares = int(counts[c] @ (values * values))
+            mean = Fraction(total, n * scale)
+            var = (Fraction(squares) - Fraction(total * total, n)) / max(n - 1, 1) / scale**2
+            means.append(float(mean))
+            stds.append(math.sqrt(var) if var else 1.0)
+        return cls(
+            float(scale),
+            torch.tensor(means, dtype=torch.float32),
+            torch.tensor(stds, dtype=torch.float32),
+        )
+
+
+#: Rows of pixels read at a time where a whole-dataset pass would otherwise copy it.
+_CHUNK_ROWS = 4096
+
+
 @dataclass
 class Dataset:
     """A train/test split held as tensors.
 
-    ``train_x``: float32 (N, C, H, W), normalised per channel with the train split's mean/std.
+    ``train_pixels``: uint8 (N, C, H, W); ``normalize`` makes them float32 inputs.
     ``train_y``: int64 (N,), class indices in ``[0, info.num_classes)``.
-    ``test_x``: float32 (M, C, H, W), normalised with the train statistics.
+    ``test_pixels``: uint8 (M, C, H, W), normalised with the train statistics.
     ``test_y``: int64 (M,).
     """
 
     info: DatasetInfo
-    train_x: torch.Tensor
+    train_pixels: torch.Tensor
     train_y: torch.Tensor
-    test_x: torch.Tensor
+    test_pixels: torch.Tensor
     test_y: torch.Tensor
+    normalize: Normalize
+
+    @property
+    def train_x(self) -> torch.Tensor:
+        """The train inputs, float32 (N, C, H, W): a new normalised copy of the whole split."""
+        return self.normalize(self.train_pixels)
+
+    @property
+    def test_x(self) -> torch.Tensor:
+        """The test inputs, float32 (M, C, H, W): a new normalised copy of the whole split."""
+        return self.normalize(self.test_pixels)
 
 
 class Batches:
@@ -94,7 +162,8 @@ class Batches:
     ``shard=(rank, ranks)``: this rank's contiguous part of every batch (sizes differing by at
     most one), so ``batch_size`` stays the global batch of a data-parallel run. ``even``:
     every rank yields the same number of batches (DDP waits for all ranks at every step), so
-    a last batch too small to give each rank an example is left out.
+    a last batch too small to give each rank an example is left out. ``normalize``: applied
+    to each batch's inputs as it is cut (uint8 pixels held, float32 inputs yielded).
     """
 
     def __init__(
@@ -109,6 +178,7 @@ class Batches:
         device: str | torch.device | None = None,
         shard: tuple[int, int] = (0, 1),
         even: bool = False,
+        normalize: Normalize | None = None,
     ) -> None:
         if len(x) != len(y):
             raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
@@ -125,6 +195,7 @@ class Batches:
         self.drop_last = drop_last
         self.shard = shard
         self.even = even
+        self.normalize = normalize
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -158,7 +229,8 @@ class Batches:
         for start, stop in self._parts():
             idx = order[start:stop]
             # index_select: one gather, where advanced indexing takes a slower general path.
-            yield self.x.index_select(0, idx), self.y.index_select(0, idx)
+            x = self.x.index_select(0, idx)
+            yield self.normalize(x) if self.normalize else x, self.y.index_select(0, idx)
 
     def __len__(self) -> int:
         """Number of batches per epoch (on this rank)."""
@@ -178,7 +250,9 @@ class Batches:
             raise UserError(f"sample size must be at least 1, got {n}")
         generator = torch.Generator().manual_seed(seed)
         idx = torch.randperm(self.num_examples, generator=generator)[:n].to(self.x.device)
-        return Batches(self.x[idx], self.y[idx], batch_size or self.batch_size)
+        return Batches(
+            self.x[idx], self.y[idx], batch_size or self.batch_size, normalize=self.normalize
+        )
 
 
 def validation_split(
@@ -228,11 +302,13 @@ def _to_dataset(
     source: str | Path,
     train: tuple[np.ndarray, np.ndarray],
     test: tuple[np.ndarray, np.ndarray],
-    scale: float,
+    scale: int,
 ) -> Dataset:
-    """Check raw (N, C, H, W) images and (N,) labels, scale pixels by 1/scale, then normalise."""
+    """Check raw uint8 (N, C, H, W) images and (N,) labels; pixels span 0..``scale``."""
     expected = (info.channels, info.image_size, info.image_size)
     for split, (x, y) in (("train", train), ("test", test)):
+        if x.dtype != np.uint8:
+            raise DataError(f"{source}: {split} images are {x.dtype}, expected uint8")
         if x.shape[1:] != expected:
             raise DataError(
                 f"{source}: {split} images have shape {x.shape[1:]}, expected {expected}"
@@ -244,19 +320,20 @@ def _to_dataset(
                 f"{source}: {split} labels span {y.min()}..{y.max()}, "
                 f"expected 0..{info.num_classes - 1}"
             )
-    # astype is the float conversion and also a writable copy, which from_numpy needs
-    train_x = torch.from_numpy(train[0].astype(np.float32)).div_(scale)
-    test_x = torch.from_numpy(test[0].astype(np.float32)).div_(scale)
-    mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
-    std = train_x.std(dim=(0, 2, 3), keepdim=True)
-    std[std == 0] = 1  # a constant channel carries no information; leave it at 0
     return Dataset(
         info,
-        train_x.sub_(mean).div_(std),
+        _tensor(train[0]),
         torch.from_numpy(np.asarray(train[1], dtype=np.int64)),
-        test_x.sub_(mean).div_(std),
+        _tensor(test[0]),
         torch.from_numpy(np.asarray(test[1], dtype=np.int64)),
+        Normalize.fit(train[0], scale),
     )
+
+
+def _tensor(pixels: np.ndarray) -> torch.Tensor:
+    """A contiguous torch copy of ``pixels``: the arrays read from files are views of
+    read-only buffers, which torch must not share."""
+    return torch.from_numpy(np.array(pixels, order="C", copy=True))
 
 
 #: The 8x8 digits shipped inside the package (provenance: embedded/README.md) and the SHA-256

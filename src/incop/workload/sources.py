@@ -214,12 +214,26 @@ def check_sources(
             continue
         if example is None:
             example = model_inputs.to_device(model_inputs.take(batch[0], 0, 1), device)
-        if any(t.is_floating_point() and not torch.isfinite(t).all()
-               for t in model_inputs.tensors(x)):  # fmt: skip
+        if not all(_finite(t) for t in model_inputs.tensors(x)):
             problems.append(f"{name}: inputs hold NaN or infinite values")
     if problems:
         raise UserError("\n".join(problems))
     return example
+
+
+#: Elements checked at a time: ``isfinite`` of a whole training tensor would allocate a
+#: transient the size of the data (and more in its reduction).
+_FINITE_CHUNK = 1 << 22
+
+
+def _finite(t: torch.Tensor) -> bool:
+    """No NaN or infinity in ``t`` (integer tensors hold none), read in chunks along dim 0."""
+    if not t.is_floating_point() or not t.numel():
+        return True
+    if not t.dim():
+        return bool(torch.isfinite(t))
+    rows = max(1, _FINITE_CHUNK // t[0].numel())
+    return all(bool(torch.isfinite(t[i : i + rows]).all()) for i in range(0, len(t), rows))
 
 
 def _class_range_problem(model, name, batch, y, loss_fn, device, output_fn) -> str | None:
