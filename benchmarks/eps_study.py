@@ -139,7 +139,7 @@ def main() -> None:
     info = dataset.info
     torch.manual_seed(config.seed)
     model = build_model(config.model, info.channels, info.image_size, info.num_classes)
-    splits = build_batches(config, dataset)
+    splits = build_batches(config, dataset, model)
     rule = LogEveryFlow(max_epochs=config.max_epochs, min_epochs=0)
     study = IMP(config, model, splits.train, splits.val, stop=rule)
     result = study.run()

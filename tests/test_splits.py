@@ -14,12 +14,15 @@ from incop.errors import UserError
 from incop.workload.data import Batches, load_dataset, validation_split
 from incop.workload.models import build_model
 
+#: What decides the evaluation batch size of the splits (auto: no convolution, 256).
+MLP = build_model("mlp", 1, 8, 10)
+
 
 @pytest.mark.parametrize("method", ["incop-gf", "sap-acc"])
 def test_no_decision_reads_the_test_split(method):
     config = resolve({"method": method, "levels": 3, "warmup_epochs": 3, "max_epochs": 4})
     dataset = load_dataset("digits")
-    splits = build_batches(config, dataset)
+    splits = build_batches(config, dataset, MLP)
     shuffled = dataset.test_y[
         torch.randperm(len(dataset.test_y), generator=torch.Generator().manual_seed(1))
     ]
@@ -27,7 +30,7 @@ def test_no_decision_reads_the_test_split(method):
     for test_y in (dataset.test_y, shuffled):
         torch.manual_seed(config.seed)
         model = build_model(config.model, 1, 8, 10)
-        test = Batches(dataset.test_x, test_y, config.eval_batch_size)
+        test = Batches(dataset.test_x, test_y, splits.val.batch_size)
         results.append(IMP(config, model, splits.train, splits.val, test_data=test).run())
     a, b = results
     decided = ("remaining_fraction", "epochs", "stop_reason", "val_accuracy", "val_loss")
@@ -69,7 +72,7 @@ def test_builtin_validation_comes_from_train_and_is_shared_by_methods_and_seeds(
     dataset = load_dataset(name, folder)
 
     def splits(**values):
-        return build_batches(resolve({"dataset": name, **values}), dataset)
+        return build_batches(resolve({"dataset": name, **values}), dataset, MLP)
 
     base = splits()
     n_train = len(dataset.train_y)
@@ -91,8 +94,8 @@ def test_builtin_validation_comes_from_train_and_is_shared_by_methods_and_seeds(
 def test_train_fraction_trains_on_a_stratified_share_of_the_training_part_only():
     dataset = load_dataset("digits", None)
     config = resolve({"train_fraction": 0.25})
-    full = build_batches(resolve({}), dataset)
-    part = build_batches(config, dataset)
+    full = build_batches(resolve({}), dataset, MLP)
+    part = build_batches(config, dataset, MLP)
     assert torch.equal(part.val.x, full.val.x)  # validation does not move
     assert len(part.train.x) == pytest.approx(0.25 * len(full.train.x), abs=10)
     full_rows = {tuple(row.flatten().tolist()) for row in full.train.x}
@@ -101,7 +104,8 @@ def test_train_fraction_trains_on_a_stratified_share_of_the_training_part_only()
     expected = 0.25 * torch.bincount(full.train.y, minlength=10).float()
     assert torch.all((counts - expected).abs() <= 1)
     assert torch.equal(
-        build_batches(resolve({"train_fraction": 0.25, "seed": 3}), dataset).train.x, part.train.x
+        build_batches(resolve({"train_fraction": 0.25, "seed": 3}), dataset, MLP).train.x,
+        part.train.x,
     )  # the same rows for every seed of a comparison
 
 

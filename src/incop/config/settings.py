@@ -21,6 +21,7 @@ import yaml
 from incop.config.presets import PRESETS
 from incop.config.sections import (
     FLOAT_MAX,
+    LIMIT_TARGET,
     DataOptions,
     PruningOptions,
     RunOptions,
@@ -58,8 +59,6 @@ AFTER_WARMUP_KINDS = ("pruner", "stop", "score")
 #: A pruner or stopping rule passed to ``incop.prune`` as an object is recorded by this prefix
 #: and its class name; there is no registry entry to check it against.
 USER_PREFIX = "user:"
-#: The one word target_remaining takes besides a number.
-LIMIT_TARGET = "limit"
 #: The order ``config.yaml`` lists the settings in (the one it always had); settings of
 #: components added later follow.
 ORDER = (
@@ -248,7 +247,7 @@ def _coerce(name: str, value: Any) -> Any:
     kind = field_type(name)
     if value is None:
         return None
-    if name == "target_remaining" and value == LIMIT_TARGET:
+    if isinstance(value, str) and value in option_specs()[name].words:
         return value
     if kind is list:
         if isinstance(value, str):
@@ -336,7 +335,7 @@ def _yaml_type_problem(name: str, value: Any) -> str | None:
     field, which :func:`resolve` reports)."""
     if name not in option_specs() or value is None:
         return None
-    if name == "target_remaining" and value == LIMIT_TARGET:
+    if isinstance(value, str) and value in option_specs()[name].words:
         return None
     kind = field_type(name)
     allowed = _YAML_TYPES[kind]

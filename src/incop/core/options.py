@@ -31,12 +31,20 @@ from incop.core.registry import closest
 Choices = Sequence[str] | Callable[[], Sequence[str]] | None
 
 
-def option(default: Any, help: str, *, choices: Choices = None, checked: bool = True) -> Any:
+def option(
+    default: Any,
+    help: str,
+    *,
+    choices: Choices = None,
+    checked: bool = True,
+    words: tuple[str, ...] = (),
+) -> Any:
     """A field of an ``Options`` dataclass: its default (a list is copied per instance), its
     one-line ``help`` for ``--help`` and the docs, and, for names, the allowed ``choices``
     (a value outside them is refused, unless ``checked`` is false: the options' own
-    ``check()`` then judges values the list only describes, such as ``epoch:K``)."""
-    metadata = {"help": help, "choices": choices, "checked": checked}
+    ``check()`` then judges values the list only describes, such as ``epoch:K``). ``words``:
+    the words a number field also takes (``auto``; ``limit``), kept as they are written."""
+    metadata = {"help": help, "choices": choices, "checked": checked, "words": words}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -100,6 +108,7 @@ class OptionSpec:
     choices: Choices
     owners: tuple[tuple[str, str], ...] = ()
     checked: bool = True
+    words: tuple[str, ...] = ()
 
     def default(self) -> Any:
         """A fresh copy of the default (lists are never shared)."""
@@ -143,6 +152,7 @@ def specs_of(options: type, owner: tuple[str, str] | None = None) -> list[Option
                 f.metadata.get("choices"),
                 (owner,) if owner else (),
                 f.metadata.get("checked", True),
+                f.metadata.get("words", ()),
             )
         )
     return specs

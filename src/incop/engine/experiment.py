@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from incop.config import Config
+from incop.core.batches import eval_batch
 from incop.core.world import World
 from incop.engine.distributed import current_world
 from incop.engine.imp import IMP, resolve_device
@@ -28,12 +30,15 @@ class Splits:
     test: Batches
 
 
-def build_batches(config: Config, dataset: Dataset, world: World | None = None) -> Splits:
+def build_batches(
+    config: Config, dataset: Dataset, model: nn.Module, world: World | None = None
+) -> Splits:
     """``val_fraction`` of the training split, stratified by class and drawn with
     ``split_seed`` (not the run's seed: every method and seed of a comparison sees the same
     validation set), becomes the validation split; the rest trains, or ``train_fraction``
     of each of its classes (also drawn with ``split_seed``). In a data-parallel ``world``
-    each rank takes its part of every batch."""
+    each rank takes its part of every batch. Validation and test batches are
+    ``eval_batch_size`` (``auto``: chosen for ``model``)."""
     world = world or World()
     if config.batch_size < world.size:
         raise UserError(
@@ -41,6 +46,7 @@ def build_batches(config: Config, dataset: Dataset, world: World | None = None) 
             f" ranks; allowed: at least {world.size}"
         )
     device = world.device(resolve_device(config.device))
+    eval_size = eval_batch(config.eval_batch_size, model)
     train_idx, val_idx = validation_split(dataset.train_y, config.val_fraction, config.split_seed)
     if config.train_fraction < 1:
         _, kept = validation_split(
@@ -62,7 +68,7 @@ def build_batches(config: Config, dataset: Dataset, world: World | None = None) 
     val = Batches(
         pixels[val_idx],
         dataset.train_y[val_idx],
-        config.eval_batch_size,
+        eval_size,
         device=device,
         shard=world.shard,
         normalize=normalize,
@@ -70,7 +76,7 @@ def build_batches(config: Config, dataset: Dataset, world: World | None = None) 
     test = Batches(
         dataset.test_pixels,
         dataset.test_y,
-        config.eval_batch_size,
+        eval_size,
         device=device,
         shard=world.shard,
         normalize=normalize,
@@ -91,7 +97,7 @@ def run_experiment(config: Config, *, progress: bool = False, mode: str = "new")
     # The seed fixes the initial weights too, so a run is reproducible from its config alone.
     torch.manual_seed(config.seed)
     model = build_model(config.model, info.channels, info.image_size, info.num_classes)
-    splits = build_batches(config, dataset, world)
+    splits = build_batches(config, dataset, model, world)
     # The splits hold their own copies: the whole dataset need not stay alive beside them.
     del dataset
     imp = IMP(

@@ -21,7 +21,7 @@ from torch import nn
 
 from incop.config import METHODS, USER_PREFIX, Config, default_value, resolve, to_yaml
 from incop.core import inputs as model_inputs
-from incop.core.batches import BatchSource, LossFn
+from incop.core.batches import AUTO, BatchSource, LossFn, count_examples, eval_batch, probe_examples
 from incop.core.callbacks import LOGGERS, Callback, check_callback
 from incop.core.distill import Teacher
 from incop.core.flops import EVAL_PASSES, TRAIN_PASSES, FlopCounter, with_search
@@ -479,6 +479,11 @@ class IMP:
         self.enforcer = MaskEnforcer(self.params, self.state.masks)
         self.flops = FlopCounter(self.model, self.state.masks, self.example_input)
         self.precision = Precision(c.precision, self.device)
+        #: The probe and evaluation batch sizes, ``auto`` chosen from the data and the model.
+        self.sizes = {"eval_batch_size": eval_batch(c.eval_batch_size, self.model)}
+        if c.used("probe_size") or getattr(self.user_parts["stop"], "needs_probe", False):
+            examples = count_examples(self.train_data) if c.probe_size == AUTO else 0
+            self.sizes["probe_size"] = probe_examples(c.probe_size, examples)
         self.pruner = self.user_parts["pruner"] or c.build_pruner()
         if hasattr(self.pruner, "bind"):  # it scores with the network itself (synflow, snip)
             context = PruneContext(
@@ -492,6 +497,7 @@ class IMP:
                 self.output_fn,
                 init_fn=model_init(c.model),
                 log=lambda record: self.writer.epoch({"level": len(self.state.levels), **record}),
+                **self.sizes,
             )
             self.pruner = self.pruner.bind(context)
         self.after_backward = None
@@ -504,7 +510,12 @@ class IMP:
         self.probe = None
         if getattr(self.rule, "needs_probe", False):
             self.probe = shared_probe(
-                self.train_data, c.probe_size, c.seed, c.eval_batch_size, self.world, self.device
+                self.train_data,
+                self.sizes["probe_size"],
+                c.seed,
+                self.sizes["eval_batch_size"],
+                self.world,
+                self.device,
             )
             if callable(getattr(self.rule, "check_model", None)):  # it refuses what it cannot read
                 self.rule.check_model(self.model, self.probe)
@@ -609,6 +620,7 @@ class IMP:
             cost=with_search(s.cost),
             dense_epoch=self._dense_epoch(),
             train_examples=s.train_examples,
+            sizes=dict(self.sizes),
             example_input=model_inputs.describe(self.example_input),
             level_masks=s.level_masks,
             **self._noise_floor(),

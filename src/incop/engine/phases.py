@@ -233,8 +233,8 @@ def noise_floor(loop: Loop) -> None:
         return
     distances = []
     for i in range(rule.noise_probes):
-        probe = shared_probe(loop.train_data, c.probe_size, c.seed + 1 + i, c.eval_batch_size,
-                             World(), loop.device)  # fmt: skip
+        probe = shared_probe(loop.train_data, loop.sizes["probe_size"], c.seed + 1 + i,
+                             loop.sizes["eval_batch_size"], World(), loop.device)  # fmt: skip
         distances.append(rule.measure(loop.model, s.masks, probe))
         loop.count_flows()
     twin = copy.deepcopy(loop.model)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from incop.core import inputs as model_inputs
-from incop.core.batches import Batch, BatchSource
+from incop.core.batches import AUTO, EVAL_BATCH_DENSE, PROBE_MAX, Batch, BatchSource
 from incop.core.inputs import OutputFn
 from incop.core.masks import Masks
 from incop.core.world import World, shared_probe
@@ -49,9 +49,15 @@ class PruneContext:
     init_fn: Callable[[nn.Module], None] | None = None
     #: Where a pruner that trains (TAS's search) logs its epoch records (metrics.jsonl).
     log: Callable[[dict[str, Any]], None] | None = None
+    #: The run's probe size and evaluation batch size, what ``auto`` stands for here.
+    probe_size: int = PROBE_MAX
+    eval_batch_size: int = EVAL_BATCH_DENSE
 
-    def probe(self, size: int, batch_size: int) -> list[Batch]:
-        """``size`` training examples drawn with the run's seed, in batches on the device."""
+    def probe(self, size: int | str, batch_size: int | str) -> list[Batch]:
+        """``size`` training examples drawn with the run's seed, in batches of
+        ``batch_size`` on the device (``auto``: the run's sizes)."""
+        size = self.probe_size if size == AUTO else int(size)
+        batch_size = self.eval_batch_size if batch_size == AUTO else int(batch_size)
         return shared_probe(self.train_data, size, self.seed, batch_size, self.world, self.device)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from incop.core.batches import AUTO, PROBE_HELP
 from incop.core.masks import Masks
 from incop.core.options import NoOptions, option
 from incop.methods.at_init import NetworkScored, PruneContext
@@ -73,8 +74,8 @@ class FlowGuidedPruner(NetworkScored):
     the probe set is drawn from the training data like the flow rules' own."""
 
     base: Pruner
-    probe_size: int = 2048
-    batch_size: int = 1000
+    probe_size: int | str = AUTO
+    batch_size: int | str = AUTO
     summary: str = "mean"
     skip: tuple[str, ...] = ("*downsample*", "*shortcut*")
     context: PruneContext | None = None
@@ -107,7 +108,7 @@ class FlowGuidedPruner(NetworkScored):
 @dataclass(frozen=True)
 class FlowGuidedOptions(NoOptions):
     # The information flow's own settings, shared with the if rule (same names and defaults).
-    probe_size: int = option(2048, "examples in the fixed probe set the flows are measured on")
+    probe_size: int | str = option(AUTO, PROBE_HELP, words=(AUTO,))
     if_summary: str = option("mean", "information flow: how each correlation matrix is summarised",
                              choices=FLOW_SUMMARIES)  # fmt: skip
     if_skip: list[str] = option(

@@ -503,14 +503,15 @@ def _compare(
     bar = tqdm(total=len(seeds) * len(variants), desc="compare", unit="run", disable=not progress)
     try:
         for seed in seeds:
-            splits = build_batches(method_config(plan.overrides, variants[0].method, seed),
-                                   dataset, world)  # fmt: skip
-            train, val = splits.train, splits.val
-            sizes = {"val": len(val.y), "test": len(splits.test.y)}
 
             def fresh_model(seed: int = seed) -> torch.nn.Module:
                 torch.manual_seed(seed)
                 return build_model(first.model, info.channels, info.image_size, info.num_classes)
+
+            splits = build_batches(method_config(plan.overrides, variants[0].method, seed),
+                                   dataset, fresh_model(), world)  # fmt: skip
+            train, val = splits.train, splits.val
+            sizes = {"val": len(val.y), "test": len(splits.test.y)}
 
             configs = {
                 v: method_config(v.overrides(plan.overrides), v.method, seed) for v in variants

@@ -181,14 +181,14 @@ def measure_limit(
 def _measure(config: Config, state: dict, options: LimitOptions, progress: bool) -> dict[str, Any]:
     data = load_dataset(config.dataset, config.data_dir, config.download)
     info = data.info
-    splits = build_batches(config, data)
+    network = build_model(config.model, info.channels, info.image_size, info.num_classes)
+    splits = build_batches(config, data, network)
     available = splits.train.num_examples
     if options.samples is not None and options.samples > available:
         raise UserError(
             f"samples: {options.samples} is more than the training split holds ({available})"
         )
     samples = options.samples or min(LIMIT_SAMPLES, available)
-    network = build_model(config.model, info.channels, info.image_size, info.num_classes)
     try:
         network.load_state_dict(state)
     except (RuntimeError, TypeError) as exc:

@@ -182,8 +182,8 @@ class Batches:
     ) -> None:
         if len(x) != len(y):
             raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
-        if batch_size < 1:
-            raise UserError(f"batch size must be at least 1, got {batch_size}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise UserError(f"batch size must be an integer of at least 1, got {batch_size!r}")
         rank, ranks = shard
         if not 0 <= rank < ranks:
             raise ValueError(f"shard: rank {rank} is not in 0..{ranks - 1}")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from incop.core.batches import AUTO, PROBE_HELP
 from incop.core.masks import Masks
 from incop.core.options import MAX_COUNT, NoOptions, in_range, not_allowed, option
 from incop.methods.flows import DISTANCES, flow_distance
@@ -27,7 +28,7 @@ class FlowMeasureOptions(NoOptions):
     distance: str = option(
         "l2", "flow rules: how the flow is compared with the dense one", choices=DISTANCES
     )
-    probe_size: int = option(2048, "examples in the fixed probe set the flows are measured on")
+    probe_size: int | str = option(AUTO, PROBE_HELP, words=(AUTO,))
     accuracy_clause: bool = option(
         True,
         "flow rules also stop once the validation metric reaches a* (the research code's"
@@ -35,6 +36,8 @@ class FlowMeasureOptions(NoOptions):
     )
 
     def check(self) -> list[str]:
+        if self.probe_size == AUTO:
+            return []
         return in_range("probe_size", self.probe_size, 1, MAX_COUNT)
 
 
