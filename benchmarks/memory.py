@@ -33,11 +33,15 @@ GOAL_MB = 500
 def peak(command: list[str], env: dict[str, str]) -> tuple[float, float, int]:
     """(peak RSS in MB, wall seconds, exit status) of ``command`` run to its end."""
     start = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=errors)
+        _, status, usage = os.wait4(process.pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        if code:
+            errors.seek(0)
+            sys.stderr.write(errors.read().decode(errors="replace")[-2000:])
     # Linux reports ru_maxrss in KiB.
-    return usage.ru_maxrss / 1024, time.perf_counter() - start, process.returncode
+    return usage.ru_maxrss / 1024, time.perf_counter() - start, code
 
 
 def main() -> None:
