@@ -14,8 +14,9 @@ process.
    handicapped loops, printed beside it and labelled, each leave one of those out (``nchw``:
    NCHW; ``unfused``: torch's default per-parameter SGD; both), to show where speed comes
    from. All run interleaved (the order reversed every other repetition), ``--reps`` times
-   each, in this process; printed: the median of the per-repetition ratios incop / loop and
-   their range.
+   each, in this process, timed in CPU seconds (``time.process_time``: another process's load
+   on the shared machine does not count); printed: the median of the per-repetition ratios
+   incop / loop and their range.
 2. **FLOP bound.** FLOPs of one training step (``torch.utils.flop_counter``, forward and
    backward) times the steps of the epoch, over this machine's matmul rate at the run's
    precision (2048 x 2048, best of 3): the time the epoch would take if every operation ran
@@ -184,9 +185,11 @@ def memory_bound_layers(model, x, y, rate: float, bandwidth: float) -> tuple[str
 
 
 def _seconds(work) -> float:
-    start = time.perf_counter()
+    """CPU seconds of ``work`` (this process's): on a shared machine, time another process
+    takes from this one does not count, as wall time would have it."""
+    start = time.process_time()
     work()
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def masked_epoch(model: torch.nn.Module, batches: Batches, precision: Precision, *,
@@ -317,7 +320,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     data = images(args.examples)
     print(f"threads {args.threads}, precision {args.precision}, {args.reps} interleaved"
-          " repetitions; medians, (range) of the per-repetition ratios")  # fmt: skip
+          " repetitions; CPU seconds; medians, (range) of the per-repetition ratios")  # fmt: skip
     print("\n| model | examples | incop s | fair s | incop/fair | incop/nchw | incop/unfused"
           " | incop/nchw+unfused | FLOP bound s | incop/bound |")  # fmt: skip
     print("| --- |" + " --- |" * 9)
