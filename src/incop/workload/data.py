@@ -178,7 +178,7 @@ class Batches:
         device: str | torch.device | None = None,
         shard: tuple[int, int] = (0, 1),
         even: bool = False,
-        normalize: Normalize | None = None,
+        normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         if len(x) != len(y):
             raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
