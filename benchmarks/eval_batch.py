@@ -4,8 +4,9 @@ on this CPU, the measurement ``eval_batch_size: auto`` was chosen from.
 For each model, ``incop.core.training.evaluate`` over ``--examples`` random inputs of its
 dataset's shape (Fashion-MNIST's 1x28x28; ``--cifar``: 3x32x32), the model as incop trains it
 (``channels_last`` for conv nets), at every batch size of ``--sizes``. The sizes run
-interleaved, ``--reps`` times, in this process; printed: the median examples per second of
-each size, and each size's median time relative to the fastest size's (1.00 = the fastest).
+interleaved, ``--reps`` times, in this process, timed in CPU seconds; printed: the median
+examples per second of each size, and each size's median time relative to the fastest size's
+(1.00 = the fastest).
 
     python benchmarks/eval_batch.py [--reps 5] [--threads 1] [--examples 4096]
                                     [--models mlp,lenet5,resnet20,vgg11] [--cifar]
@@ -41,7 +42,7 @@ def main() -> None:
     x = torch.randn(args.examples, channels, size, size, generator=torch.Generator().manual_seed(0))
     y = torch.randint(0, 10, (args.examples,))
     print(f"threads {args.threads}, {args.examples} examples of {channels}x{size}x{size},"
-          f" {args.reps} interleaved repetitions")  # fmt: skip
+          f" {args.reps} interleaved repetitions, CPU seconds")  # fmt: skip
     print("| model | " + " | ".join(f"batch {s}" for s in sizes) + " |")
     print("| --- |" + " --- |" * len(sizes))
     for name in args.models.split(","):
@@ -52,9 +53,9 @@ def main() -> None:
         times: dict[int, list[float]] = {s: [] for s in sizes}
         for _ in range(args.reps):
             for s in sizes:
-                start = time.perf_counter()
+                start = time.process_time()  # CPU time: another process's load does not count
                 evaluate(net, batches[s])
-                times[s].append(time.perf_counter() - start)
+                times[s].append(time.process_time() - start)
         medians = {s: statistics.median(t) for s, t in times.items()}
         best = min(medians.values())
         cells = [f"{args.examples / medians[s]:,.0f}/s ({medians[s] / best:.2f})" for s in sizes]

@@ -40,3 +40,30 @@ def test_fp16_on_cpu_is_refused_before_any_work(tmp_path):
     assert main(["run", "--precision", "fp16", "--device", "cpu", "--out", str(out)]) == 2
     assert not out.exists()
     assert main(["run", "--precision", "fp8", "--out", str(out)]) == 2
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_is_bf16_only_for_conv_nets_on_a_cpu_with_native_bf16(monkeypatch, native):
+    from incop.core import precision
+    from incop.workload.models import build_model
+
+    monkeypatch.setattr(precision, "native_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    conv = build_model("lenet5", 1, 28, 10)
+    assert precision.auto_precision(conv, cpu) == ("bf16" if native else "fp32")
+    assert precision.auto_precision(build_model("mlp", 1, 28, 10), cpu) == "fp32"
+    assert precision.auto_precision(conv, torch.device("cuda")) == "fp32"  # not measured there
+
+
+def test_auto_precision_is_recorded_and_a_saved_number_is_kept(tmp_path, monkeypatch):
+    from incop.core import precision
+
+    monkeypatch.setattr(precision, "native_bf16", lambda: True)
+    quick = ["--levels", "1", "--warmup-epochs", "1", "--max-epochs", "1"]
+    for given, expected in ((None, "bf16"), ("fp32", "fp32")):
+        out = tmp_path / str(given)
+        flags = ["--precision", given] if given else []
+        assert main(["run", "--model", "conv4", *quick, *flags, "--out", str(out)]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["precision"] == expected
+        assert summary["config"]["precision"] == (given or "auto")

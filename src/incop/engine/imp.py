@@ -37,7 +37,7 @@ from incop.core.masks import (
     unmatched_patterns,
 )
 from incop.core.metrics import Metric, MetricFn
-from incop.core.precision import Precision
+from incop.core.precision import AUTO_PRECISION, Precision, auto_precision
 from incop.core.training import (
     DivergenceError,
     evaluate,
@@ -478,7 +478,10 @@ class IMP:
         self.train_loss_fn = with_l1(self.loss_fn, self.model, c.l1)
         self.enforcer = MaskEnforcer(self.params, self.state.masks)
         self.flops = FlopCounter(self.model, self.state.masks, self.example_input)
-        self.precision = Precision(c.precision, self.device)
+        chosen = c.precision
+        if chosen == AUTO_PRECISION:
+            chosen = auto_precision(self.model, self.device)
+        self.precision = Precision(chosen, self.device)
         #: The probe and evaluation batch sizes, ``auto`` chosen from the data and the model.
         self.sizes = {"eval_batch_size": eval_batch(c.eval_batch_size, self.model)}
         if c.used("probe_size") or getattr(self.user_parts["stop"], "needs_probe", False):
@@ -620,7 +623,7 @@ class IMP:
             cost=with_search(s.cost),
             dense_epoch=self._dense_epoch(),
             train_examples=s.train_examples,
-            sizes=dict(self.sizes),
+            chosen={**self.sizes, "precision": self.precision.name},
             example_input=model_inputs.describe(self.example_input),
             level_masks=s.level_masks,
             **self._noise_floor(),

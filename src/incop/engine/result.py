@@ -92,9 +92,9 @@ class Result:
     cost: dict[str, float] | None = None
     dense_epoch: float | None = None
     train_examples: int | None = None
-    #: The sizes the run used where its config may say ``auto``: ``eval_batch_size``, and
-    #: ``probe_size`` where a flow is measured.
-    sizes: dict[str, int] | None = None
+    #: What the run used where its config may say ``auto``: ``eval_batch_size``,
+    #: ``precision``, and ``probe_size`` where a flow is measured.
+    chosen: dict[str, Any] | None = None
     #: ``eps_mode: noise``: the flow's noise floor sigma at theta*, ``{rule name: sigma}``, and
     #: the threshold it made, eps x sigma, in the distance's units.
     noise_floor: dict[str, float] | None = None
@@ -124,7 +124,7 @@ class Result:
             "cost": self.cost,
             "dense_epoch": self.dense_epoch,
             "train_examples": self.train_examples,
-            **(self.sizes or {}),
+            **(self.chosen or {}),
             "example_input": self.example_input,
             **extra,
         }
