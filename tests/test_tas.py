@@ -567,3 +567,14 @@ def test_a_resnet_supernet_learns_like_its_network():
             opt.step()
         losses[kind] = float(loss.detach())
     assert losses["supernet"] == pytest.approx(losses["plain"], rel=1e-4)
+
+
+def test_the_search_reads_held_pixels_as_the_batches_yield_them():
+    from incop.methods.tas.search import _all_examples
+
+    data = load_dataset("digits")
+    batches = incop.Batches(data.train_pixels[:100], data.train_y[:100], 32,
+                            normalize=data.normalize)  # fmt: skip
+    x, y = _all_examples(batches)
+    assert x.dtype == torch.float32 and torch.equal(x, torch.cat([b for b, _ in batches]))
+    assert torch.equal(y, data.train_y[:100])

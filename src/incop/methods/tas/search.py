@@ -68,7 +68,9 @@ class TASResult:
 def _all_examples(data: BatchSource) -> tuple[Any, torch.Tensor]:
     held_x, held_y = getattr(data, "x", None), getattr(data, "y", None)
     if torch.is_tensor(held_x) and torch.is_tensor(held_y):
-        return held_x, held_y
+        # Batches may hold pixels and yield them normalised: take what its batches give.
+        normalize = getattr(data, "normalize", None)
+        return (normalize(held_x) if normalize is not None else held_x), held_y
     xs, ys = [], []
     for x, y in data:
         xs.append(x)
