@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from incop.core import inputs
+from incop.core.architecture import convolves
 
 #: One batch: ``(inputs, targets)``, the first dimension of each being the examples; inputs a
 #: tensor, a tuple or a dict of them (:mod:`incop.core.inputs`).
@@ -78,5 +79,4 @@ def eval_batch(eval_batch_size: int | str, model: torch.nn.Module) -> int:
     convolution and 256 for the rest."""
     if eval_batch_size != AUTO:
         return int(eval_batch_size)
-    convolves = any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in model.modules())
-    return EVAL_BATCH_CONV if convolves else EVAL_BATCH_DENSE
+    return EVAL_BATCH_CONV if convolves(model) else EVAL_BATCH_DENSE

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from incop.core.architecture import convolves
 from incop.errors import UserError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -32,8 +33,7 @@ def auto_precision(model: torch.nn.Module, device: torch.device) -> str:
     AVX512-BF16 CPU, lenet5's and resnet20's steps took 0.81x and 0.70x the fp32 time, their
     dense and ticket accuracies within the seed spread of fp32's. Not measured elsewhere (a
     dense net, a GPU, a CPU without bf16): fp32."""
-    convolves = any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in model.modules())
-    return "bf16" if device.type == "cpu" and convolves and native_bf16() else "fp32"
+    return "bf16" if device.type == "cpu" and convolves(model) and native_bf16() else "fp32"
 
 
 class Precision:
