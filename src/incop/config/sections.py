@@ -238,7 +238,8 @@ class TrainingOptions(NoOptions):
     eval_batch_size: int | str = option(
         AUTO,
         "batch size for evaluation and flow measurements (auto: 128 for a model with a"
-        " convolution, 256 for the rest, measured fastest on CPU; recorded in summary.json)",
+        " convolution, 256 for the rest, within about 15% of the fastest measured on CPU;"
+        " recorded in summary.json)",
         words=(AUTO,),
     )
     metric: str = option(
