@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from incop.core.training import make_optimizer, train_epoch
+from incop.core.optimizers import make_optimizer
+from incop.core.training import train_epoch
 from incop.methods.flows import gradient_flow, information_flow
 from incop.workload.data import Batches, load_dataset
 from incop.workload.models import build_model

@@ -30,8 +30,9 @@ from pathlib import Path
 import torch
 
 from incop.config import resolve
+from incop.core.optimizers import make_optimizer
 from incop.core.precision import Precision
-from incop.core.training import make_optimizer, train_epoch
+from incop.core.training import train_epoch
 from incop.core.world import World
 from incop.engine.experiment import run_experiment
 from incop.engine.fastpath import training_module

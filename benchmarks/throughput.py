@@ -60,8 +60,9 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from incop.core.masks import MaskEnforcer, full_masks, prunable_parameters
+from incop.core.optimizers import make_optimizer
 from incop.core.precision import Precision
-from incop.core.training import make_optimizer, train_epoch
+from incop.core.training import train_epoch
 from incop.core.world import World
 from incop.engine.fastpath import channels_last_applies, training_module
 from incop.methods.pruners import MagnitudePruner

@@ -1,6 +1,10 @@
 """Small models and data shared by the tests."""
 
+import json
 import os
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -73,3 +77,11 @@ def torchrun(script: str, out: Path, ranks: int = 2) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(path.parent)}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def fresh_python(code: str) -> dict:
+    """Run ``code`` in a fresh interpreter (nothing imported yet); it prints one JSON object as
+    its last line, returned."""
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=300, check=True)  # fmt: skip
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -10,7 +10,7 @@ from incop.core.masks import (
     remaining_fraction,
     sparsity_report,
 )
-from incop.core.training import make_optimizer
+from incop.core.optimizers import make_optimizer
 from incop.methods.pruners import MagnitudePruner
 
 

@@ -19,6 +19,7 @@ from incop.core.batches import AUTO
 from incop.core.callbacks import LOGGERS
 from incop.core.distill import DISTILL_PHASES
 from incop.core.metrics import CALLABLE_PREFIX, METRICS
+from incop.core.optimizers import OPTIMIZERS, SCHEDULES
 from incop.core.options import (
     MAX_COUNT,
     MAX_EPOCHS,
@@ -29,7 +30,6 @@ from incop.core.options import (
     unknown_value,
 )
 from incop.core.precision import AUTO_PRECISION, PRECISIONS
-from incop.core.training import OPTIMIZERS, SCHEDULES
 from incop.methods.named import METHODS
 from incop.methods.pruning import PRUNERS, SCORES
 from incop.methods.stopping import STOPPING_RULES

@@ -16,10 +16,6 @@ from incop.core.distill import Teacher
 from incop.core.inputs import OutputFn
 from incop.core.masks import MaskEnforcer
 from incop.core.precision import FP32, Precision
-from incop.errors import UserError
-
-OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("none", "cosine", "step")
 
 
 class DivergenceError(RuntimeError):
@@ -154,53 +150,3 @@ def evaluate(
     n = max(seen, 1)
     accuracy = correct / n if all_classify else None
     return EpochStats(total_loss / n, accuracy, seen, total_custom / n if metric_fn else None)
-
-
-def make_optimizer(
-    params: Iterable[nn.Parameter],
-    name: str,
-    *,
-    lr: float,
-    momentum: float = 0.9,
-    nesterov: bool = False,
-    weight_decay: float = 0.0,
-) -> torch.optim.Optimizer:
-    """``sgd`` (momentum, optional Nesterov) or ``adam``; weight decay is L2 (coupled) for both.
-
-    The fused implementation where the parameters allow it (floating point, on CPU or CUDA):
-    one pass over each weight per step instead of one per operation, 0.89x the time of a
-    plain mlp epoch on this CPU (``benchmarks/throughput.py``); the same update rule."""
-    params = list(params)
-    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-    if name == "sgd":
-        return torch.optim.SGD(
-            params,
-            lr=lr,
-            momentum=momentum,
-            nesterov=nesterov,
-            weight_decay=weight_decay,
-            fused=fused or None,
-        )
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
-    raise UserError(f"optimizer: unknown value {name!r}; allowed: {', '.join(OPTIMIZERS)}")
-
-
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, name: str, epochs: int
-) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """Per-epoch learning-rate schedule over ``epochs`` epochs: ``none``, ``cosine`` or
-    ``step`` (x0.1 at 50% and 75% of the epochs).
-
-    The schedule starts from each group's base learning rate, also when ``optimizer`` was used
-    by an earlier phase (rewind ``none``): every phase runs a whole schedule of its own."""
-    for group in optimizer.param_groups:
-        group["lr"] = group.get("initial_lr", group["lr"])
-    if name == "none":
-        return None
-    if name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
-    if name == "step":
-        milestones = [max(1, epochs // 2), max(1, (3 * epochs) // 4)]
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
-    raise UserError(f"schedule: unknown value {name!r}; allowed: {', '.join(SCHEDULES)}")

@@ -37,12 +37,11 @@ from incop.core.masks import (
     unmatched_patterns,
 )
 from incop.core.metrics import Metric, MetricFn
+from incop.core.optimizers import make_optimizer, make_scheduler
 from incop.core.precision import AUTO_PRECISION, Precision, auto_precision
 from incop.core.training import (
     DivergenceError,
     evaluate,
-    make_optimizer,
-    make_scheduler,
     train_epoch,
 )
 from incop.core.world import World, shared_probe

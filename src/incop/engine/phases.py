@@ -21,12 +21,11 @@ from incop.core.batches import BatchSource, make_probe
 from incop.core.flops import TRAIN_PASSES
 from incop.core.inputs import OutputFn
 from incop.core.masks import MaskEnforcer, Masks
+from incop.core.optimizers import make_optimizer, make_scheduler
 from incop.core.precision import Precision
 from incop.core.training import (
     DivergenceError,
     LossFn,
-    make_optimizer,
-    make_scheduler,
     train_epoch,
 )
 from incop.core.world import World, shared_probe
