@@ -20,24 +20,52 @@ object follows), ``Callback``, and for a component registered by name, its ``Opt
 of ``option(...)`` fields and a registry (``PRUNERS``, ``STOPPING_RULES``, ``LOGGERS``).
 """
 
-from incop.config import Config
-from incop.core.callbacks import LOGGERS, Callback, Logger
-from incop.core.masks import prunable_parameters, sparsity_report
-from incop.core.options import NoOptions, not_allowed, option
-from incop.engine.imp import prune
-from incop.engine.result import LevelResult, Result
-from incop.engine.state import RunState
-from incop.errors import DataError, UserError
-from incop.methods.flows import Flow, gradient_flow, information_flow
-from incop.methods.limit import Limit, pruning_limit
-from incop.methods.pruning import PRUNERS, Pruner, PrunerComponent, pq_index, sap_prune_count
-from incop.methods.stopping import STOPPING_RULES, Reference, StoppingRule
-from incop.methods.stopping.rule import register_rule
-from incop.methods.tas import TASResult
-from incop.tools.tas import tas_search
-from incop.tools.ticket import MaskHandle, Ticket, apply_masks, export_ticket, load_ticket
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from incop.version import __version__
-from incop.workload.data import Batches
+
+# Each name is imported on first use (PEP 562), so the command line answers `--help`, `list`
+# and every refusal of bad input without importing torch (about 2 s and 200 MB).
+_WHERE = {
+    "Config": "incop.config",
+    "Callback": "incop.core.callbacks",
+    "LOGGERS": "incop.core.callbacks",
+    "Logger": "incop.core.callbacks",
+    "prunable_parameters": "incop.core.masks",
+    "sparsity_report": "incop.core.masks",
+    "NoOptions": "incop.core.options",
+    "not_allowed": "incop.core.options",
+    "option": "incop.core.options",
+    "prune": "incop.engine.imp",
+    "LevelResult": "incop.engine.result",
+    "Result": "incop.engine.result",
+    "RunState": "incop.engine.state",
+    "DataError": "incop.errors",
+    "UserError": "incop.errors",
+    "Flow": "incop.methods.flows",
+    "gradient_flow": "incop.methods.flows",
+    "information_flow": "incop.methods.flows",
+    "Limit": "incop.methods.limit",
+    "pruning_limit": "incop.methods.limit",
+    "PRUNERS": "incop.methods.pruning",
+    "Pruner": "incop.methods.pruning",
+    "PrunerComponent": "incop.methods.pruning",
+    "pq_index": "incop.methods.pruning",
+    "sap_prune_count": "incop.methods.pruning",
+    "Reference": "incop.methods.stopping",
+    "STOPPING_RULES": "incop.methods.stopping",
+    "StoppingRule": "incop.methods.stopping",
+    "register_rule": "incop.methods.stopping.rule",
+    "TASResult": "incop.methods.tas",
+    "tas_search": "incop.tools.tas",
+    "MaskHandle": "incop.tools.ticket",
+    "Ticket": "incop.tools.ticket",
+    "apply_masks": "incop.tools.ticket",
+    "export_ticket": "incop.tools.ticket",
+    "load_ticket": "incop.tools.ticket",
+    "Batches": "incop.workload.data",
+}
 
 __all__ = [
     "LOGGERS",
@@ -79,3 +107,35 @@ __all__ = [
     "sparsity_report",
     "tas_search",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'incop' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if TYPE_CHECKING:
+    from incop.config import Config
+    from incop.core.callbacks import LOGGERS, Callback, Logger
+    from incop.core.masks import prunable_parameters, sparsity_report
+    from incop.core.options import NoOptions, not_allowed, option
+    from incop.engine.imp import prune
+    from incop.engine.result import LevelResult, Result
+    from incop.engine.state import RunState
+    from incop.errors import DataError, UserError
+    from incop.methods.flows import Flow, gradient_flow, information_flow
+    from incop.methods.limit import Limit, pruning_limit
+    from incop.methods.pruning import PRUNERS, Pruner, PrunerComponent, pq_index, sap_prune_count
+    from incop.methods.stopping import STOPPING_RULES, Reference, StoppingRule
+    from incop.methods.stopping.rule import register_rule
+    from incop.methods.tas import TASResult
+    from incop.tools.tas import tas_search
+    from incop.tools.ticket import MaskHandle, Ticket, apply_masks, export_ticket, load_ticket
+    from incop.workload.data import Batches

@@ -10,14 +10,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import torch
-
 import incop.methods.flow_guided  # noqa: F401  (registers the flow-guided score)
 import incop.methods.pruners  # noqa: F401  (registers the built-in pruners)
 from incop.config.presets import PRESETS
 from incop.core.batches import AUTO
 from incop.core.callbacks import LOGGERS
-from incop.core.distill import DISTILL_PHASES
 from incop.core.metrics import CALLABLE_PREFIX, METRICS
 from incop.core.optimizers import OPTIMIZERS, SCHEDULES
 from incop.core.options import (
@@ -42,9 +39,14 @@ MAX_SEED = 2**32 - 1
 #: At most this many pruning rounds: beyond, a value is a typo.
 MAX_LEVELS = 1000
 #: Training runs in float32: a larger learning rate or coefficient cannot even be represented.
-FLOAT_MAX = float(torch.finfo(torch.float32).max)
+#: float32's largest finite value (``torch.finfo(torch.float32).max``, which a test checks),
+#: written out so that checking a config never imports torch.
+FLOAT_MAX = 3.4028234663852886e38
 DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 FINETUNE_STARTS = ("last", "dense")
+#: When a run distils from theta* (:mod:`incop.core.distill`): never, in the fine-tune only,
+#: or in every retraining level and the fine-tune.
+DISTILL_PHASES = ("off", "finetune", "all")
 PRUNE_COUNTS = ("adaptive", "frozen")
 #: The one word target_remaining takes besides a number.
 LIMIT_TARGET = "limit"
@@ -374,6 +376,9 @@ def check_device(name: str) -> str | None:
     allowed = "allowed: auto, cpu, cuda, cuda:N, mps"
     if name in ("auto", "cpu"):
         return None
+    # Only here: asking the hardware needs torch, checking the other settings does not.
+    import torch
+
     try:
         device = torch.device(name)
     except RuntimeError:

@@ -7,20 +7,22 @@ A batch source is any re-iterable of ``(inputs, targets)`` batches: a list, a
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from incop.core import inputs
 from incop.core.architecture import convolves
 
+if TYPE_CHECKING:
+    import torch
+
+
 #: One batch: ``(inputs, targets)``, the first dimension of each being the examples; inputs a
 #: tensor, a tuple or a dict of them (:mod:`incop.core.inputs`).
-Batch = tuple[Any, torch.Tensor]
+Batch = tuple[Any, "torch.Tensor"]
 #: Any re-iterable source of ``(inputs, targets)`` batches: a DataLoader, a list, data.Batches.
 BatchSource = Iterable[Batch]
 #: ``loss_fn(outputs, targets) -> scalar``: the mean loss over the batch.
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+LossFn = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 
 
 def make_probe(data: BatchSource, size: int, seed: int, batch_size: int) -> list[Batch]:
@@ -28,6 +30,8 @@ def make_probe(data: BatchSource, size: int, seed: int, batch_size: int) -> list
     ``seed``, as a list of batches. Data with a ``sample(n, seed, batch_size)`` method (the
     built-in datasets) is sampled at random; any other iterable gives its first ``size``
     examples in iteration order."""
+    import torch
+
     if hasattr(data, "sample"):
         return list(data.sample(size, seed, batch_size))
     xs, ys, count = [], [], 0

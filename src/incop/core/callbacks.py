@@ -57,7 +57,7 @@ class Logger(Callback):
 
 
 #: Logger name -> its class (``open(folder, config)`` builds it).
-LOGGERS: Registry[type] = Registry("logger")
+LOGGERS: Registry[type] = Registry("logger", builtins="incop.engine.loggers")
 
 
 def check_callback(obj: object) -> None:

@@ -23,10 +23,6 @@ from incop.core import inputs
 from incop.core.batches import LossFn
 from incop.core.inputs import OutputFn
 
-#: When a run distils from theta*: never, in the fine-tune only, or in every retraining level
-#: and the fine-tune.
-DISTILL_PHASES = ("off", "finetune", "all")
-
 
 def kd_loss(
     student: torch.Tensor,

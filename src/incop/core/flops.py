@@ -9,10 +9,14 @@ its cost), an evaluation or information-flow probe example 1, a gradient-flow pr
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
-from incop.core.masks import Masks, sparsity_report
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from incop.core.masks import Masks
+
 
 #: FLOPs per multiply-accumulate.
 FLOPS_PER_MAC = 2
@@ -31,6 +35,8 @@ class FlopCounter:
     pass of ``example_input`` (shape ``(B, ...)``); after that a count costs a sum per mask."""
 
     def __init__(self, model: nn.Module, masks: Masks, example_input: torch.Tensor) -> None:
+        from incop.core.masks import sparsity_report
+
         report = sparsity_report(model, masks, example_input)
         self.positions = {layer.name: layer.macs_dense // layer.total for layer in report.layers}
 

@@ -12,17 +12,19 @@ first element.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from incop.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
 
 #: What a batch's inputs may be: a tensor, a tuple/list of them, or a dict of them.
 Inputs = Any
 #: ``output_fn(model output) -> tensor``: what the loss and the metric read.
-OutputFn = Callable[[Any], torch.Tensor]
+OutputFn = Callable[[Any], "torch.Tensor"]
 
 
 def call(model: nn.Module, inputs: Inputs) -> Any:
@@ -36,6 +38,8 @@ def call(model: nn.Module, inputs: Inputs) -> Any:
 
 def logits(output: Any) -> torch.Tensor:
     """The tensor of a model's output that the loss reads (the default ``output_fn``)."""
+    import torch
+
     if torch.is_tensor(output):
         return output
     held = getattr(output, "logits", None)
@@ -55,6 +59,8 @@ def logits(output: Any) -> torch.Tensor:
 
 def apply(inputs: Inputs, fn: Callable[[torch.Tensor], torch.Tensor]) -> Inputs:
     """``inputs`` with ``fn`` applied to every tensor in it (same structure)."""
+    import torch
+
     if torch.is_tensor(inputs):
         return fn(inputs)
     if isinstance(inputs, dict):
@@ -72,6 +78,8 @@ def to_device(inputs: Inputs, device: torch.device | None) -> Inputs:
 
 def tensors(inputs: Inputs) -> list[torch.Tensor]:
     """Every tensor in ``inputs``, in order."""
+    import torch
+
     if torch.is_tensor(inputs):
         return [inputs]
     values = inputs.values() if isinstance(inputs, dict) else inputs
@@ -92,6 +100,8 @@ def count(inputs: Inputs) -> int:
 
 def cat(parts: list[Inputs]) -> Inputs:
     """The inputs of several batches as one (same structure, tensors concatenated)."""
+    import torch
+
     first = parts[0]
     if torch.is_tensor(first):
         return torch.cat(parts)
@@ -121,6 +131,8 @@ def part(inputs: Inputs, rank: int, ranks: int) -> Inputs:
 def describe(inputs: Inputs) -> Any:
     """The shapes and dtypes of ``inputs``, as JSON: ``{"shape": [...], "dtype": "int64"}`` per
     tensor, in a list (tuple inputs) or a dict (keyword inputs) as they come."""
+    import torch
+
     if torch.is_tensor(inputs):
         return {"shape": list(inputs.shape), "dtype": str(inputs.dtype).removeprefix("torch.")}
     if isinstance(inputs, dict):
@@ -133,6 +145,8 @@ def describe(inputs: Inputs) -> Any:
 def example(spec: Any) -> Inputs:
     """Inputs of the shapes and dtypes :func:`describe` recorded: zeros for floating point,
     ones for integers (a token id every vocabulary has, an attention mask that attends)."""
+    import torch
+
     if not isinstance(spec, dict):
         raise UserError(f"example input: {spec!r} is not a recorded input")
     if "kwargs" in spec:

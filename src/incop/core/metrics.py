@@ -12,17 +12,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from incop.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 #: The metrics a config (YAML, command line) can name.
 METRICS = ("accuracy", "loss")
 #: How a config records a callable given to ``incop.prune`` (it cannot be rebuilt from a file).
 CALLABLE_PREFIX = "callable:"
 
-MetricFn = Callable[[torch.Tensor, torch.Tensor], float]
+MetricFn = Callable[["torch.Tensor", "torch.Tensor"], float]
 
 
 @dataclass(frozen=True)

@@ -8,21 +8,26 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from incop.core.architecture import convolves
 from incop.errors import UserError
 
+if TYPE_CHECKING:
+    import torch
+
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 #: ``precision: auto``: :func:`auto_precision` chooses.
 AUTO_PRECISION = "auto"
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+#: The autocast dtype of each reduced precision (the name of its ``torch`` attribute).
+_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 
 
 def native_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX)."""
+    import torch
+
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
@@ -41,6 +46,8 @@ class Precision:
     would flush small gradients to zero without it)."""
 
     def __init__(self, name: str, device: torch.device) -> None:
+        import torch
+
         if name not in PRECISIONS:
             raise UserError(f"precision: {name!r} is not allowed; allowed: {', '.join(PRECISIONS)}")
         if name == "fp16" and device.type != "cuda":
@@ -54,10 +61,12 @@ class Precision:
     @contextlib.contextmanager
     def autocast(self) -> Iterator[None]:
         """The forward pass and loss in the chosen precision (a no-op for fp32)."""
+        import torch
+
         if self.name == "fp32":
             yield
             return
-        with torch.autocast(self.device_type, dtype=_DTYPES[self.name]):
+        with torch.autocast(self.device_type, dtype=getattr(torch, _DTYPES[self.name])):
             yield
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -77,7 +86,3 @@ class Precision:
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         if self.scaler is not None and state is not None:
             self.scaler.load_state_dict(state)
-
-
-#: Plain fp32 training: no autocast, no scaler.
-FP32 = Precision("fp32", torch.device("cpu"))

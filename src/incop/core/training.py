@@ -15,7 +15,10 @@ from incop.core.batches import Batch, LossFn
 from incop.core.distill import Teacher
 from incop.core.inputs import OutputFn
 from incop.core.masks import MaskEnforcer
-from incop.core.precision import FP32, Precision
+from incop.core.precision import Precision
+
+#: Plain fp32 training: no autocast, no scaler.
+FP32 = Precision("fp32", torch.device("cpu"))
 
 
 class DivergenceError(RuntimeError):

@@ -5,15 +5,17 @@ process is a world of one, where all of this costs nothing."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, TypeVar
-
-import torch
-import torch.distributed as dist
-from torch import nn
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from incop.core import inputs
 from incop.core.batches import Batch, BatchSource, make_probe
-from incop.core.training import EpochStats
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from incop.core.training import EpochStats
+
 
 T = TypeVar("T")
 
@@ -39,6 +41,8 @@ class World:
 
     def device(self, device: torch.device) -> torch.device:
         """This rank's GPU when ``device`` is CUDA (one GPU per rank), else ``device``."""
+        import torch
+
         if device.type == "cuda" and self.size > 1:
             return torch.device("cuda", self.local_rank)
         return device
@@ -46,6 +50,8 @@ class World:
     def wrap(self, model: nn.Module) -> nn.Module:
         """The module to train: ``model`` itself, or ``model`` in DistributedDataParallel,
         which averages gradients over the ranks (``model``'s own state dict is unchanged)."""
+        from torch import nn
+
         if self.size == 1:
             return model
         device_ids = [self.local_rank] if next(model.parameters()).is_cuda else None
@@ -53,13 +59,19 @@ class World:
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
         """``values`` summed over the ranks (a new float64 tensor, on the CPU)."""
+        import torch.distributed as dist
+
         return self._reduce(values, dist.ReduceOp.SUM)
 
     def max(self, values: torch.Tensor) -> torch.Tensor:
         """The element-wise maximum of ``values`` over the ranks (float64, on the CPU)."""
+        import torch.distributed as dist
+
         return self._reduce(values, dist.ReduceOp.MAX)
 
     def _reduce(self, values: torch.Tensor, op: Any) -> torch.Tensor:
+        import torch.distributed as dist
+
         out = values.detach().double().cpu().clone()
         if self.size > 1:
             # gloo reduces CPU tensors; NCCL only CUDA ones.
@@ -76,6 +88,8 @@ class World:
 
     def from_main(self, obj: T) -> T:
         """Rank 0's ``obj`` on every rank (pickled and broadcast)."""
+        import torch.distributed as dist
+
         if self.size == 1:
             return obj
         box = [obj]
@@ -84,6 +98,8 @@ class World:
 
     def check_same(self, values: torch.Tensor, what: str) -> None:
         """Raise if ``values`` (a float64 fingerprint) differs between ranks."""
+        import torch
+
         if self.size == 1:
             return
         low, high = -self.max(-values), self.max(values)
@@ -95,6 +111,10 @@ class World:
 
     def combine(self, stats: EpochStats) -> EpochStats:
         """The statistics of all ranks' examples together (each rank passes its own)."""
+        import torch
+
+        from incop.core.training import EpochStats
+
         if self.size == 1:
             return stats
         n = stats.examples
@@ -120,6 +140,8 @@ class World:
         )
 
     def barrier(self) -> None:
+        import torch.distributed as dist
+
         if self.size > 1:
             dist.barrier()
 

@@ -45,10 +45,7 @@ from incop.core.training import (
     train_epoch,
 )
 from incop.core.world import World, shared_probe
-from incop.engine import (
-    loggers,  # noqa: F401  (registers the loggers --log names)
-    phases,
-)
+from incop.engine import phases
 from incop.engine.clock import Clock
 from incop.engine.counts import frozen_counts, reference_levels
 from incop.engine.distributed import current_world

@@ -15,18 +15,20 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from incop.core import inputs as model_inputs
 from incop.core.batches import AUTO, EVAL_BATCH_DENSE, PROBE_MAX, Batch, BatchSource
 from incop.core.inputs import OutputFn
-from incop.core.masks import Masks
 from incop.core.world import World, shared_probe
 from incop.errors import UserError
 from incop.methods.pruning import Weights
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from incop.core.masks import Masks
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,8 @@ class PruneContext:
 
 def _scoring_copy(model: nn.Module, masks: Masks) -> nn.Module:
     """A copy of ``model`` with the masks applied, whose gradients are its own."""
+    import torch
+
     net = copy.deepcopy(model)
     with torch.no_grad():
         for name, mask in masks.items():
@@ -80,6 +84,8 @@ def synflow_scores(model: nn.Module, masks: Masks, example_input: torch.Tensor) 
     shaped like ``example_input[0]``. Computed in float64 on a copy: R grows with the
     product of the layers' weight sums and overflows float32 in deep networks.
     """
+    import torch
+
     net = _scoring_copy(model, masks).double().eval()
     with torch.no_grad():
         for tensor in [*net.parameters(), *net.buffers()]:
@@ -112,6 +118,8 @@ def snip_scores(
     ``train=False``: eval mode, BatchNorm on its running statistics, as the Synaptic-Flow
     reference code scores), computed on a copy so the model's BatchNorm statistics do not
     move."""
+    import torch
+
     net = _scoring_copy(model, masks).train(train)
     inputs, targets = batch
     with torch.random.fork_rng(devices=[]):  # dropout must not advance the run's generator

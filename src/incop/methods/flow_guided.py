@@ -7,24 +7,27 @@ much the information flow moves when that tensor alone takes the prune.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from incop.core.batches import AUTO, PROBE_HELP
-from incop.core.masks import Masks
+from incop.core.lazy import no_grad
 from incop.core.options import NoOptions, option
 from incop.methods.at_init import NetworkScored, PruneContext
 from incop.methods.flows import FLOW_SUMMARIES, IF_SKIP, information_flow
 from incop.methods.pruning import PRUNERS, SCORES, Pruner, Score, Weights, prune_scores
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from incop.core.masks import Masks
 
 
 def _alive(masks: Masks) -> int:
     return sum(int(m.sum()) for m in masks.values())
 
 
-@torch.no_grad()
+@no_grad
 def layer_sensitivity(
     model: nn.Module,
     masks: Masks,
@@ -37,6 +40,8 @@ def layer_sensitivity(
     """s_l = ||f(theta^(l)) - f(theta)||_1 per masked tensor l: f the information flow on
     ``probe``, theta^(l) the current weights with ``floor(fraction * alive_l)`` alive weights
     of smallest |w| of tensor l zeroed. The model is left as it was."""
+
+    import torch
 
     def flow() -> torch.Tensor:
         return information_flow(model, probe, summary=summary, skip=skip).vector

@@ -13,17 +13,21 @@ import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise as pairs
-
-import torch
-import torch.nn.functional as F
-from torch import nn
+from typing import TYPE_CHECKING
 
 from incop.core import inputs as model_inputs
 from incop.core.batches import Batch, LossFn
 from incop.core.inputs import OutputFn
-from incop.core.masks import Masks, attention_unfused, prunable_modules
+from incop.core.lazy import no_grad
 from incop.core.registry import closest
 from incop.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from incop.core.masks import Masks
+
 
 #: Residual projections, left out by default: the information flow follows the main path
 #: (METHOD.md section 4).
@@ -31,7 +35,7 @@ IF_SKIP = ["*downsample*", "*shortcut*"]
 
 FLOW_SUMMARIES = ("mean", "abs-mean", "frobenius")
 #: Sums a tensor over the processes that share a measurement (data parallel), e.g. World.sum.
-Reduce = Callable[[torch.Tensor], torch.Tensor]
+Reduce = Callable[["torch.Tensor"], "torch.Tensor"]
 
 DISTANCES = ("l2", "relative", "cosine")
 
@@ -53,6 +57,8 @@ class Flow:
 
 
 def _model_device(model: nn.Module) -> torch.device:
+    import torch
+
     first = next(model.parameters(), None)
     return first.device if first is not None else torch.device("cpu")
 
@@ -65,6 +71,8 @@ def _check_choice(option: str, value: str, allowed: Sequence[str]) -> None:
 def _measured_modules(
     model: nn.Module, layers: Sequence[str] | None, skip: Sequence[str]
 ) -> dict[str, nn.Module]:
+    from incop.core.masks import prunable_modules
+
     modules = dict(model.named_modules())
     if layers is None:
         names = [param_name.rpartition(".")[0] for param_name in prunable_modules(model)]
@@ -92,6 +100,9 @@ def _reading(
     ``(T, B, D)`` activation gives ``B*T`` rows of ``D`` channels; ``per_example`` averages the
     positions of each example (the batch dim: the first of ``examples`` entries), for a pair
     whose other layer has one row per example (a classifier after a sequence)."""
+    import torch
+    from torch import nn
+
     if isinstance(output, tuple | list) and output:
         output = output[0]
     if not torch.is_tensor(output) or output.dim() < 2:
@@ -125,6 +136,8 @@ def _correlation(
     n: int,
 ) -> torch.Tensor:
     """Pearson correlation (population statistics) from the sums of two layers."""
+    import torch
+
     mean_a, mean_b = s1[0] / n, s2[0] / n
     # Clamp: cancellation can leave a tiny negative variance.
     std_a = (s1[1] / n - mean_a**2).clamp_min(0).sqrt()
@@ -157,6 +170,8 @@ def _attention_hook(
 ) -> Callable[..., None]:  # fmt: skip
     """Attention runs its projections functionally: the packed q/k/v projection (the module's
     own name) is recomputed from the query, ``out_proj`` is the attention's output."""
+    import torch.nn.functional as F
+
     out_name = f"{name}.out_proj" if name else "out_proj"
 
     def hook(_module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
@@ -169,7 +184,7 @@ def _attention_hook(
     return hook
 
 
-@torch.no_grad()
+@no_grad
 def information_flow(
     model: nn.Module,
     batches: Iterable[Batch],
@@ -211,6 +226,11 @@ def information_flow(
     running sums; default: the first example of ``batches``) and ``reduce``, which sums a
     tensor over the processes (e.g. ``World.sum``); every process gets the whole set's IF.
     """
+    import torch
+    from torch import nn
+
+    from incop.core.masks import attention_unfused
+
     _check_choice("summary", summary, FLOW_SUMMARIES)
     device = torch.device(device) if device is not None else _model_device(model)
     modules = _measured_modules(model, layers, skip)
@@ -307,6 +327,8 @@ def _parallel_groups(current: dict[str, tuple]) -> list[list[str]]:
 
 def _joined(current: dict[str, tuple], group: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """A group's rows and per-example readings, its members' channels side by side."""
+    import torch
+
     if len(group) == 1:
         return current[group[0]][1], current[group[0]][2]
     rows = torch.cat([current[n][1] for n in group], dim=1)
@@ -316,6 +338,8 @@ def _joined(current: dict[str, tuple], group: list[str]) -> tuple[torch.Tensor, 
 
 def _start_pair(a: tuple, b: tuple, group_a: list[str], group_b: list[str]) -> _Pair:
     """A pair's sums, reading rows where both layers have as many, else one row per example."""
+    import torch
+
     form = 0 if a[0].shape[0] == b[0].shape[0] else 1
     if form == 1 and (a[1] is None or b[1] is None):
         raise UserError(
@@ -354,6 +378,11 @@ def gradient_flow(
     train/eval mode and BatchNorm statistics are left as found. Sharded over processes,
     each passes its part of the probe set and ``reduce`` (sums a tensor over them).
     """
+    import torch
+    import torch.nn.functional as F
+
+    from incop.core.masks import prunable_modules
+
     if params is None:
         params = {name: model.get_parameter(name) for name in prunable_modules(model)}
     if masks is not None and (missing := [name for name in params if name not in masks]):

@@ -24,18 +24,19 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
-import torch.nn.functional as F
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from incop.core import inputs as model_inputs
 from incop.core.inputs import OutputFn
 from incop.errors import UserError
 
-Batch = tuple[torch.Tensor, torch.Tensor]
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+Batch = tuple["torch.Tensor", "torch.Tensor"]
+LossFn = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 #: Lanczos stops once beta falls below this times the largest |alpha| (an invariant subspace).
 BREAKDOWN = 1e-10
 #: A Hessian row whose mean per-batch L1 norm is below this counts as zero (official value).
@@ -46,6 +47,8 @@ DENSITIES = ("quadrature", "official")
 def default_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     """The Hessian's parameters by default: every Conv/Linear weight and bias (the official set,
     BatchNorm excluded)."""
+    from torch import nn
+
     found = {}
     for prefix, module in model.named_modules():
         if isinstance(module, nn.Linear | nn.modules.conv._ConvNd):
@@ -60,6 +63,8 @@ def batch_loss_std(
 ) -> float:
     """eps (LIMIT.md B3 item 3): the population standard deviation (ddof 0) of the per-batch
     mean losses, in eval mode."""
+    import torch
+
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -103,11 +108,15 @@ class HessianOperator:
 
     def row_l1(self, index: int) -> float:
         """(1/N) sum_b n_b |H_b[index, :]|_1: the size of one Hessian row, batch by batch."""
+        import torch
+
         unit = torch.zeros(self.dim, dtype=torch.float64, device=self.device)
         unit[index] = 1.0
         return sum(float(part.abs().sum()) for part in self._products(unit)) / self.examples
 
     def __call__(self, flat: torch.Tensor) -> torch.Tensor:
+        import torch
+
         total = torch.zeros(self.dim, dtype=torch.float64, device=self.device)
         for part in self._products(flat):
             total += part
@@ -115,6 +124,8 @@ class HessianOperator:
 
     def _products(self, flat: torch.Tensor) -> Iterable[torch.Tensor]:
         """Per batch: n_b H_b v, flat, float64."""
+        import torch
+
         self.calls += 1
         vector = self._split(flat)
         was_training = self.model.training
@@ -141,6 +152,8 @@ def lanczos(
     """The tridiagonal ``(alphas, betas)`` of at most ``iters`` Lanczos steps from a Rademacher
     start: float64 basis, full re-orthogonalisation done twice, early stop on breakdown
     (beta < 1e-10 max|alpha|: an invariant subspace has been found)."""
+    import torch
+
     start = torch.randint(0, 2, (dim,), generator=generator).double() * 2 - 1
     v = (start / start.norm()).to(device)
     basis = torch.zeros(min(iters, dim), dim, dtype=torch.float64, device=device)
@@ -171,6 +184,8 @@ def lanczos(
 def ritz(alphas: torch.Tensor, betas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Ritz values theta_k (eigenvalues of the tridiagonal matrix) and their quadrature weights
     tau_k (the squared first components of its eigenvectors; they sum to 1)."""
+    import torch
+
     tridiagonal = torch.diag(alphas)
     if len(betas):
         tridiagonal += torch.diag(betas, 1) + torch.diag(betas, -1)
@@ -186,6 +201,8 @@ def width(
     zero_row_fraction: float = 0.0,
 ) -> torch.Tensor:
     """G(R) = z + (1 - z) sum_k tau_k 2 eps / (2 eps + |theta_k| R^2), at every ``radius``."""
+    import torch
+
     r = torch.as_tensor(radius, dtype=torch.float64).reshape(-1, 1)
     terms = ritz_weights * (2 * eps) / (2 * eps + ritz_values.abs() * r**2)
     return with_zero_rows(terms.sum(dim=1), zero_row_fraction)
@@ -209,6 +226,8 @@ def official_width(
     Gaussian density of variance 1e-10 max(1, range) around each Ritz value on a grid of
     ``points`` over [min - 0.01, max + 0.01], zero-density points dropped, and R rounded to an
     integer."""
+    import torch
+
     low, high = float(ritz_values.min()) - 0.01, float(ritz_values.max()) + 0.01
     grid = torch.linspace(low, high, points, dtype=torch.float64)
     variance = 1e-10 * max(1.0, high - low)
@@ -229,6 +248,8 @@ def magnitude_curve(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """pi_i = i / grid (i = 0..grid-1) and R_i = sqrt(sum of the n_i smallest w^2), with
     n_i = max(1, ceil(pi_i N_w)): exactly n_i weights (ties do not change R)."""
+    import torch
+
     squares = torch.cat([w.detach().reshape(-1).double().cpu() ** 2 for w in weights])
     cumulative = torch.cumsum(torch.sort(squares).values, 0)
     fractions = torch.arange(grid, dtype=torch.float64) / grid
@@ -238,6 +259,8 @@ def magnitude_curve(
 
 def crossing(fractions: torch.Tensor, g: torch.Tensor) -> int:
     """The first index where |G(R_i) - pi_i| is least."""
+    import torch
+
     return int(torch.argmin((g - fractions).abs()))
 
 
@@ -246,6 +269,8 @@ def zero_row_fraction(
 ) -> float:
     """z (LIMIT.md B3 item 6): of the weights at magnitude quantiles q = i/100 (the
     ceil(q N_w)-th smallest |w|, ties by position), the fraction whose Hessian row is zero."""
+    import torch
+
     offsets, flat = [], []
     start = 0
     for p in params.values():
@@ -344,6 +369,10 @@ def pruning_limit(
     ``output_fn``: the tensor of the model's output the loss reads
     (:func:`incop.core.inputs.logits`).
     """
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
     started = time.perf_counter()
     task_loss = loss_fn or F.cross_entropy
 

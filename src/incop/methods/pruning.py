@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
-import torch
-
-from incop.core.masks import Masks
 from incop.core.options import Component
 from incop.core.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+
+    from incop.core.masks import Masks
+
 
 SCOPES_FIXED = ("global", "layer", "channel")
 SCOPES_SAP = ("global", "layer", "neuron", "channel")
 
-Weights = dict[str, torch.Tensor]
+Weights = dict[str, "torch.Tensor"]
 
 
 @runtime_checkable
@@ -91,6 +94,8 @@ def pq_index(w: torch.Tensor, p: float, q: float) -> float:
     (nothing to tell apart, so SAP prunes nothing); with k of d entries infinite it is
     ``1 - (k/d)^(1/p - 1/q)``, the limit as those entries grow without bound. Requires 0 < p < q.
     """
+    import torch
+
     if not 0 < p < q:
         raise ValueError(f"pq_index needs 0 < p < q, got p={p}, q={q}")
     a = w.detach().abs().flatten().double()
@@ -144,6 +149,8 @@ def _remove_smallest(
 ) -> torch.Tensor:
     """Mask with the ``count`` alive entries of smallest score removed, never one of ``keep``
     (flattened, stable ties). Fewer are removed only when fewer candidates remain."""
+    import torch
+
     flat_alive = alive.flatten()
     idx = (flat_alive & ~keep.flatten()).nonzero().squeeze(1)
     count = min(count, idx.numel())
@@ -159,6 +166,8 @@ def _largest_alive(weights: Weights, masks: Masks) -> Masks:
     """For each tensor with alive weights, its largest alive |w| (METHOD.md: keep at least one
     per tensor). It is taken out of the ranking before the cut, so a round that would empty a
     tensor spends its full count on the other weights instead of stalling."""
+    import torch
+
     keep: Masks = {}
     for name, mask in masks.items():
         keep[name] = torch.zeros_like(mask)
@@ -171,6 +180,8 @@ def _largest_alive(weights: Weights, masks: Masks) -> Masks:
 def _prune_global(
     scores: Weights, masks: Masks, keep: Masks, count_for: Callable[[torch.Tensor], int]
 ) -> Masks:
+    import torch
+
     names = list(masks)
     flat_scores = torch.cat([scores[n].flatten() for n in names])
     flat_alive = torch.cat([masks[n].flatten() for n in names])
@@ -188,6 +199,8 @@ def _prune_each(
     count_for: Callable[[torch.Tensor], int],
     rows: bool,
 ) -> Masks:
+    import torch
+
     new: Masks = {}
     for name, mask in masks.items():
         score = scores[name]
@@ -210,6 +223,8 @@ def _prune_channels(scores: Weights, masks: Masks, count_for: Callable) -> Masks
     within each layer, ranked by the L2 norm of their alive scores, the count coming from
     that layer's vector of alive units' norms. The largest-norm unit of a layer is kept. The
     last prunable layer is the classifier, whose units are the classes: it is never pruned."""
+    import torch
+
     new = dict(masks)
     for name in list(masks)[:-1]:
         mask = masks[name].flatten(1)
@@ -244,6 +259,8 @@ def hold_counts(weights: Weights, before: Masks, proposed: Masks, counts: dict[s
     of the weights alive in ``before``, those the pruner kept in ``proposed`` first, then by
     |w| (ties by position). The pruner still decides which weights go; only how many is held
     to the reference run's. ``counts``: name -> alive weights after this level's prune."""
+    import torch
+
     held = {}
     for name, w in weights.items():
         alive = before[name].reshape(-1)
@@ -275,4 +292,6 @@ def _prune(
 def preview(pruner: Pruner, weights: Weights, masks: Masks) -> Masks:
     """The masks ``pruner`` would produce now, drawn on a throwaway generator: the run's own
     random state is untouched (for rules that watch the next prune)."""
+    import torch
+
     return pruner(weights, masks, torch.Generator().manual_seed(0))

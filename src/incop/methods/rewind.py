@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from incop.core.options import NoOptions, option
 from incop.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
 
 REWIND_MODES = ("init", "epoch:K", "dense", "none", "lr")
 
@@ -27,7 +30,7 @@ class RewindOptions(NoOptions):
         return []
 
 
-StateDict = dict[str, torch.Tensor]
+StateDict = dict[str, "torch.Tensor"]
 
 
 @dataclass(frozen=True)

@@ -170,14 +170,15 @@ def _saved(args: argparse.Namespace, file: str) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from incop.engine.distributed import current_world, launch
-    from incop.engine.experiment import run_experiment
-
     mode = _mode(args)
     if mode == "resume":
         config = resolve({**_saved(args, "config.yaml"), "out": args.resume})
     else:
         config = resolve(overrides_from_args(args))
+    # Only now, the config checked: a refusal of bad input never waits for torch.
+    from incop.engine.distributed import current_world, launch
+    from incop.engine.experiment import run_experiment
+
     if config.out is None:
         config.out = default_out(config.method, config)
     if args.nproc is not None:  # checked above, before any process starts
@@ -226,7 +227,6 @@ def _seeds(args: argparse.Namespace) -> list[int]:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from incop.engine.distributed import current_world, launch
     from incop.tools.compare import (
         check_analysis,
         check_plan,
@@ -236,7 +236,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
         parse_sweep,
         run_comparison,
     )
-    from incop.tools.report import write_report
 
     mode = _mode(args)
     if mode == "resume":
@@ -268,6 +267,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         first = method_config(overrides, methods[0], seeds[0])
         out = overrides.pop("out", None) or default_out("compare", first)
     check_analysis(methods, **analysis)
+    # Only now, the plan checked: a refusal of bad input never waits for torch.
+    from incop.engine.distributed import current_world, launch
+    from incop.tools.report import write_report
+
     if args.nproc is not None:
         return launch(args.nproc, [*_without_nproc(args.argv), *_out_flag(args, mode, out)])
     world = current_world()

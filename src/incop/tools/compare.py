@@ -32,11 +32,9 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
-from tqdm.auto import tqdm
 
 from incop.config import (
     COMPONENTS,
@@ -50,28 +48,20 @@ from incop.config import (
     resolve,
     unused_by,
 )
-from incop.core.masks import prunable_parameters
 from incop.core.registry import closest
-from incop.core.world import World
-from incop.engine.counts import frozen_counts, reference_levels
-from incop.engine.distributed import current_world
-from incop.engine.experiment import build_batches
 from incop.engine.folders import LOCK_FILE, MANIFEST_FILE, Layout, Manifest, OwnedFolder
-from incop.engine.imp import IMP, resolve_device
-from incop.engine.outputs import (
-    RUN_LAYOUT,
-    load_tensors,
-    read_metrics,
-    run_writer,
-    to_json,
-    torch_file,
-)
-from incop.engine.phases import WarmUp
 from incop.errors import UserError
 from incop.tools.study import TOLERANCE, analyse, binomial_se, matching
 from incop.version import __version__
 from incop.workload.data import Batches, load_dataset
 from incop.workload.models import build_model
+
+if TYPE_CHECKING:
+    import torch
+
+    from incop.core.world import World
+    from incop.engine.phases import WarmUp
+
 
 DEFAULT_METHODS = ("lth", "sap", "sap-acc", "incop-if", "incop-gf")
 #: Methods every other one is compared against, when they are in the comparison.
@@ -288,6 +278,8 @@ def take_up(folder: OwnedFolder) -> None:
 def record_run(folder: OwnedFolder, run: Path) -> None:
     """Record in the comparison's manifest every file of the finished run folder ``run`` as
     its own manifest holds it, after checking each one."""
+    from incop.engine.outputs import RUN_LAYOUT
+
     prefix = run.relative_to(folder.root).as_posix()
     inner = Manifest.read(run)
     if inner is None:
@@ -313,6 +305,8 @@ def finished_summary(folder: OwnedFolder, run: Path) -> dict[str, Any]:
 
 def compare_layout() -> Layout:
     """What ``incop compare`` writes in its folder; ``--overwrite`` removes these only."""
+    from incop.engine.outputs import RUN_LAYOUT
+
     methods = "|".join(re.escape(name) for name in METHODS.names())
     own = Layout(
         files=(
@@ -421,6 +415,10 @@ def run_comparison(
     runs are kept, interrupted ones go on from their last epoch). Returns the content of
     ``comparison.json``.
     """
+    from incop.core.masks import prunable_parameters
+    from incop.engine.counts import frozen_counts, reference_levels
+    from incop.engine.distributed import current_world
+
     out = Path(out)
     world = current_world()
     # Everything is checked and loaded before the folder is made: a refused or failed start
@@ -491,6 +489,13 @@ def _compare(
     ranks that do not write)."""
 
     # What is on disk is rank 0's to judge (it may be writing it): every "exists" is its answer.
+    import torch
+    from tqdm.auto import tqdm
+
+    from incop.engine.experiment import build_batches
+    from incop.engine.imp import IMP, resolve_device
+    from incop.engine.outputs import run_writer, to_json
+
     def on_disk(path: Path) -> bool:
         return world.from_main(path.exists())
 
@@ -626,6 +631,10 @@ def shared_warmup(
 
     While it trains, ``warmup/seed-<s>/`` is its run folder, saved after every epoch, so a
     comparison killed during a warm-up goes on from its last epoch."""
+    from incop.core.world import World
+    from incop.engine.imp import IMP
+    from incop.engine.outputs import read_metrics, run_writer, torch_file
+
     world = world or World()
     relative = f"warmup/seed-{seed}.pt"
     path = out / relative
@@ -650,6 +659,9 @@ def shared_warmup(
 
 def _read_warmup(path: Path) -> WarmUp:
     """A saved warm-up, loaded without running anything and checked field by field."""
+    from incop.engine.outputs import load_tensors
+    from incop.engine.phases import WarmUp
+
     saved = load_tensors(path)
     fields = {f.name: f for f in dataclasses.fields(WarmUp)}
     required = [n for n, f in fields.items() if f.default is dataclasses.MISSING]
@@ -842,6 +854,8 @@ def provenance() -> dict[str, str | None]:
 
 def hardware(device: torch.device) -> dict[str, Any]:
     """What the comparison ran on, for the report."""
+    import torch
+
     info = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),

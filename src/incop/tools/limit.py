@@ -13,19 +13,14 @@ import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
 from tqdm.auto import tqdm
 
 from incop.config import Config, resolve
-from incop.core.training import evaluate
-from incop.engine.experiment import build_batches
+from incop.core.lazy import no_grad
 from incop.engine.folders import OwnedFolder, atomic_path
-from incop.engine.imp import resolve_device
-from incop.engine.outputs import RUN_LAYOUT, load_tensors, to_json
-from incop.engine.phases import LIMIT_SAMPLES
 from incop.errors import UserError
 from incop.methods.limit import (
     DENSITIES,
@@ -36,6 +31,10 @@ from incop.methods.limit import (
 )
 from incop.workload.data import load_dataset
 from incop.workload.models import build_model
+
+if TYPE_CHECKING:
+    import torch
+
 
 FILES = ("limit.json", "limit.csv")
 
@@ -92,6 +91,8 @@ class LimitOptions:
 
 def _run_source(run: Path, level: int) -> tuple[Config, dict[str, torch.Tensor], OwnedFolder]:
     """The config and level ``level``'s weights of the run folder ``run``, each checked."""
+    from incop.engine.outputs import RUN_LAYOUT, load_tensors
+
     folder = OwnedFolder(run, RUN_LAYOUT, mode="update", kind="run", marker="config.yaml")
     folder.check()
     folder.open()
@@ -160,6 +161,8 @@ def measure_limit(
         if options.level != 0:
             raise UserError("limit: --level picks a level of a run folder; a checkpoint is one")
         config = resolve({"model": model, "dataset": dataset, "data_dir": data_dir})
+        from incop.engine.outputs import load_tensors
+
         loaded = load_tensors(source)
         state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
         if not isinstance(state, dict):
@@ -179,6 +182,10 @@ def measure_limit(
 
 
 def _measure(config: Config, state: dict, options: LimitOptions, progress: bool) -> dict[str, Any]:
+    from incop.engine.experiment import build_batches
+    from incop.engine.imp import resolve_device
+    from incop.engine.phases import LIMIT_SAMPLES
+
     data = load_dataset(config.dataset, config.data_dir, config.download)
     info = data.info
     network = build_model(config.model, info.channels, info.image_size, info.num_classes)
@@ -220,10 +227,14 @@ def _measure(config: Config, state: dict, options: LimitOptions, progress: bool)
     return {"summary": summary, "curve": curve, "limit": limit}
 
 
-@torch.no_grad()
+@no_grad
 def _actual(network, splits, limit: Limit, options: LimitOptions, curve, progress) -> dict:
     """One-shot magnitude pruning of theta* at every pi of the grid (exactly n_i weights,
     ties by position), each ticket evaluated on validation (decides) and test (reported)."""
+    import torch
+
+    from incop.core.training import evaluate
+
     weights = [p for p in default_parameters(network).values() if p.dim() > 1]
     flat = torch.cat([w.detach().reshape(-1).abs() for w in weights])
     order = torch.sort(flat, stable=True).indices
@@ -253,6 +264,8 @@ def _actual(network, splits, limit: Limit, options: LimitOptions, curve, progres
 
 
 def _write(result: dict[str, Any], folder: OwnedFolder | None, out: Path | None) -> None:
+    from incop.engine.outputs import to_json
+
     text = to_json(result["summary"], indent=2)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(result["curve"][0]))

@@ -18,18 +18,12 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from matplotlib import colormaps, rc_context
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from incop.config import MAX_SEED, METHODS
 from incop.engine.folders import OwnedFolder
-from incop.engine.outputs import read_metrics, to_json
 from incop.errors import UserError
 from incop.methods.stopping import STOPPING_RULES
 from incop.tools.compare import (
@@ -44,6 +38,11 @@ from incop.tools.compare import (
     take_up,
 )
 from incop.tools.study import analyse
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
 
 #: Settings left out of the config block and of the per-method settings: the method names each
 #: row already, seed and out differ from run to run.
@@ -124,6 +123,8 @@ def write_report(
 
 
 def _write_report(owned: OwnedFolder, baseline: str | None, tolerance: float | None) -> Path:
+    from incop.engine.outputs import to_json
+
     folder = owned.root
     comparison = json.loads(owned.verify("comparison.json").read_text())
     variants = _check_names(owned, comparison)
@@ -195,6 +196,8 @@ def _read_runs(
     owned: OwnedFolder, comparison: dict[str, Any], variants: Sequence[Variant]
 ) -> dict[str, list[dict[str, Any]]]:
     """Point name -> per seed ``{"config": ..., "metrics": [...]}``, each file checked first."""
+    from incop.engine.outputs import read_metrics
+
     runs: dict[str, list[dict[str, Any]]] = {}
     for variant in variants:
         runs[variant.name] = []
@@ -255,6 +258,8 @@ def _styles(variants: Sequence[Variant | str]) -> dict[str, dict[str, Any]]:
     """Colour and marker per point. A method keeps its colour in every report (its swept
     points share it, told apart by marker); the marker also tells apart methods whose
     curves coincide (SAP-based methods often prune alike)."""
+    from matplotlib import colormaps
+
     variants = [Variant(v) if isinstance(v, str) else v for v in variants]
     families = [v.method for v in variants]
     order = list(DEFAULT_METHODS) + [m for m in dict.fromkeys(families) if m not in DEFAULT_METHODS]
@@ -280,11 +285,15 @@ def _band(ax, x, mean, std, style: dict[str, Any], **line) -> Line2D:
 
 
 def _figure(width: float = 7.5, height: float = 4.5) -> Figure:
+    from matplotlib.figure import Figure
+
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
 def figure_bytes(figure: Figure, fmt: str) -> bytes:
     """``figure`` as a ``png`` or ``svg`` file's bytes, in the report's style."""
+    from matplotlib import rc_context
+
     buffer = io.BytesIO()
     with rc_context(STYLE):
         # No date in the metadata: the same folder gives the same files.
@@ -302,6 +311,8 @@ def save_figure(figure: Figure, owned: OwnedFolder, stem: str) -> None:
 
 def _remaining_axis(ax) -> None:
     """Remaining weights in %, log scale (the field's standard), dense at the left."""
+    from matplotlib.ticker import FuncFormatter
+
     ax.set_xscale("log")
     ax.invert_xaxis()
     plain = FuncFormatter(lambda value, _: f"{value:g}")
@@ -318,6 +329,9 @@ def _accuracy_figure(comparison: dict[str, Any], styles: dict[str, Any]) -> Figu
     """Accuracy against remaining weights (log x, the field's standard): test split solid,
     validation split dashed, one point per level; the dense network's test accuracy a black
     line, a fine-tuned final ticket a filled marker."""
+    from matplotlib import rc_context
+    from matplotlib.lines import Line2D
+
     with rc_context(STYLE):
         fig = _figure()
         ax = fig.add_subplot()
@@ -364,6 +378,8 @@ def sparsity_figure(
     fine-tuned final ticket, where there is one, is a filled marker; untrained networks
     (level 0 of a method without warm-up) are left out. None without test data.
     ``comparison``: as in ``comparison.json`` (or several merged, methods renamed apart)."""
+    from matplotlib import rc_context
+
     styles = styles or _styles(list(comparison["methods"]))
     points = []
     for method, entry in comparison["methods"].items():
@@ -404,6 +420,8 @@ def cost_figure(analysis: dict[str, Any], styles: dict[str, Any]) -> Figure:
     order of cost; the Pareto front (chosen on validation) ringed in black; the dense
     network's test accuracy a black line. One panel per final sparsity (remaining weights to
     two significant digits: 77 %, 9.8 %) where the points end at different sparsities."""
+    from matplotlib import rc_context
+
     panels: dict[float, list[dict[str, Any]]] = {}
     for point in analysis["points"]:
         if point["cost_dense_epochs"]["mean"] is None:
@@ -459,6 +477,9 @@ def _name(point: dict[str, Any]) -> str:
 def _epochs_figure(comparison: dict[str, Any], styles: dict[str, Any]) -> Figure:
     """Grouped bars: methods with equal epochs (LTH and SAP run every level to the cap)
     would hide each other as lines."""
+    from matplotlib import rc_context
+    from matplotlib.ticker import MaxNLocator
+
     methods = comparison["methods"]
     with rc_context(STYLE):
         fig = _figure()
@@ -480,6 +501,9 @@ def _epochs_figure(comparison: dict[str, Any], styles: dict[str, Any]) -> Figure
 
 
 def _time_figure(comparison: dict[str, Any], styles: dict[str, Any]) -> Figure:
+    from matplotlib import rc_context
+    from matplotlib.patches import Patch
+
     methods = comparison["methods"]
     parts = (  # total-time part, legend label, bar style
         ("train_seconds", "training", {"alpha": 1.0}),
@@ -522,6 +546,9 @@ def _time_figure(comparison: dict[str, Any], styles: dict[str, Any]) -> Figure:
 def _distance_figure(
     runs: dict[str, list[dict[str, Any]]], styles: dict[str, Any]
 ) -> Figure | None:
+    from matplotlib import rc_context
+    from matplotlib.ticker import MaxNLocator
+
     flows = {}
     for method, seeds in runs.items():
         if _measures_flow(seeds[0]["config"].get("stop")):

@@ -15,8 +15,6 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 #: Bootstrap resamples and seed of every interval: the same runs give the same report.
 RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
@@ -37,6 +35,8 @@ def bootstrap_interval(
 ) -> tuple[float, float]:
     """95% percentile bootstrap interval of the mean of paired ``differences`` (one per seed),
     from ``resamples`` resamples with replacement drawn by a generator seeded with ``seed``."""
+    import numpy as np
+
     values = np.asarray(differences, dtype=np.float64)
     rng = np.random.default_rng(seed)
     means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)

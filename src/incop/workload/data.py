@@ -33,12 +33,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
 from incop.core.registry import Registry
 from incop.errors import DataError, UserError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,8 @@ class Normalize:
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         """float32 inputs of the shape of ``pixels`` (B, C, H, W), on its device."""
+        import torch
+
         shape = (1, -1, 1, 1)
         mean = self.mean.to(pixels.device).view(shape)
         std = self.std.to(pixels.device).view(shape)
@@ -96,6 +101,9 @@ class Normalize:
         channel's values and squares, rounded once to float32 (on the built-in datasets the
         same values as a float32 mean and std of the whole tensor, without its 4 bytes a
         pixel, and the same at every thread count)."""
+        import numpy as np
+        import torch
+
         n = pixels.shape[0] * pixels.shape[2] * pixels.shape[3]
         counts = np.zeros((pixels.shape[1], 256), dtype=np.int64)
         for start in range(0, len(pixels), _CHUNK_ROWS):
@@ -203,6 +211,8 @@ class Batches:
         self.epoch = epoch
 
     def _order(self) -> torch.Tensor:
+        import torch
+
         n = self.num_examples
         if not self.shuffle:
             return torch.arange(n, device=self.x.device)
@@ -246,6 +256,8 @@ class Batches:
 
         Used as the probe set; ``batch_size`` defaults to this object's.
         """
+        import torch
+
         if n < 1:
             raise UserError(f"sample size must be at least 1, got {n}")
         generator = torch.Generator().manual_seed(seed)
@@ -262,6 +274,8 @@ def validation_split(
     from each class, ``round(fraction * n_c)`` of its examples, drawn with ``seed``, go to
     validation (at least one, and never all, of a class with two or more examples). Both
     index tensors are sorted, int64, disjoint and together cover 0..N-1."""
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
     empty = torch.zeros(0, dtype=torch.int64)
     train, val = [empty], [empty]
@@ -305,6 +319,9 @@ def _to_dataset(
     scale: int,
 ) -> Dataset:
     """Check raw uint8 (N, C, H, W) images and (N,) labels; pixels span 0..``scale``."""
+    import numpy as np
+    import torch
+
     expected = (info.channels, info.image_size, info.image_size)
     for split, (x, y) in (("train", train), ("test", test)):
         if x.dtype != np.uint8:
@@ -333,6 +350,9 @@ def _to_dataset(
 def _tensor(pixels: np.ndarray) -> torch.Tensor:
     """A contiguous torch copy of ``pixels``: the arrays read from files are views of
     read-only buffers, which torch must not share."""
+    import numpy as np
+    import torch
+
     return torch.from_numpy(np.array(pixels, order="C", copy=True))
 
 
@@ -350,6 +370,8 @@ def _load_digits(data_dir: Path | None, download: bool) -> Dataset:
     ``train_test_split(test_size=0.2, stratify=labels, random_state=0)``, stored once in the
     package, so neither scikit-learn nor a download is needed. The split is part of the
     dataset's definition, so it ignores the run's seed."""
+    import numpy as np
+
     if hashlib.sha256(DIGITS_FILE.read_bytes()).hexdigest() != DIGITS_SHA256:
         raise DataError(f"{DIGITS_FILE}: does not match its checksum; reinstall incop")
     with np.load(DIGITS_FILE) as arrays:
@@ -480,6 +502,8 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
 
     Returns a uint8 array: shape (N,) for labels (``ndim=1``), (N, H, W) for images (``ndim=3``).
     """
+    import numpy as np
+
     raw = _read(path)
     header = 4 + 4 * ndim
     if len(raw) < header:
@@ -566,6 +590,8 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 def _parse_cifar_batch(where: str, blob: bytes) -> tuple[np.ndarray, np.ndarray]:
     """(N, 3, 32, 32) uint8 images and (N,) labels from one pickled CIFAR-10 batch."""
+    import numpy as np
+
     try:
         batch = _ArrayUnpickler(io.BytesIO(blob), encoding="bytes").load()
     except Exception as err:  # garbage input can fail inside unpickling in almost any way
@@ -608,6 +634,8 @@ def _cifar_blobs(source: Path) -> Iterator[tuple[str, bytes]]:
 @DATASETS.register("cifar10")
 def _load_cifar10(data_dir: Path | None, download: bool) -> Dataset:
     """CIFAR-10: 50000 train and 10000 test 3x32x32 images, 10 classes, pixels 0..255."""
+    import numpy as np
+
     root = data_root(data_dir)
     bases = [root, root / "raw", root / "CIFAR10"]
     searched = [folder for base in bases for folder in (base, base / _CIFAR_DIR)]

@@ -15,15 +15,17 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
-
-import torch
-import torch.nn.functional as F
-from torch import nn
+from typing import TYPE_CHECKING
 
 from incop.core.registry import Registry
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from incop.workload.blocks import Block
 from incop.errors import UserError
 
-ModelBuilder = Callable[[int, int, int], nn.Module]
+ModelBuilder = Callable[[int, int, int], "nn.Module"]
 
 #: Model name -> ``builder(channels, image_size, num_classes)``.
 MODELS: Registry[ModelBuilder] = Registry("model")
@@ -33,10 +35,14 @@ _TORCHVISION_PREFIX = "torchvision:"
 
 def _seq(**layers: nn.Module) -> nn.Sequential:
     """A Sequential whose children get readable names (``fc1``, ``features``...)."""
+    from torch import nn
+
     return nn.Sequential(OrderedDict(layers))
 
 
 def _kaiming(model: nn.Module) -> nn.Module:
+    from torch import nn
+
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -62,6 +68,8 @@ def _reinit(module: nn.Module) -> None:
 
 def _fc_stack(in_features: int, widths: Sequence[int]) -> nn.Sequential:
     """Flatten ``(B, ...)`` -> ``fc1`` -> ReLU -> ... -> ``fcN`` (no ReLU after the last)."""
+    from torch import nn
+
     layers: dict[str, nn.Module] = {"flatten": nn.Flatten()}
     for i, width in enumerate(widths, start=1):
         if i > 1:
@@ -78,6 +86,8 @@ def _conv_stack(
 
     Returns the stack, its output channels and its output spatial size.
     """
+    from torch import nn
+
     layers: list[nn.Module] = []
     size = image_size
     for entry in config:
@@ -110,6 +120,8 @@ def _vgg(
     config: Sequence[int | str], channels: int, image_size: int, num_classes: int
 ) -> nn.Module:
     """CIFAR-style VGG with BatchNorm: ``features`` -> global average pool -> ``classifier``."""
+    from torch import nn
+
     features, width, _ = _conv_stack(channels, image_size, config, batch_norm=True)
     return _kaiming(
         _seq(
@@ -121,68 +133,8 @@ def _vgg(
     )
 
 
-class _Block(nn.Module):
-    """A residual block: ``relu(residual(x) + shortcut(x))``; subclasses build ``residual``."""
-
-    expansion = 1
-    downsample: nn.Module | None
-
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        return F.relu(self.residual(x) + identity)
-
-
-def _projection(in_planes: int, out_planes: int, stride: int) -> nn.Module | None:
-    """1x1 conv + BN shortcut where the shape changes (option B), else ``None`` (identity)."""
-    if stride == 1 and in_planes == out_planes:
-        return None
-    return nn.Sequential(
-        nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False), nn.BatchNorm2d(out_planes)
-    )
-
-
-class BasicBlock(_Block):
-    """Two 3x3 convs; ``(B, in_planes, H, W) -> (B, planes, H/stride, W/stride)``."""
-
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = _projection(in_planes, planes, stride)
-
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-
-
-class Bottleneck(_Block):
-    """1x1 reduce, strided 3x3, 1x1 expand; ``(B, in, H, W) -> (B, 4 * planes, H/s, W/s)``."""
-
-    expansion = 4
-
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
-        super().__init__()
-        out_planes = planes * self.expansion
-        self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, out_planes, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_planes)
-        self.downsample = _projection(in_planes, out_planes, stride)
-
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        return self.bn3(self.conv3(out))
-
-
 def _resnet(
-    block: type[_Block],
+    block: type[Block],
     widths: Sequence[int],
     depths: Sequence[int],
     channels: int,
@@ -191,6 +143,8 @@ def _resnet(
     """CIFAR-style ResNet: 3x3 stride-1 stem (no max-pool), stages ``layer1..layerN`` of
     ``depths[i]`` blocks of width ``widths[i]`` (stride 2 from the second stage on), global
     average pool, ``fc``. Parameter names match torchvision's (``layer2.0.downsample.0``...)."""
+    from torch import nn
+
     stages: dict[str, nn.Module] = {}
     in_planes = widths[0]
     for i, (width, depth) in enumerate(zip(widths, depths, strict=True)):
@@ -223,6 +177,9 @@ def lenet5(channels: int, image_size: int, num_classes: int) -> nn.Module:
     """LeNet-5: ``features`` conv 6 (5x5, pad 2), pool, conv 16 (5x5), pool ->
     ``classifier`` fc 120-84-classes."""
     # The unpadded 5x5 conv needs a 5x5 map; smaller ones (8x8 digits -> 4x4) are padded instead.
+    import torch
+    from torch import nn
+
     pad = 0 if image_size // 2 >= 5 else 2
     # Pool before ReLU: the same function (max commutes with ReLU) and the same gradients, with
     # a quarter of the ReLU work; 0.94x the step time on this CPU (benchmarks/throughput.py).
@@ -271,22 +228,30 @@ def vgg16(channels: int, image_size: int, num_classes: int) -> nn.Module:
 @MODELS.register("resnet18")
 def resnet18(channels: int, image_size: int, num_classes: int) -> nn.Module:
     """ResNet-18: BasicBlocks [2, 2, 2, 2], widths 64-512."""
+    from incop.workload.blocks import BasicBlock
+
     return _resnet(BasicBlock, [64, 128, 256, 512], [2, 2, 2, 2], channels, num_classes)
 
 
 @MODELS.register("resnet50")
 def resnet50(channels: int, image_size: int, num_classes: int) -> nn.Module:
     """ResNet-50: Bottlenecks [3, 4, 6, 3], widths 64-512 (outputs x4)."""
+    from incop.workload.blocks import Bottleneck
+
     return _resnet(Bottleneck, [64, 128, 256, 512], [3, 4, 6, 3], channels, num_classes)
 
 
 @MODELS.register("resnet20")
 def resnet20(channels: int, image_size: int, num_classes: int) -> nn.Module:
     """ResNet-20 (He et al. 2016, CIFAR): BasicBlocks [3, 3, 3], widths 16-64."""
+    from incop.workload.blocks import BasicBlock
+
     return _resnet(BasicBlock, [16, 32, 64], [3, 3, 3], channels, num_classes)
 
 
 def _torchvision(name: str) -> ModelBuilder:
+    import torch
+
     try:
         import torchvision
     # A torchvision built for another torch version fails to import with RuntimeError.
@@ -339,6 +304,8 @@ def load_factory(spec: str, *, outside: Path | None = None) -> Callable[[], nn.M
 
 def from_factory(spec: str, *, outside: Path | None = None) -> nn.Module:
     """``callable()`` of the factory ``spec`` names: a user's model, checked to be one."""
+    from torch import nn
+
     model = load_factory(spec, outside=outside)()
     if not isinstance(model, nn.Module):
         raise UserError(f"model: {spec!r} returned a {type(model).__name__}, not an nn.Module")
@@ -354,6 +321,8 @@ def build_model(name: str, channels: int, image_size: int, num_classes: int) -> 
     A dummy forward runs at build time so a model that cannot take the input (e.g. an image
     too small for its convs and pools) raises :class:`UserError` here, before any training.
     """
+    import torch
+
     sizes = {"channels": channels, "image_size": image_size, "num_classes": num_classes}
     for what, value in sizes.items():
         if value < 1:

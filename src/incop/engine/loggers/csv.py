@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from incop.core.callbacks import LOGGERS, Logger
-from incop.engine.outputs import METRICS_FILE, RunWriter, read_metrics
+
+if TYPE_CHECKING:
+    from incop.engine.outputs import RunWriter
+
 
 CSV_FILE = "metrics.csv"
 #: The columns, in order: every key an epoch record can have (empty where a record lacks it).
@@ -32,6 +35,8 @@ class CSVLogger(Logger):
         return cls(writer)
 
     def on_epoch_end(self, record: dict[str, Any], state: Any) -> None:
+        from incop.engine.outputs import METRICS_FILE, read_metrics
+
         if self.rows is None:  # the records before this one: none, or a resumed run's
             path = self.writer.root / METRICS_FILE
             self.rows = read_metrics(path)[:-1] if path.exists() else []

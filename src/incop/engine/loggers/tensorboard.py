@@ -12,11 +12,14 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from incop.core.callbacks import LOGGERS, Logger
-from incop.engine.outputs import RunWriter
 from incop.errors import UserError
+
+if TYPE_CHECKING:
+    from incop.engine.outputs import RunWriter
+
 
 FOLDER = "tensorboard"
 

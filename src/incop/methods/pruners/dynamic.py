@@ -14,14 +14,18 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-
-from incop.core.masks import MaskEnforcer, Masks
+from incop.core.lazy import no_grad
 from incop.core.options import MAX_COUNT, NoOptions, in_range, not_allowed, option
 from incop.methods.at_init import PruneContext
 from incop.methods.pruning import PRUNERS, PrunerComponent, Weights, keep_count
+
+if TYPE_CHECKING:
+    import torch
+
+    from incop.core.masks import Masks
+
 
 SPARSITY_INITS = ("erk", "uniform")
 
@@ -169,6 +173,8 @@ class DynamicSparse(PrunerComponent):
     def __call__(self, weights: Weights, masks: Masks, generator: torch.Generator) -> Masks:
         """The sparse mask the training starts from: at each tensor's density, the alive
         weights drawn at random (with the run's generator)."""
+        import torch
+
         shapes = {n: tuple(m.shape) for n, m in masks.items()}
         first = (next(iter(masks)),) if self.dense_first else ()
         if self.sparsity_init == "erk":
@@ -193,9 +199,13 @@ class DynamicSparse(PrunerComponent):
     def grow_scores(self, grad: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
 
-    @torch.no_grad()
+    @no_grad
     def after_backward(self, model: torch.nn.Module, masks: Masks, state: Any) -> None:
         """Every ``update_every`` steps before T_end: drop and grow in every tensor."""
+        import torch
+
+        from incop.core.masks import MaskEnforcer
+
         if not self.started:
             return
         self.step += 1
@@ -224,6 +234,8 @@ class DynamicSparse(PrunerComponent):
         """One tensor's new mask: ``round(fraction * alive)`` alive weights of smallest |w|
         dropped, as many dead ones (after the drop) of largest grow score grown; ties by
         position."""
+        import torch
+
         flat = mask.flatten()
         alive = flat.nonzero().squeeze(1)
         count = round(fraction * alive.numel())
@@ -265,6 +277,8 @@ class SETPruner(DynamicSparse):
     """SET (Mocanu et al. 2018): grows dead weights drawn at random (the run's generator)."""
 
     def grow_scores(self, grad: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        import torch
+
         return torch.rand(grad.shape, generator=generator).to(grad.device)
 
 

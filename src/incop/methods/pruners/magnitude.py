@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from incop.core.masks import Masks
 from incop.core.options import NoOptions, not_allowed, option
 from incop.methods.pruning import (
     PRUNERS,
@@ -17,6 +14,11 @@ from incop.methods.pruning import (
     keep_count,
     prune_scores,
 )
+
+if TYPE_CHECKING:
+    import torch
+
+    from incop.core.masks import Masks
 
 
 @dataclass(frozen=True)

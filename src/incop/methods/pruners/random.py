@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from incop.methods.pruners.magnitude import MagnitudePruner
 from incop.methods.pruning import PRUNERS, Weights
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -17,6 +19,8 @@ class RandomPruner(MagnitudePruner):
     by_magnitude = False
 
     def scores(self, weights: Weights, generator: torch.Generator) -> Weights:
+        import torch
+
         return {
             n: torch.rand(w.shape, generator=generator).to(w.device) for n, w in weights.items()
         }

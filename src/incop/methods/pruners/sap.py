@@ -5,11 +5,8 @@ section 3). The formulas are :func:`incop.methods.pruning.pq_index` and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from incop.core.masks import Masks
 from incop.core.options import NoOptions, not_allowed, option
 from incop.methods.pruning import (
     PRUNERS,
@@ -20,6 +17,11 @@ from incop.methods.pruning import (
     pq_index,
     sap_prune_count,
 )
+
+if TYPE_CHECKING:
+    import torch
+
+    from incop.core.masks import Masks
 
 
 @dataclass(frozen=True)

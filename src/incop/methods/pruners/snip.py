@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from incop.core.masks import Masks
 from incop.core.options import MAX_COUNT, NoOptions, in_range, option
 from incop.methods.at_init import NetworkScored, PruneContext, snip_scores
 from incop.methods.pruning import PRUNERS, PrunerComponent, Weights, keep_count, prune_scores
+
+if TYPE_CHECKING:
+    import torch
+
+    from incop.core.masks import Masks
 
 
 @dataclass(frozen=True)

@@ -15,17 +15,20 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
-from incop.core.masks import PRUNABLE_TYPES, Masks, prunable_modules
 from incop.core.options import MAX_COUNT, NoOptions, in_range, not_allowed, option
 from incop.errors import UserError
 from incop.methods import tas
 from incop.methods.at_init import NetworkScored, PruneContext
 from incop.methods.pruning import PRUNERS, PrunerComponent, Weights
+from incop.methods.tas.optimiser import ARCH_LR, WeightOptimiser
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from incop.core.masks import Masks
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,7 @@ class TASOptions(NoOptions):
         choices=("scratch", "dense"),
     )
     tas_arch_lr: float = option(
-        tas.ARCH_LR,
+        ARCH_LR,
         "tas: Adam's learning rate for the architecture logits (TAS: 1e-3 over ~59k steps;"
         " 0.05 settles in the cost band within incop's budgets, docs/tas.md)",
     )
@@ -93,7 +96,7 @@ class TASPruner(NetworkScored, PrunerComponent):
     scopes = ("global",)
 
     options: TASOptions = field(default_factory=TASOptions)
-    optimiser: tas.WeightOptimiser = field(default_factory=tas.WeightOptimiser)
+    optimiser: WeightOptimiser = field(default_factory=WeightOptimiser)
     batch_size: int = 64
     seed: int = 0
     include: tuple[str, ...] = ()
@@ -107,7 +110,7 @@ class TASPruner(NetworkScored, PrunerComponent):
 
     @classmethod
     def from_options(cls, options: TASOptions, config: Any) -> TASPruner:
-        optimiser = tas.WeightOptimiser(config.optimizer, config.lr, config.momentum,
+        optimiser = WeightOptimiser(config.optimizer, config.lr, config.momentum,
                                         config.nesterov, config.weight_decay)  # fmt: skip
         return cls(options, optimiser, config.batch_size, config.seed,
                    tuple(config.include), tuple(config.exclude))  # fmt: skip
@@ -127,6 +130,8 @@ class TASPruner(NetworkScored, PrunerComponent):
         return problems
 
     def _layers(self, model: nn.Module) -> list[str]:
+        from incop.core.masks import PRUNABLE_TYPES, prunable_modules
+
         chosen = prunable_modules(model, list(self.include) or None, list(self.exclude) or None)
         return [n.rpartition(".")[0] for n, m in chosen.items() if isinstance(m, PRUNABLE_TYPES)]
 
@@ -140,6 +145,8 @@ class TASPruner(NetworkScored, PrunerComponent):
         return replace(self, context=context)
 
     def __call__(self, weights: Weights, masks: Masks, generator: torch.Generator) -> Masks:
+        import torch
+
         context, o = self._context(), self.options
         model = context.model
         init_fn = context.init_fn or tas.default_init

@@ -5,15 +5,19 @@ network's flow is below ``eps``. The flows themselves: :mod:`incop.methods.flows
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from incop.core.batches import AUTO, PROBE_HELP
-from incop.core.masks import Masks
 from incop.core.options import MAX_COUNT, NoOptions, in_range, not_allowed, option
 from incop.methods.flows import DISTANCES, flow_distance
 from incop.methods.stopping.rule import Reference, StoppingRule
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from incop.core.masks import Masks
+
 
 EPS_HELP = "flow rules: stop once the flow distance < eps (units of the distance)"
 

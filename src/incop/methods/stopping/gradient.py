@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from incop.core.flops import TRAIN_PASSES
-from incop.core.masks import Masks
 from incop.core.options import NoOptions, option
 from incop.methods.flows import gradient_flow
 from incop.methods.stopping.flow import FlowOptions, FlowRule
 from incop.methods.stopping.rule import register_rule
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from incop.core.masks import Masks
 
 
 @dataclass(frozen=True)

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from incop.core import inputs as model_inputs
 from incop.core.flops import EVAL_PASSES
-from incop.core.masks import Masks
 from incop.core.options import NoOptions, option
 from incop.methods.flows import FLOW_SUMMARIES, IF_SKIP, information_flow
 from incop.methods.stopping.flow import FlowOptions, FlowRule
 from incop.methods.stopping.rule import register_rule
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from incop.core.masks import Masks
 
 
 @dataclass(frozen=True)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
-from incop.core.masks import Masks
+from incop.core.lazy import no_grad
 from incop.core.options import NoOptions, not_allowed, option
 from incop.methods.pruning import Pruner, preview
 from incop.methods.stopping.rule import Reference, StoppingRule, register_rule
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from incop.core.masks import Masks
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ class MaskRule(StoppingRule):
         super().load_state_dict(state, reference)
         self.previous = state["previous"]
 
-    @torch.no_grad()
+    @no_grad
     def measure(self, model: nn.Module, masks: Masks) -> float | None:
         weights = {name: model.get_parameter(name).detach() for name in masks}
         upcoming = preview(self.pruner, weights, masks)
@@ -80,6 +82,8 @@ class MaskRule(StoppingRule):
 
 
 def _same(a: Masks, b: Masks) -> bool:
+    import torch
+
     return a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
 
 

@@ -6,12 +6,9 @@ threshold ``mask_eps``) AND the flow is back within eps of theta*'s (either eps 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
-from incop.core.masks import Masks
+from incop.core.lazy import no_grad
 from incop.core.options import NoOptions, not_allowed, option
 from incop.methods.named import MASK_EPS
 from incop.methods.stopping.flow import FlowRule
@@ -19,6 +16,11 @@ from incop.methods.stopping.gradient import GFOptions, MeasuresGF
 from incop.methods.stopping.information import IFOptions, MeasuresIF, if_fields
 from incop.methods.stopping.mask import MaskRule
 from incop.methods.stopping.rule import register_rule
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from incop.core.masks import Masks
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ class MaskFlow(FlowRule):
             self.mask.pruner = reference.pruner
         self.mask_distance = state["mask_distance"]
 
-    @torch.no_grad()
+    @no_grad
     def measure(self, model: nn.Module, masks: Masks, probe: list | None = None) -> float:
         if probe is None:  # a decision's measurement: the mask moves with it
             self.mask_distance = self.mask.measure(model, masks)

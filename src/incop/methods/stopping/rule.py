@@ -18,19 +18,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from incop.core import inputs as model_inputs
 from incop.core.batches import LossFn
 from incop.core.inputs import OutputFn
-from incop.core.masks import Masks
 from incop.core.options import Component
 from incop.core.registry import Registry
 from incop.methods.flows import Reduce
 from incop.methods.pruning import Pruner
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from incop.core.masks import Masks
+
 
 #: Why a level ended, as recorded in ``stop_reason`` and explained under the level table: the
 #: loop's own reasons; each rule and warm-up stop adds its ``reasons`` as it is registered.

@@ -18,44 +18,54 @@ the smaller network whose MACs are the searched cost exactly.
 cost, the argmax cost and the compacted network's MACs are one count.
 """
 
-from incop.methods.tas.network import apply_architecture, removed_parameters, scratch_init
-from incop.methods.tas.sampling import (
-    PAIR,
-    RATIOS,
-    TAU,
-    cost_loss,
-    cwi,
-    depth_choices,
-    expected_width,
-    gumbel_pair,
-    keep_probabilities,
-    prefix_mask,
-    tau_at,
-    width_choices,
+from incop.core.lazy import exports
+
+# Imported on first use: the tas pruner reads ARCH_LR and WeightOptimiser while a config is
+# checked, which must not import torch.
+__getattr__, __dir__ = exports(
+    __name__,
+    {
+        "incop.methods.tas.network": (
+            "apply_architecture",
+            "removed_parameters",
+            "scratch_init",
+        ),
+        "incop.methods.tas.sampling": (
+            "PAIR",
+            "RATIOS",
+            "TAU",
+            "cost_loss",
+            "cwi",
+            "depth_choices",
+            "expected_width",
+            "gumbel_pair",
+            "keep_probabilities",
+            "prefix_mask",
+            "tau_at",
+            "width_choices",
+        ),
+        "incop.methods.tas.optimiser": ("ARCH_LR", "TAS_SGD", "WeightOptimiser", "tas_sgd"),
+        "incop.methods.tas.search": (
+            "TASResult",
+            "default_init",
+            "halves",
+            "tas_search",
+        ),
+        "incop.methods.tas.space": (
+            "NORMS",
+            "Group",
+            "Space",
+            "Stage",
+            "architecture_macs",
+            "expected_macs",
+            "hard_masks",
+            "macs_of",
+            "removed_blocks",
+            "search_space",
+        ),
+        "incop.methods.tas.supernet": ("Supernet",),
+    },
 )
-from incop.methods.tas.search import (
-    ARCH_LR,
-    TAS_SGD,
-    TASResult,
-    WeightOptimiser,
-    default_init,
-    halves,
-    tas_search,
-    tas_sgd,
-)
-from incop.methods.tas.space import (
-    NORMS,
-    Group,
-    Space,
-    Stage,
-    architecture_macs,
-    expected_macs,
-    hard_masks,
-    macs_of,
-    removed_blocks,
-    search_space,
-)
-from incop.methods.tas.supernet import Supernet
 
 __all__ = [
     "ARCH_LR",

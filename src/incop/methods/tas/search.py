@@ -4,7 +4,6 @@ of the training data, and what it found."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import statistics
 from collections.abc import Callable
@@ -20,15 +19,10 @@ from incop.core.batches import Batch, BatchSource, LossFn
 from incop.core.inputs import OutputFn
 from incop.core.masks import PRUNABLE_TYPES, Masks
 from incop.errors import UserError
+from incop.methods.tas.optimiser import ARCH_LR, WeightOptimiser, tas_sgd
 from incop.methods.tas.sampling import TAU, cost_loss, tau_at
 from incop.methods.tas.space import NORMS, Space, hard_masks, macs_of, removed_blocks, search_space
 from incop.methods.tas.supernet import Supernet
-
-#: Adam's learning rate for the architecture. TAS uses 1e-3 over ~59k steps; over incop's
-#: reduced budgets (hundreds of steps) the logits barely move and the argmax network never
-#: settles in the cost band: lenet5 on digits, 165 steps, seeds 0-3, share of the last 20% of
-#: steps in the band: 0% at 1e-3, 0-3% at 1e-2, 85-91% at 5e-2 (benchmarks/tas.py --arch-lr).
-ARCH_LR = 0.05
 
 
 @dataclass
@@ -96,31 +90,6 @@ def halves(targets: torch.Tensor, generator: torch.Generator) -> tuple[torch.Ten
 def _gather(x: Any, y: torch.Tensor, idx: torch.Tensor, device: torch.device) -> Batch:
     xb = model_inputs.apply(x, lambda t: t.index_select(0, idx.to(t.device)))
     return model_inputs.to_device(xb, device), y.index_select(0, idx.to(y.device)).to(device)
-
-
-@dataclass(frozen=True)
-class WeightOptimiser:
-    """How the supernet's weights train: TAS's SGD (0.1 at batch 256, Nesterov, momentum 0.9,
-    weight decay 5e-4, cosine to 0) for BatchNorm nets, its rate scaled linearly to the
-    search's batch (:func:`tas_sgd`); a BN-free net takes the run's settings (TAS.md A11.8)."""
-
-    name: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-
-
-TAS_SGD = WeightOptimiser()
-#: The batch TAS's rate 0.1 is for (256 train + 256 valid examples a step).
-TAS_BATCH = 256
-
-
-def tas_sgd(batch_size: int) -> WeightOptimiser:
-    """TAS's SGD at ``batch_size`` examples a step: lr 0.1 x batch_size / 256 (the linear
-    scaling rule). At 0.1 with batch 64 a resnet20 search on 1,350 Fashion-MNIST images
-    diverged in its sixth epoch (docs/tas.md)."""
-    return dataclasses.replace(TAS_SGD, lr=TAS_SGD.lr * batch_size / TAS_BATCH)
 
 
 def tas_search(

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from incop.core.masks import Masks, pack_mask, unpack_mask
 from incop.core.options import MAX_COUNT, MAX_EPOCHS, NoOptions, in_range, not_allowed, option
 from incop.methods.stopping.rule import STOP_REASONS
 from incop.methods.warmup_stop.stop import WARMUP_STOPS, WarmupStop, mask_iou
+
+if TYPE_CHECKING:
+    from incop.core.masks import Masks
+
 
 #: epi_threshold's default: the smallest logged similarity at which every logged warm-up
 #: (digits mlp, 3 seeds; Fashion-MNIST lenet5, 2 seeds) ends within 1 point of its full
@@ -128,6 +131,8 @@ class EPIStop(WarmupStop):
         return ready and self.similarity >= self.threshold
 
     def state_dict(self) -> dict:
+        from incop.core.masks import pack_mask
+
         if self.mode == "units":
             history: list[Any] = [dict(counts) for counts in self.history]
         else:
@@ -136,6 +141,8 @@ class EPIStop(WarmupStop):
         return {"history": history, "similarity": self.similarity, "best": self.best}
 
     def load_state_dict(self, state: dict) -> None:
+        from incop.core.masks import unpack_mask
+
         if self.mode == "units":
             self.history = [dict(counts) for counts in state["history"]]
         else:

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from incop.core.masks import Masks
 from incop.core.options import Component
 from incop.core.registry import Registry
+
+if TYPE_CHECKING:
+    from incop.core.masks import Masks
 
 
 def mask_iou(a: Masks, b: Masks) -> float:

@@ -6,8 +6,16 @@
   export.
 """
 
-from incop.tools.ticket.formats import FORMATS, export_ticket
-from incop.tools.ticket.loading import Ticket, load_ticket
-from incop.tools.ticket.masking import MaskHandle, apply_masks
+from incop.core.lazy import exports
+
+# Imported on first use: `incop export --help` lists the formats without importing torch.
+__getattr__, __dir__ = exports(
+    __name__,
+    {
+        "incop.tools.ticket.formats": ("FORMATS", "export_ticket"),
+        "incop.tools.ticket.loading": ("Ticket", "load_ticket"),
+        "incop.tools.ticket.masking": ("MaskHandle", "apply_masks"),
+    },
+)
 
 __all__ = ["FORMATS", "MaskHandle", "Ticket", "apply_masks", "export_ticket", "load_ticket"]

@@ -10,21 +10,22 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
-from torch import nn
 
 from incop.core import inputs
-from incop.core.masks import Masks, pack_mask
 from incop.core.registry import Registry
 from incop.engine.folders import atomic_path
 from incop.errors import UserError
-from incop.tools.ticket.loading import home, load_ticket, ticket_config
-from incop.tools.ticket.reading import ONNX_CONFIG_KEY, SPARSE_FORMAT
 from incop.workload.data import DATASET_INFO
 from incop.workload.models import MODELS
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from incop.core.masks import Masks
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ def _state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def _save(obj: object, path: Path) -> None:
     """``torch.save`` through memory, so a full disk is Python's OSError, not torch's own
     writer's RuntimeError."""
+    import torch
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     path.write_bytes(buffer.getvalue())
@@ -78,6 +81,9 @@ def _write_torch_prune(ticket: ExportInput, path: Path) -> None:
 
 def _write_sparse(ticket: ExportInput, path: Path) -> None:
     from safetensors.torch import save
+
+    from incop.core.masks import pack_mask
+    from incop.tools.ticket.reading import SPARSE_FORMAT
 
     tensors = _state_dict(ticket.model)
     shapes = {}
@@ -103,6 +109,10 @@ def _arguments(example: Any) -> tuple[tuple, dict[str, Any]]:
 
 
 def _write_onnx(ticket: ExportInput, path: Path) -> None:
+    import torch
+
+    from incop.tools.ticket.reading import ONNX_CONFIG_KEY
+
     if ticket.example is None:
         raise UserError("the onnx format needs an example input (example_input=)")
     model = ticket.model.eval()
@@ -120,6 +130,8 @@ def _write_onnx(ticket: ExportInput, path: Path) -> None:
 
 
 def _write_compact(ticket: ExportInput, path: Path) -> None:
+    import torch
+
     from incop.tools.ticket.compact import compact
 
     if ticket.example is None:
@@ -198,6 +210,8 @@ def export_ticket(
         raise UserError(f"{out} exists; export writes a new file only (choose another --out)")
     if not out.parent.is_dir():
         raise UserError(f"{out.parent} is not a folder; create it first")
+    from incop.tools.ticket.loading import load_ticket, ticket_config
+
     model, masks = load_ticket(source, model, level=level)
     config = ticket_config(Path(source))
     if example_input is None:
@@ -213,6 +227,8 @@ def export_ticket(
 
 def _check_example(model: nn.Module, example_input: Any) -> None:
     """Refuse, before anything is written, an example input the model cannot take."""
+    import torch
+
     if not inputs.tensors(example_input):
         raise UserError(
             f"example_input: got a {type(example_input).__name__}, not a tensor (or a tuple or"
@@ -237,6 +253,10 @@ def recorded_example(source: Path, config: str | None) -> Any:
     """The example input a run recorded (``summary.json``'s ``example_input``: the shapes and
     dtypes of its first training batch, one example), else, for a built-in model, one zero
     image of the dataset its config names; None where neither says."""
+    import torch
+
+    from incop.tools.ticket.loading import home
+
     run = source if source.is_dir() else home(source)
     summary = run / "summary.json"
     if summary.is_file() and config is not None:
