@@ -16,7 +16,8 @@ def test_a_run_never_imports_dynamo_unless_it_compiles(tmp_path) -> None:
         from incop.config import resolve
         from incop.engine.experiment import run_experiment
         for i, extra in enumerate([{{"model": "lenet5", "precision": "bf16", "schedule": "cosine"}},
-                                   {{"model": "mlp", "optimizer": "adam", "method": "incop-gf"}}]):
+                                   {{"model": "mlp", "optimizer": "adam", "method": "incop-gf"}},
+                                   {{"model": "lenet5", "method": "tas", "tas_epochs": 1}}]):
             config = resolve({{"dataset": "digits", "levels": 1, "warmup_epochs": 1,
                               "max_epochs": 1, "out": "{tmp_path}/run%d" % i, **extra}})
             run_experiment(config, mode="new")

@@ -18,6 +18,7 @@ from incop.core import inputs as model_inputs
 from incop.core.batches import Batch, BatchSource, LossFn
 from incop.core.inputs import OutputFn
 from incop.core.masks import PRUNABLE_TYPES, Masks
+from incop.core.optimizers import eager
 from incop.errors import UserError
 from incop.methods.tas.optimiser import ARCH_LR, WeightOptimiser, tas_sgd
 from incop.methods.tas.sampling import TAU, cost_loss, tau_at
@@ -153,13 +154,15 @@ def tas_search(
     )
     weights = [p for p in net.parameters() if p.requires_grad]
     if opt.name == "adam":
-        w_opt = torch.optim.Adam(weights, lr=opt.lr, weight_decay=opt.weight_decay)
+        w_opt = eager(torch.optim.Adam)(weights, lr=opt.lr, weight_decay=opt.weight_decay)
     else:
-        w_opt = torch.optim.SGD(weights, lr=opt.lr, momentum=opt.momentum,
-                                nesterov=opt.nesterov and opt.momentum > 0,
-                                weight_decay=opt.weight_decay)  # fmt: skip
+        w_opt = eager(torch.optim.SGD)(weights, lr=opt.lr, momentum=opt.momentum,
+                                       nesterov=opt.nesterov and opt.momentum > 0,
+                                       weight_decay=opt.weight_decay)  # fmt: skip
     w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=max(epochs, 1))
-    a_opt = torch.optim.Adam(supernet.parameters, lr=arch_lr, betas=(0.5, 0.999), weight_decay=1e-3)
+    a_opt = eager(torch.optim.Adam)(
+        supernet.parameters, lr=arch_lr, betas=(0.5, 0.999), weight_decay=1e-3
+    )
     first, second = halves(y_all, generator)
     dense = space.dense_macs
     target = flop_ratio * dense
