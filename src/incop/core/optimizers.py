@@ -1,10 +1,11 @@
 """The optimisers and learning-rate schedules a run trains with.
 
-torch's optimisers import ``torch._dynamo`` (1.9 s on this CPU, a fifth of a short run) on
-their first construction and first step, from decorators that matter only when the step is
-traced by ``torch.compile``; incop never compiles a step, so :func:`make_optimizer` builds
-them with torch's own methods unwrapped from those decorators: the same update, bit for bit
-(tested against torch's classes). Torch-free at import: a config reads the names.
+torch's optimisers import ``torch._dynamo`` (1.9 s on this CPU: the default job took
+4.8-5.2 s with it, 3.3-3.6 s without) on their first construction and first step, from
+decorators that matter only when the step is traced by ``torch.compile``; incop never
+compiles a step, so :func:`make_optimizer` builds them with torch's own methods unwrapped
+from those decorators: the same update, bit for bit (tested against torch's classes).
+Torch-free at import: a config reads the names.
 """
 
 from __future__ import annotations
