@@ -20,9 +20,9 @@ object follows), ``Callback``, and for a component registered by name, its ``Opt
 of ``option(...)`` fields and a registry (``PRUNERS``, ``STOPPING_RULES``, ``LOGGERS``).
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from incop.core.lazy import exports
 from incop.version import __version__
 
 # Each name is imported on first use (PEP 562), so the command line answers `--help`, `list`
@@ -109,16 +109,10 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'incop' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_WHERE[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = exports(
+    __name__,
+    {module: tuple(n for n, m in _WHERE.items() if m == module) for module in _WHERE.values()},
+)
 
 
 if TYPE_CHECKING:
