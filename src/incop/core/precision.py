@@ -61,11 +61,11 @@ class Precision:
     @contextlib.contextmanager
     def autocast(self) -> Iterator[None]:
         """The forward pass and loss in the chosen precision (a no-op for fp32)."""
-        import torch
-
         if self.name == "fp32":
             yield
             return
+        import torch
+
         with torch.autocast(self.device_type, dtype=getattr(torch, _DTYPES[self.name])):
             yield
 
