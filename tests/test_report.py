@@ -67,7 +67,9 @@ def fake_run(folder, method, seed, epochs):
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(to_yaml(config))
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    summary = {"levels": levels, "dense_accuracy": levels[0]["val_accuracy"]}
+    # What the warm-up cost: nothing for a method that trains no dense network.
+    cost = {"warmup": 1e9 * config.warmup_epochs}
+    summary = {"levels": levels, "dense_accuracy": levels[0]["val_accuracy"], "cost": cost}
     (folder / "summary.json").write_text(json.dumps({**summary, "config": config.to_dict()}))
     return summary
 
@@ -254,3 +256,17 @@ def test_the_frontier_shows_every_trained_ticket_and_no_untrained_network(tmp_pa
         [lv["test_accuracy"]["mean"] * 100 for lv in sap]
     )
     assert list(drawn["synflow"].get_xdata()) == pytest.approx([80.0])
+
+
+def test_the_dense_accuracy_is_that_of_the_methods_that_trained_one(tmp_path):
+    # synflow prunes the untrained network: its "dense accuracy" is no reference, listed first
+    # or not, and the text says it trained sparse from initialisation.
+    comparison = make_comparison(tmp_path, methods=("synflow", "sap"))
+    totals = {m: e["totals"]["dense_accuracy"]["mean"] for m, e in comparison["methods"].items()}
+    assert totals == {"synflow": None, "sap": pytest.approx(0.9015)}
+    write_report(tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert (
+        "every method that trains a dense network of a seed is pruned from the same dense" in text
+    )
+    assert "(validation accuracy 90.15 ± 0.21 %); synflow train sparse from initialisation" in text

@@ -255,6 +255,28 @@ def test_bootstrap_and_front_by_hand():
     assert study.matching({"delta": 0.0}, [{"max_epochs": 1}, {"max_epochs": 2}]) is None
 
 
+def test_the_tolerance_is_to_the_dense_network_of_the_runs_that_trained_one():
+    def run(method, seed, val, dense_val, warmup):
+        return {"method": method, "params": {}, "seed": seed, "cost_dense_epochs": 5.0 + seed,
+                "remaining_fraction": 0.4, "val_accuracy": val, "test_accuracy": val - 0.01,
+                "dense_val_accuracy": dense_val, "dense_test_accuracy": dense_val - 0.01,
+                "cost": {"warmup": warmup, "search": 1.0}}  # fmt: skip
+
+    # RigL trains sparse from the start: its records hold the untrained network's accuracy.
+    runs = [run("sap", s, 0.896, 0.90, 5.0) for s in (0, 1)]
+    runs += [run("rigl", s, 0.86, 0.10, 0.0) for s in (0, 1)]
+    analysis = study.analyse({"runs": runs}, "sap", tolerance=0.5)
+    assert analysis["dense"]["val_accuracy"] == pytest.approx(0.90)
+    assert analysis["dense"]["test_accuracy"] == pytest.approx(0.89)
+    held = analysis["cheapest_within_tolerance"]
+    # Pooled with RigL's 0.10, the dense accuracy would be 0.50 and RigL's 0.86 "within" it.
+    assert held["rigl"]["point"] is None
+    assert held["sap"]["point"]["val_accuracy"]["mean"] == pytest.approx(0.896)
+    # Records of an incop that counted no costs: every method then trained a dense network.
+    old = [{k: v for k, v in r.items() if k != "cost"} for r in runs[:2]]
+    assert study.analyse({"runs": old})["dense"]["val_accuracy"] == pytest.approx(0.90)
+
+
 def test_report_pairs_with_another_baseline_and_tolerance(swept, tmp_path, capsys):
     import shutil
 

@@ -51,7 +51,7 @@ from incop.config import (
 from incop.core.registry import closest
 from incop.engine.folders import LOCK_FILE, MANIFEST_FILE, Layout, Manifest, OwnedFolder
 from incop.errors import UserError
-from incop.tools.study import TOLERANCE, analyse, binomial_se, matching
+from incop.tools.study import TOLERANCE, analyse, binomial_se, matching, trained_dense
 from incop.version import __version__
 from incop.workload.data import Batches, load_dataset
 from incop.workload.models import build_model
@@ -607,8 +607,8 @@ def run_entry(
         "remaining_fraction": totals["final_remaining_fraction"],
         "val_accuracy": totals["final_accuracy"],
         "test_accuracy": totals["final_test_accuracy"],
-        "dense_val_accuracy": summary["dense_accuracy"],
-        "dense_test_accuracy": summary["levels"][0].get("test_accuracy"),
+        "dense_val_accuracy": totals["dense_accuracy"],
+        "dense_test_accuracy": totals["dense_test_accuracy"],
         "val_se": binomial_se(totals["final_accuracy"], sizes.get("val")),
         "test_se": binomial_se(totals["final_test_accuracy"], sizes.get("test")),
     }
@@ -744,6 +744,7 @@ def run_totals(summary: dict[str, Any]) -> dict[str, float]:
     retrain = levels[1:]
     final = summary.get("final") or {}
     last = final or levels[-1]
+    dense = trained_dense(summary)
     totals = {
         "epochs": sum(lv["epochs"] for lv in retrain) + final.get("epochs", 0),
         "retrain_epochs": sum(lv["epochs"] for lv in retrain),
@@ -751,7 +752,9 @@ def run_totals(summary: dict[str, Any]) -> dict[str, float]:
         "final_remaining_fraction": levels[-1]["remaining_fraction"],
         "final_accuracy": last["val_accuracy"],
         "final_test_accuracy": last.get("test_accuracy"),
-        "dense_accuracy": summary["dense_accuracy"],
+        # None for a run that trained no dense network (trained_dense): nothing to compare with.
+        "dense_accuracy": summary["dense_accuracy"] if dense else None,
+        "dense_test_accuracy": levels[0].get("test_accuracy") if dense else None,
         "train_seconds": sum(lv["train_seconds"] for lv in retrain) + final.get("train_seconds", 0),
         "eval_seconds": sum(lv["eval_seconds"] for lv in retrain) + final.get("eval_seconds", 0),
         "flow_seconds": sum(lv["flow_seconds"] for lv in levels),

@@ -708,7 +708,19 @@ def _blocks(
     shared = {k: v for k, v in config.items() if k not in (*PER_RUN, *varying)}
     warmup = comparison["warmup_seconds"]
     spread = len(comparison["seeds"]) > 1
-    dense = _cell(next(iter(methods.values()))["totals"], "dense_accuracy", 100, 2, spread)
+    # The dense network of the methods that train one (RigL, SET and pruning at init do not).
+    trained = [e for e in methods.values() if e["totals"]["dense_accuracy"]["mean"] is not None]
+    sparse = list(dict.fromkeys(e["method"] for e in methods.values() if e not in trained))
+    if not trained:
+        warmup_text = "no method trains a dense network"
+    else:
+        dense = _cell(trained[0]["totals"], "dense_accuracy", 100, 2, spread)
+        who = "every method" if not sparse else "every method that trains a dense network"
+        warmup_text = (
+            f"{who} of a seed is pruned from the same dense warm-up (validation accuracy {dense} %)"
+        )
+        if sparse:
+            warmup_text += f"; {', '.join(sparse)} train sparse from initialisation"
     families = list(dict.fromkeys(e.get("method", name) for name, e in methods.items()))
     base = next((b for b in ("sap", "lth") if b in families), None)
     ratio_columns = [(f"{label} / {base}", f"{key}_vs_{base}") for label, key in RATIO_KEYS]
@@ -718,8 +730,7 @@ def _blocks(
         (
             "p",
             f"{len(families)} methods ({', '.join(families)}) in {len(methods)} points, seeds "
-            f"{', '.join(map(str, comparison['seeds']))}; every method of a seed is pruned from "
-            f"the same dense warm-up (validation accuracy {dense} %). {_protocol(config)}",
+            f"{', '.join(map(str, comparison['seeds']))}; {warmup_text}. {_protocol(config)}",
         ),
         ("h", 2, "Summary"),
         (
