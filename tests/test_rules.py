@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import incop
+from incop.engine.imp import IMP
+from incop.engine.outputs import read_metrics
 from incop.methods.at_init import snip_scores
 from incop.methods.stopping import FlowPlateau, GradientFlowRule, LossPlateau, MaskFlow, MaskRule
 from incop.methods.stopping.plateau import plateaued
@@ -128,6 +130,34 @@ def test_each_new_rule_runs_end_to_end_on_digits(tmp_path, stop):
     assert summary["config"]["stop"] == stop
     reasons = {level["stop_reason"] for level in summary["levels"][1:]}
     assert reasons <= set(incop.STOPPING_RULES.get(stop).reasons) | {"accuracy", "cap"}
+
+
+@pytest.mark.parametrize(
+    "flags", [["--method", "sap-mask"], ["--method", "sap", "--stop", "mask-gf"]]
+)
+def test_a_mask_rule_interrupted_mid_level_resumes_as_an_uninterrupted_run(
+    tmp_path, monkeypatch, flags
+):
+    run = ["run", *flags, "--levels", "2", "--warmup-epochs", "2", "--max-epochs", "3"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert main([*run, "--out", str(whole)]) == 0
+    original = IMP.log
+
+    def interrupted(self, level, epoch, clock, record):
+        if level == 1 and epoch == 1:  # mid level: the rule's state comes back from state.pt
+            raise KeyboardInterrupt
+        return original(self, level, epoch, clock, record)
+
+    monkeypatch.setattr(IMP, "log", interrupted)
+    assert main([*run, "--out", str(cut)]) == 130
+    monkeypatch.setattr(IMP, "log", original)
+    assert main(["run", "--resume", str(cut)]) == 0
+
+    def plain(folder):
+        return [{k: v for k, v in r.items() if not k.endswith("_seconds")}
+                for r in read_metrics(folder / "metrics.jsonl")]  # fmt: skip
+
+    assert plain(whole) == plain(cut)
 
 
 def test_a_plateau_rule_refuses_an_eps_it_would_ignore(tmp_path, capsys):

@@ -60,7 +60,10 @@ class MaskRule(StoppingRule):
         return {**super().state_dict(), "previous": self.previous}
 
     def load_state_dict(self, state: dict, reference: Reference) -> None:
+        # A resumed level never calls prepare(): the pruner is bound here too.
         super().load_state_dict(state, reference)
+        if self.pruner is None:
+            self.pruner = reference.pruner
         self.previous = state["previous"]
 
     @no_grad

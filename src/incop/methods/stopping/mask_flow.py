@@ -70,8 +70,6 @@ class MaskFlow(FlowRule):
         super().load_state_dict(state, reference)
         self.mask = MaskRule(self.max_epochs, self.min_epochs, self.mask_eps)
         self.mask.load_state_dict(state["mask"], reference)
-        if self.mask.pruner is None:
-            self.mask.pruner = reference.pruner
         self.mask_distance = state["mask_distance"]
 
     @no_grad
