@@ -46,8 +46,10 @@ def test_training_evaluation_and_flows_are_counted_from_the_alive_weights(
     net = build_model(model, shape[0], shape[1], 10)
     train, val = _data(shape, 96, 0), _data(shape, 40, 1)
     out = tmp_path / "run"
+    # In absolute units, no noise floor to measure: the counts are the probe passes alone.
     result = incop.prune(net, train, val, method="incop-gf", levels=2, warmup_epochs=1,
-                         max_epochs=2, probe_size=64, out=str(out))  # fmt: skip
+                         max_epochs=2, probe_size=64, eps_mode="absolute", eps=0.2,
+                         out=str(out))  # fmt: skip
     example = torch.zeros(1, *shape)
     dense = incop.sparsity_report(net, result.level_masks[0], example)
     assert dense.macs_dense == macs
@@ -80,7 +82,8 @@ def test_information_flow_probes_cost_one_pass_and_the_finetune_is_its_own(tmp_p
     net = build_model("mlp", 1, 8, 10)
     train, val = _data((1, 8, 8), 64, 0), _data((1, 8, 8), 32, 1)
     result = incop.prune(net, train, val, method="incop-if", levels=1, warmup_epochs=1,
-                         max_epochs=1, probe_size=32, finetune_epochs=2)  # fmt: skip
+                         max_epochs=1, probe_size=32, finetune_epochs=2, eps_mode="absolute",
+                         eps=0.02)  # fmt: skip
     cost = result.summary()["cost"]
     example = torch.zeros(1, 1, 8, 8)
     pruned = _alive_macs(net, result.masks, example)

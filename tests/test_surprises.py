@@ -113,7 +113,9 @@ def test_help_shows_real_defaults_choices_and_per_method_values(capsys):
         section = text.split(f"{field} STR", 1)[1].split(" --", 1)[0]
         assert allowed in section, field
     eps = text.split("--eps FLOAT", 1)[1].split(" --", 1)[0]
-    assert "default: 0.1" in eps and "incop-if 0.02" in eps and "incop-gf 0.2" in eps
+    assert "default: 0.1" in eps and "incop-if 3.0" in eps and "incop-gf 3.0" in eps
+    eps_mode = text.split("--eps-mode STR", 1)[1].split(" --", 1)[0]
+    assert "default: absolute" in eps_mode and "incop-gf noise" in eps_mode
     distance = text.split("--distance STR", 1)[1].split(" --", 1)[0]
     assert "incop-gf relative" in distance
 

@@ -275,8 +275,8 @@ def test_non_finite_flow_distance_is_divergence(tmp_path, monkeypatch):
     x, y = blobs()
     with pytest.warns(RuntimeWarning, match="distance became nan"):
         result = prune(TinyNet(), [(x, y)], [blobs(seed=1)], method="incop-gf", levels=1,
-                       warmup_epochs=1, max_epochs=3, eps=1e-9, probe_size=64,
-                       out=tmp_path)  # fmt: skip
+                       warmup_epochs=1, max_epochs=3, eps=1e-9, eps_mode="absolute",
+                       probe_size=64, out=tmp_path)  # fmt: skip
     assert result.levels[1].stop_reason == "diverged"
     no_nan_anywhere(tmp_path)
 

@@ -537,6 +537,16 @@ def choices() -> dict[str, list[str]]:
     }
 
 
+def as_saved(values: dict[str, Any]) -> dict[str, Any]:
+    """A run's saved settings (its ``config.yaml``), completed as that run ran. A setting the
+    file lacks was added by a later incop, and the run ran as that setting's global default;
+    the method's value of this incop may be newer (incop-gf's ``eps_mode`` became noise after
+    its first runs), so it does not apply to a setting the file lacks."""
+    method = values.get("method", default_value("method"))
+    own = METHODS.get(method) if method in METHODS else {}
+    return {**{name: default_value(name) for name in own if name not in values}, **values}
+
+
 def method_defaults(name: str) -> dict[str, Any]:
     """Method -> its own value of setting ``name``, where it differs from the global default."""
     default = default_value(name)

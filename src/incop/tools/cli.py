@@ -14,6 +14,7 @@ from typing import Any
 from incop.config import (
     WHERE_FIELDS,
     Config,
+    as_saved,
     choices,
     default_value,
     field_names,
@@ -24,6 +25,7 @@ from incop.config import (
     resolve,
 )
 from incop.core.registry import closest
+from incop.engine.folders import MANIFEST_FILE
 from incop.errors import StorageError, UserError
 from incop.tools.study import TOLERANCE
 from incop.tools.ticket.formats import FORMATS
@@ -119,6 +121,8 @@ class _Parser(argparse.ArgumentParser):
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The settings the user gave: the YAML file, then the flags over it (unresolved)."""
     values = load_yaml(args.config) if args.config else {}
+    if args.config and _in_run_folder(Path(args.config)):
+        values = as_saved(values)
     flags = {name: getattr(args, name, None) for name in field_names()}
     return {**values, **{k: v for k, v in flags.items() if v is not None}}
 
@@ -135,6 +139,11 @@ def _mode(args: argparse.Namespace) -> str:
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite exclude each other")
     return "resume" if args.resume else "overwrite" if args.overwrite else "new"
+
+
+def _in_run_folder(path: Path) -> bool:
+    """Whether ``path`` is the ``config.yaml`` of a folder incop wrote (its manifest beside)."""
+    return path.name == "config.yaml" and (path.parent / MANIFEST_FILE).is_file()
 
 
 #: What a run's config.yaml has held since the first incop: without them it is not one.
@@ -165,7 +174,7 @@ def _saved(args: argparse.Namespace, file: str) -> dict[str, Any]:
             " this run cannot be resumed"
         )
     if file == "config.yaml":
-        return {**saved, **given}
+        return {**as_saved(saved), **given}
     return {**saved, "settings": {**saved["settings"], **given}}
 
 
