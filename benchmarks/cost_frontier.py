@@ -140,6 +140,25 @@ def headline(analysis: dict, runs: list[dict]) -> list[str]:
     return rows
 
 
+def every_point(analysis: dict) -> list[str]:
+    """Every point of every family (means over seeds, std of cost and test accuracy): the grid
+    each default was chosen from (docs/defaults.md)."""
+    rows = [f"{'family':<14} {'point':<22} {'seeds':>5} {'cost':>13} {'val %':>6}"
+            f" {'test %':>13} {'left %':>6}"]  # fmt: skip
+    for p in sorted(
+        analysis["points"], key=lambda p: (p["method"], p["cost_dense_epochs"]["mean"])
+    ):
+        cost, test = p["cost_dense_epochs"], p["test_accuracy"]
+        params = " ".join(f"{k}={v}" for k, v in p["params"].items()) or "-"
+        rows.append(
+            f"{p['method']:<14} {params:<22} {len(p['seeds']):>5}"
+            f" {cost['mean']:>6.2f} ± {cost['std']:<4.2f} {100 * p['val_accuracy']['mean']:>6.2f}"
+            f" {100 * test['mean']:>6.2f} ± {100 * test['std']:<4.2f}"
+            f" {100 * p['remaining_fraction']['mean']:>6.2f}"
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="lenet5", choices=list(MODELS))
@@ -150,6 +169,7 @@ def main() -> None:
     parser.add_argument("--tolerance", type=float, default=study.TOLERANCE)
     parser.add_argument("--report-only", action="store_true", help="pool what has finished")
     parser.add_argument("--plot", help="save the frontier figure here (docs/cost_frontier.png)")
+    parser.add_argument("--every-point", action="store_true", help="also print every point")
     parser.add_argument("--quick", action="store_true", help="digits and the mlp, 2 seeds")
     args = parser.parse_args()
     grid = {} if args.quick else GRIDS[args.model]
@@ -180,6 +200,9 @@ def main() -> None:
           f" validation, test beside; tolerance {args.tolerance:g} points of the dense"
           f" validation accuracy ({100 * analysis['dense']['val_accuracy']:.2f} %)")  # fmt: skip
     print("\n".join(headline(analysis, comparison["runs"])))
+    if args.every_point:
+        print("\nevery point (mean over seeds; cost and test ± std):")
+        print("\n".join(every_point(analysis)))
     if args.plot:
         styles = _styles([Variant(p["method"], tuple(p["params"].items()))
                           for p in analysis["points"]])  # fmt: skip
