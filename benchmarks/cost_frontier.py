@@ -206,7 +206,7 @@ def main() -> None:
     if args.plot:
         styles = _styles([Variant(p["method"], tuple(p["params"].items()))
                           for p in analysis["points"]])  # fmt: skip
-        Path(args.plot).write_bytes(figure_bytes(cost_figure(analysis, styles), "png"))
+        Path(args.plot).write_bytes(figure_bytes(cost_figure(analysis, styles, band=2.0), "png"))
         print(f"\nplot: {args.plot}")
 
 

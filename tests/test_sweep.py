@@ -11,7 +11,7 @@ from incop.engine import imp as imp_module
 from incop.methods.pruning import hold_counts
 from incop.tools import study
 from incop.tools.cli import main
-from incop.tools.compare import run_comparison
+from incop.tools.compare import Variant, run_comparison
 
 #: The issue's command, sized down (warm-up of 3 epochs) so that it runs in seconds.
 SWEEP = ["compare", "--methods", "sap,sap-acc", "--sweep", "delta=0,0.01", "--sweep",
@@ -310,3 +310,28 @@ def test_a_sweep_for_one_method_only(tmp_path):
         ("sap", {"max_epochs": 1}), ("sap", {"max_epochs": 2}),
         ("sap-acc", {"delta": 0.0}), ("sap-acc", {"delta": 0.01})]  # fmt: skip
     assert (out / "sap-acc" / "delta=0.01" / "seed-0" / "summary.json").is_file()
+
+
+def test_the_cost_figure_keeps_a_collapsed_method_from_squashing_the_others():
+    from incop.tools.report import _styles, cost_figure
+
+    def point(method, cost, val, test):
+        return {"method": method, "params": {}, "seeds": [0, 1], "remaining_fraction":
+                {"mean": 0.035, "std": 0.0}, "cost_dense_epochs": {"mean": cost, "std": 0.0},
+                "val_accuracy": {"mean": val, "std": 0.002},
+                "test_accuracy": {"mean": test, "std": 0.003}}  # fmt: skip
+
+    points = [point("sap", 9.0, 0.895, 0.894), point("set", 1.4, 0.52, 0.53)]
+    analysis = {"points": points, "tolerance_points": 0.5,
+                "dense": {"val_accuracy": 0.896, "test_accuracy": 0.895}}  # fmt: skip
+    styles = _styles([Variant(p["method"]) for p in points])
+    (ax,) = cost_figure(analysis, styles, band=2.0).axes
+    # The bar is 89.6 - 0.5 = 89.1 %: the axis shows 2 points under it and 0.2 over the top of
+    # sap's error bars (89.7 %).
+    low, high = ax.get_ylim()
+    assert low == pytest.approx(87.1) and high == pytest.approx(89.7 + 0.2)
+    assert [t.get_text() for t in ax.texts] == ["below the scale: set 53.0 % test"]
+    dashed = [line for line in ax.lines if line.get_linestyle() == "--"]
+    assert [line.get_ydata()[0] for line in dashed] == [pytest.approx(89.1)]
+    (unbanded,) = cost_figure(analysis, styles).axes
+    assert unbanded.get_ylim()[0] < 53 and not unbanded.texts

@@ -413,13 +413,19 @@ def sparsity_figure(
     return fig
 
 
-def cost_figure(analysis: dict[str, Any], styles: dict[str, Any]) -> Figure:
+def cost_figure(
+    analysis: dict[str, Any], styles: dict[str, Any], band: float | None = None
+) -> Figure:
     """The cost frontier: each point's final test accuracy (filled; validation hollow, beside)
     against what finding and training its ticket cost (``cost.search``, dense training
     epochs), mean over seeds with one std as error bars; each method's points joined in
     order of cost; the Pareto front (chosen on validation) ringed in black; the dense
-    network's test accuracy a black line. One panel per final sparsity (remaining weights to
-    two significant digits: 77 %, 9.8 %) where the points end at different sparsities."""
+    network's test accuracy a black line, and the bar the cheapest points had to clear (its
+    validation accuracy minus the tolerance) a dashed one. One panel per final sparsity
+    (remaining weights to two significant digits: 77 %, 9.8 %) where the points end at
+    different sparsities. ``band`` (points): show only that far below the bar, so that a
+    collapsed method does not squash the others into a line; what falls below is named at
+    the bottom with its accuracy."""
     from matplotlib import rc_context
 
     panels: dict[float, list[dict[str, Any]]] = {}
@@ -456,6 +462,23 @@ def cost_figure(analysis: dict[str, Any], styles: dict[str, Any]) -> Figure:
                         label="Pareto front (on validation)")  # fmt: skip
             if dense is not None:
                 ax.axhline(dense * 100, color="black", linewidth=0.8, label="dense network (test)")
+            bar = analysis["dense"]["val_accuracy"]
+            if bar is not None:
+                bar = 100 * bar - analysis["tolerance_points"]
+                ax.axhline(bar, color="black", linewidth=0.8, linestyle="--",
+                           label="dense validation − tolerance")  # fmt: skip
+            if band is not None and bar is not None:
+                keys = ("test_accuracy", "val_accuracy")
+                seen = [(p, 100 * p[k]["mean"], 100 * (p[k]["std"] or 0))
+                        for p in shown for k in keys if p[k]["mean"] is not None]  # fmt: skip
+                low = bar - band
+                ax.set_ylim(low, max(bar, *(mean + std for _, mean, std in seen)) + 0.2)
+                below = {_name(p): p for p, mean, _ in seen if mean < low}
+                if below:
+                    note = ", ".join(f"{name} {100 * p['test_accuracy']['mean']:.1f} % test"
+                                     for name, p in below.items())  # fmt: skip
+                    ax.text(0.01, 0.02, f"below the scale: {note}", transform=ax.transAxes,
+                            fontsize=8)  # fmt: skip
             ax.set_xlabel("cost of finding and training the ticket (dense training epochs)")
             ax.set_ylabel("final accuracy (%)")
             ax.set_title(f"Final ticket at about {remaining:g} % remaining: test filled,"
