@@ -732,8 +732,11 @@ def _blocks(
     warmup = comparison["warmup_seconds"]
     spread = len(comparison["seeds"]) > 1
     # The dense network of the methods that train one (RigL, SET and pruning at init do not).
-    trained = [e for e in methods.values() if e["totals"]["dense_accuracy"]["mean"] is not None]
-    sparse = list(dict.fromkeys(e["method"] for e in methods.values() if e not in trained))
+    trained, untrained = [], []
+    for entry in methods.values():
+        has_dense = entry["totals"]["dense_accuracy"]["mean"] is not None
+        (trained if has_dense else untrained).append(entry)
+    sparse = list(dict.fromkeys(e["method"] for e in untrained))
     if not trained:
         warmup_text = "no method trains a dense network"
     else:
